@@ -1,0 +1,102 @@
+"""Optimistic transactions over any :class:`~kvfs.kv.api.KVEngine`, written once for all.
+
+A :class:`Txn` remembers the mod revision of every key it reads and buffers its writes; at
+the end it commits once, guarded by "every key I read still has the revision I saw".  On a
+failed guard :func:`run_txn` runs the whole function again after a jittered, growing pause.
+This is the single place where conflicts are retried.
+
+Unlike JuiceFS, a transaction that grows past the engine's limits is refused
+(:class:`~kvfs.kv.api.TxnTooLarge`) -- it is never committed in parts.  Bulk work is split by
+the caller into idempotent steps, each its own transaction.
+
+Reads inside a transaction see the transaction's own buffered writes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from kvfs.kv.api import Compare, Conflict, Delete, KeyValue, KVEngine, Put, prefix_end
+
+T = TypeVar("T")
+
+_DELETED = object()
+
+
+class Txn:
+    """One attempt of an optimistic transaction (see module docstring)."""
+
+    def __init__(self, kv: KVEngine) -> None:
+        self.kv = kv
+        self._read_revs: dict[bytes, int] = {}
+        self._cache: dict[bytes, bytes | None] = {}
+        self._writes: dict[bytes, object] = {}  # key -> bytes | _DELETED
+        self._leases: dict[bytes, int] = {}
+        self.revision = 0  # set after a successful commit
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` as this transaction sees it, recording a guard on it."""
+        if key in self._writes:
+            w = self._writes[key]
+            return None if w is _DELETED else w  # type: ignore[return-value]
+        if key in self._cache:
+            return self._cache[key]
+        kv = await self.kv.get(key)
+        self._read_revs[key] = kv.mod_revision if kv else 0
+        self._cache[key] = kv.value if kv else None
+        return self._cache[key]
+
+    def guard(self, key: bytes, mod_revision: int) -> None:
+        """Require ``key`` to still be at ``mod_revision`` at commit (from an earlier read)."""
+        self._read_revs.setdefault(key, mod_revision)
+
+    async def scan(self, prefix: bytes, *, limit: int = 0) -> list[KeyValue]:
+        """Keys under ``prefix`` (unguarded: guard the owning key instead)."""
+        res = await self.kv.range(prefix, prefix_end(prefix), limit=limit)
+        return res.kvs
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+        self._writes[key] = value
+        if lease:
+            self._leases[key] = lease
+
+    def delete(self, key: bytes) -> None:
+        self._writes[key] = _DELETED
+        self._leases.pop(key, None)
+
+    @property
+    def write_count(self) -> int:
+        return len(self._writes)
+
+    async def commit(self) -> bool:
+        compares = [Compare(k, r) for k, r in self._read_revs.items()]
+        puts = [Put(k, v, self._leases.get(k, 0)) for k, v in self._writes.items()
+                if v is not _DELETED]  # type: ignore[misc]
+        deletes = [Delete(k) for k, v in self._writes.items() if v is _DELETED]
+        if not puts and not deletes:
+            return True
+        res = await self.kv.commit(compares, puts, deletes)  # type: ignore[arg-type]
+        self.revision = res.revision
+        return res.succeeded
+
+
+async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
+                  attempts: int = 50) -> T:
+    """Run ``fn`` in a fresh :class:`Txn` until its commit succeeds.
+
+    ``fn`` must be safe to repeat: it may run several times, and only its last run's
+    writes take effect.  Exceptions from ``fn`` abort without writing anything.
+    """
+    delay = 0.0005
+    for _ in range(attempts):
+        txn = Txn(kv)
+        result = await fn(txn)
+        if await txn.commit():
+            return result
+        await trio.sleep(random.uniform(0, delay))
+        delay = min(delay * 2, 0.05)
+    raise Conflict(f"transaction still conflicting after {attempts} attempts")
