@@ -102,9 +102,12 @@ class LocalEngine(KVEngine):
     async def _apply(self, cmd: Command) -> ApplyResult:
         """Apply ``cmd`` now; return once it is durable and its watchers are notified."""
         before = self.state.revision
+        # Revoking a lease with no keys removes it without a new revision; log it anyway.
+        revokes_lease = cmd[0] == "lease_revoke" and cmd[1] in self.state.leases
         res = self.state.apply(cmd)
         # Lease grants and compactions change state without a new revision.
-        changed = self.state.revision != before or cmd[0] in ("lease_grant", "compact")
+        changed = (self.state.revision != before or revokes_lease
+                   or cmd[0] in ("lease_grant", "compact"))
         if not changed:
             return res
         events = self._events_of(res) if cmd[0] in ("txn", "lease_revoke") else []

@@ -1,0 +1,111 @@
+"""Background deletion of data no longer referenced: the ``D`` and ``G`` queues.
+
+An inode whose last link and last open handle are gone is queued as ``D ino``; slices
+replaced by compaction or cut off by truncate are queued as ``G id``.  :class:`Cleaner`
+drains both in idempotent steps, each its own transaction, so it can stop at any point
+(crash, unmount) and resume, and several mounts can run it at once:
+
+1. ``D ino``: move up to 50 chunk keys at a time into one ``G`` record, then delete
+   every remaining key of the inode and the ``D`` key in one transaction.
+2. ``G id``: delete every block of every slice listed, then the ``G`` key.  Deleting a
+   block twice is harmless, so a crash between the two steps only repeats work.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from kvfs.chunk.layout import decode_slices
+from kvfs.chunk.slices import SliceStore
+from kvfs.kv.api import Delete, prefix_end
+from kvfs.kv.txn import Txn, run_txn
+from kvfs.meta import keys
+from kvfs.meta.metadata import Metadata
+
+log = logging.getLogger("kvfs.cleanup")
+_CHUNKS_PER_STEP = 50
+
+
+class Cleaner:
+    """Drains the deletion queues (see module docstring)."""
+
+    def __init__(self, meta: Metadata, slices: SliceStore, interval: float = 2.0) -> None:
+        self.meta = meta
+        self.kv = meta.kv
+        self.slices = slices
+        self.interval = interval
+        self._wake = trio.Event()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - keep the mount alive; retry next round
+                log.exception("cleanup round failed; retrying later")
+            with trio.move_on_after(self.interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def run_once(self) -> None:
+        await self.release_dead_sessions()
+        for kv in await self._scan(keys.DELFILE_PREFIX):
+            await self.delete_inode_data(keys.key_ino(kv.key))
+        for kv in await self._scan(keys.SLICE_GC_PREFIX):
+            await self._free_slices(kv.key, kv.value)
+
+    async def _scan(self, prefix: bytes) -> list:  # type: ignore[type-arg]
+        res = await self.kv.range(prefix, prefix_end(prefix), limit=1000)
+        return res.kvs
+
+    async def release_dead_sessions(self) -> None:
+        """Inodes kept open by a session whose lease expired are released here."""
+        alive: dict[int, bool] = {}
+        for kv in await self._scan(keys.SUSTAINED_PREFIX):
+            sid = keys.read_u64(kv.key, 2)
+            ino = keys.read_u64(kv.key, 10)
+            if sid == self.meta.session_id:
+                continue
+            if sid not in alive:
+                alive[sid] = await self.kv.get(keys.session(sid)) is not None
+            if not alive[sid]:
+                log.info("releasing inode %d held open by dead session %d", ino, sid)
+                await self.meta.release_orphan(ino, sid)
+
+    async def delete_inode_data(self, ino: int) -> None:
+        cprefix = keys.chunk_prefix(ino)
+        while True:
+            res = await self.kv.range(cprefix, prefix_end(cprefix), limit=_CHUNKS_PER_STEP)
+            if not res.kvs:
+                break
+            gc_id = await self.meta.gc_ids.next()
+
+            async def step(t: Txn, kvs: list = res.kvs, gc_id: int = gc_id) -> None:  # type: ignore[type-arg]
+                dropped = b""
+                for kv in kvs:
+                    raw = await t.get(kv.key)
+                    if raw:
+                        dropped += raw
+                        t.delete(kv.key)
+                if dropped:
+                    t.put(keys.slice_gc(gc_id), dropped)
+
+            await run_txn(self.kv, step)
+        prefix = keys.inode_all(ino)
+        await self.kv.commit([], [], [Delete(prefix, prefix_end(prefix)),
+                                      Delete(keys.delfile(ino))])
+        self.poke()
+
+    async def _free_slices(self, key: bytes, raw: bytes) -> None:
+        seen: set[int] = set()
+        for s in decode_slices(raw):
+            if s.id and s.id not in seen:
+                seen.add(s.id)
+                await self.slices.delete(s.id, s.size)
+        await self.kv.commit([], [], [Delete(key)])

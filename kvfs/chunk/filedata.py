@@ -1,0 +1,195 @@
+"""The data path of one open inode: buffered writes turned into slices, and reads.
+
+:class:`FileData` is shared by every handle of an inode in this mount.  Writes collect in
+memory (contiguous writes merge) until ``flush`` -- called on fsync, on close, and when the
+buffer fills -- uploads each buffered range as a new slice (immutable blocks, durable
+first) and then records all of them, and the new length, in metadata transactions.  Only
+then is the data acknowledged; a crash before that loses only unacknowledged writes.
+
+Reads see the file's committed slices; a read of an inode with buffered writes flushes them
+first, so reads always observe every earlier write of this mount.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from kvfs.chunk.layout import (
+    CHUNK_SIZE,
+    Slice,
+    decode_slices,
+    needs_compaction,
+    read_plan,
+    split_range,
+)
+from kvfs.chunk.slices import SliceStore
+from kvfs.meta import keys
+from kvfs.meta.metadata import Metadata
+from kvfs.meta.records import Attr, now_ns
+
+log = logging.getLogger("kvfs.data")
+
+# Chunk keys touched by one metadata transaction (each costs a compare and a put).
+_CHUNKS_PER_TXN = 60
+
+
+class FileData:
+    """Write buffer and reader of inode ``ino`` (see module docstring)."""
+
+    def __init__(self, ino: int, meta: Metadata, slices: SliceStore,
+                 buffer_limit: int = 16 << 20) -> None:
+        self.ino = ino
+        self.meta = meta
+        self.slices = slices
+        self.buffer_limit = buffer_limit
+        self._pending: list[tuple[int, bytearray]] = []
+        self._pending_bytes = 0
+        self._pending_end = 0
+        self._mtime = 0
+        self._flush_lock = trio.Lock()
+        self.error: BaseException | None = None
+        self.compact_wanted: set[int] = set()
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending)
+
+    @property
+    def pending_end(self) -> int:
+        """The file length implied by buffered writes (0 when clean)."""
+        return self._pending_end if self._pending else 0
+
+    @property
+    def pending_mtime(self) -> int:
+        return self._mtime
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self._pending:
+            last_off, last = self._pending[-1]
+            if last_off + len(last) == offset and len(last) < 4 * CHUNK_SIZE:
+                last += data
+            else:
+                self._pending.append((offset, bytearray(data)))
+        else:
+            self._pending.append((offset, bytearray(data)))
+        self._pending_bytes += len(data)
+        self._pending_end = max(self._pending_end, offset + len(data))
+        self._mtime = now_ns()
+        if self._pending_bytes >= self.buffer_limit:
+            await self.flush()
+
+    def discard_beyond(self, size: int) -> None:
+        """A truncate to ``size`` follows: buffered bytes past it must not land later."""
+        kept: list[tuple[int, bytearray]] = []
+        for off, buf in self._pending:
+            if off < size:
+                kept.append((off, buf[: size - off]))
+        self._pending = kept
+        self._pending_bytes = sum(len(b) for _, b in kept)
+        self._pending_end = max((o + len(b) for o, b in kept), default=0)
+
+    async def flush(self) -> Attr | None:
+        """Make every buffered write durable; the new attributes, or None if clean.
+
+        A failure is remembered in :attr:`error` (reported by fsync/close) and the data stays
+        buffered so a later flush can retry it.
+        """
+        async with self._flush_lock:
+            if not self._pending:
+                return None
+            segs, self._pending = self._pending, []
+            nbytes, self._pending_bytes = self._pending_bytes, 0
+            end, mtime = self._pending_end, self._mtime
+            try:
+                attr = await self._commit(segs, end, mtime)
+            except BaseException as exc:
+                self._pending = segs + self._pending
+                self._pending_bytes += nbytes
+                self._pending_end = max(self._pending_end, end)
+                self.error = exc
+                raise
+            self.error = None
+            if not self._pending:
+                self._pending_end = 0
+            return attr
+
+    async def _commit(self, segs: list[tuple[int, bytearray]], end: int, mtime: int) -> Attr:
+        pieces: list[tuple[int, int, memoryview]] = []  # chunk index, offset in chunk, data
+        for off, buf in segs:
+            mv = memoryview(buf)
+            pos = 0
+            for idx, coff, ln in split_range(off, len(buf)):
+                pieces.append((idx, coff, mv[pos:pos + ln]))
+                pos += ln
+        recorded: list[tuple[int, Slice]] = [(0, Slice(0, 0, 0, 0, 0))] * len(pieces)
+
+        async def upload(i: int, idx: int, coff: int, data: memoryview) -> None:
+            sid = await self.meta.slices.next()
+            await self.slices.write(sid, data)
+            recorded[i] = (idx, Slice(coff, sid, len(data), 0, len(data)))
+
+        async with trio.open_nursery() as nursery:
+            for i, (idx, coff, data) in enumerate(pieces):
+                nursery.start_soon(upload, i, idx, coff, data)
+        attr: Attr | None = None
+        batch: list[tuple[int, Slice]] = []
+        chunks: set[int] = set()
+        for idx, s in recorded:
+            if idx not in chunks and len(chunks) >= _CHUNKS_PER_TXN:
+                attr = await self.meta.write_slices(self.ino, batch, end, mtime)
+                batch, chunks = [], set()
+            batch.append((idx, s))
+            chunks.add(idx)
+        attr = await self.meta.write_slices(self.ino, batch, end, mtime)
+        self.compact_wanted.update(chunks)
+        return attr
+
+    async def read(self, offset: int, length: int, size: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` of a file of length ``size`` (short at EOF)."""
+        if self._pending:
+            await self.flush()
+        end = min(offset + length, size)
+        if end <= offset:
+            return b""
+        out = bytearray()
+        for idx, coff, ln in split_range(offset, end - offset):
+            slices = await self.meta.read_chunk(self.ino, idx)
+            for seg in read_plan(slices, coff, ln):
+                n = seg.end - seg.start
+                if seg.slice_id == 0:
+                    out += bytes(n)
+                else:
+                    out += await self.slices.read(seg.slice_id, seg.slice_size,
+                                                  seg.slice_off, n)
+        return bytes(out)
+
+    async def compact(self, size: int) -> None:
+        """Rewrite fragmented chunks touched by recent flushes as one slice each."""
+        wanted, self.compact_wanted = self.compact_wanted, set()
+        for idx in sorted(wanted):
+            raw = await self.meta.kv.get(keys.chunk(self.ino, idx))
+            if raw is None:
+                continue
+            slices = decode_slices(raw.value)
+            if not needs_compaction(slices):
+                continue
+            chunk_len = min(CHUNK_SIZE, max(0, size - idx * CHUNK_SIZE))
+            data = bytearray()
+            for seg in read_plan(slices, 0, chunk_len):
+                n = seg.end - seg.start
+                if seg.slice_id == 0:
+                    data += bytes(n)
+                else:
+                    data += await self.slices.read(seg.slice_id, seg.slice_size,
+                                                   seg.slice_off, n)
+            sid = await self.meta.slices.next()
+            if data:
+                await self.slices.write(sid, data)
+            new = [Slice(0, sid, len(data), 0, len(data))] if data else []
+            if not await self.meta.replace_chunk(self.ino, idx, raw.value, new):
+                if data:
+                    await self.slices.delete(sid, len(data))
+                log.debug("compaction of inode %d chunk %d raced a write", self.ino, idx)
+

@@ -1,0 +1,40 @@
+"""``kvfs format META_URL NAME``: create a volume (format record and root directory)."""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+
+from kvfs.volume import format_volume, open_engine
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser("format", help="create a new volume",
+                       description="Create a new volume in a metadata engine.")
+    p.add_argument("meta_url", metavar="META_URL",
+                   help="metadata engine: a directory (embedded store) or local:///PATH")
+    p.add_argument("name", metavar="NAME", help="volume name")
+    p.add_argument("--storage", choices=("kv", "file"), default="kv",
+                   help="where blocks go: kv (the metadata engine, default) or file")
+    p.add_argument("--bucket", default="", help="directory for --storage file")
+    p.add_argument("--block-size", type=int, metavar="KiB",
+                   help="block size in KiB (default 4096 for file, 1024 for kv)")
+    p.add_argument("--force", action="store_true",
+                   help="update the settings of an existing volume (never erases data)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    async def go() -> None:
+        kv = await open_engine(args.meta_url)
+        try:
+            fmt = await format_volume(kv, args.name, storage=args.storage, bucket=args.bucket,
+                                      block_kib=args.block_size, force=args.force)
+        finally:
+            await kv.aclose()
+        print(f"formatted volume {fmt.name} (uuid {fmt.uuid}, storage {fmt.storage}, "
+              f"block size {fmt.block_size // 1024} KiB)")
+
+    trio.run(go)
+    return 0

@@ -1,0 +1,14 @@
+"""The one error type that carries a POSIX errno from metadata and data code up to FUSE."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class FSError(Exception):
+    """A filesystem operation failed with ``errno``; the FUSE layer returns exactly that."""
+
+    def __init__(self, err: int, detail: str = "") -> None:
+        super().__init__(f"{errno.errorcode.get(err, err)}: {detail or os.strerror(err)}")
+        self.errno = err

@@ -1,0 +1,131 @@
+"""Wiring one mount together: volume, session, filesystem, FUSE session, background jobs.
+
+:func:`serve` owns the mount's lifetime.  Everything that runs in the background is a child
+of one nursery; SIGTERM/SIGINT end ``pyfuse3.main`` and the mount is flushed and unmounted
+on the way out (shielded, with a time limit), whether it ended by signal, by ``umount`` or
+by an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from kvfs.fuse.ops import KvfsOperations
+from kvfs.meta.session import Session
+from kvfs.vfs.fs import FileSystem
+from kvfs.volume import Volume
+
+log = logging.getLogger("kvfs.mount")
+
+# Options mount(8) and fstab pass that mean nothing to a FUSE filesystem of ours.
+_GENERIC = {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
+            "_netdev", "defaults", "user", "users", "nouser", "nofail", "async", "atime",
+            "noatime", "relatime", "strictatime", "nodiratime", "diratime"}
+
+
+class MountError(Exception):
+    """A user-facing problem with a mount request (one line)."""
+
+
+@dataclass(slots=True)
+class MountOptions:
+    allow_other: bool = os.geteuid() == 0
+    read_only: bool = False
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+
+    @classmethod
+    def parse(cls, items: list[str]) -> MountOptions:
+        opts = cls()
+        for group in items:
+            for item in filter(None, group.split(",")):
+                key, _, value = item.partition("=")
+                if key == "allow_other":
+                    opts.allow_other = True
+                elif key == "ro":
+                    opts.read_only = True
+                elif key in ("attr_timeout", "entry_timeout"):
+                    try:
+                        setattr(opts, key, float(value))
+                    except ValueError:
+                        raise MountError(f"option {key} needs a number of seconds") from None
+                elif key in _GENERIC:
+                    continue
+                else:
+                    log.warning("ignoring unknown mount option %r", item)
+        return opts
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mountpoint, or MountError if it cannot take a new mount."""
+    mp = os.path.abspath(path)
+    try:
+        st = os.stat(mp)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {mp} does not exist") from None
+    except OSError as e:
+        raise MountError(f"mountpoint {mp} is unusable ({e.strerror}); if a mount died "
+                         f"there, run: fusermount3 -u {mp}") from None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {mp} is not a directory")
+    if os.path.ismount(mp):
+        raise MountError(f"{mp} is already a mountpoint")
+    return mp
+
+
+async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions,
+                ready: Callable[[], None] | None = None) -> None:
+    """Mount ``volume`` at ``mountpoint`` and serve it until unmounted or signalled."""
+    session = await Session.register(volume.kv, mountpoint)
+    volume.meta.session_id = session.sid
+    fs = FileSystem(volume.meta, volume.slices)
+    ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout)
+    fuse_opts = set(pyfuse3.default_options)
+    fuse_opts |= {f"fsname={source}", "subtype=kvfs"}
+    if opts.allow_other:
+        fuse_opts.add("allow_other")
+    if opts.read_only:
+        fuse_opts.add("ro")
+    pyfuse3.init(ops, mountpoint, fuse_opts)
+    mounted = True
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.keepalive)
+            await fs.run_background(nursery)
+            nursery.start_soon(_on_signal)
+            log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,
+                     session.sid)
+            if ready is not None:
+                ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(60):
+            try:
+                await fs.flush_all()
+            except Exception:  # noqa: BLE001 - report and still unmount
+                log.exception("flushing buffered writes at unmount failed")
+            pyfuse3.close(unmount=mounted)
+            try:
+                await session.close()
+            except Exception:  # noqa: BLE001
+                log.warning("could not end session %d; it expires with its lease",
+                            session.sid)
+            await volume.aclose()
+
+
+async def _on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s; unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,251 @@
+"""The only pyfuse3 importer besides :mod:`kvfs.fuse.mount`: requests in, replies out.
+
+Each handler is a one-liner into :class:`~kvfs.vfs.fs.FileSystem`; this module only converts
+types (``EntryAttributes``, ``FileInfo``, request contexts) and errors: an
+:class:`~kvfs.errors.FSError` becomes ``FUSEError(errno)``, an unreachable or full engine
+becomes EIO or ENOSPC, and anything else is logged and returned as EIO -- nothing else may
+escape a handler.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from kvfs.errors import FSError
+from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
+from kvfs.meta.metadata import Ctx, SetAttr
+from kvfs.meta.records import Attr
+from kvfs.objstore.api import BlockCorrupt
+from kvfs.vfs.fs import FileSystem
+
+log = logging.getLogger("kvfs.fuse")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _errors(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FSError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except NoSpace:
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
+        except TxnTooLarge as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(errno.EFBIG) from None
+        except (EngineUnavailable, BlockCorrupt) as e:
+            log.error("%s: %s", fn.__name__, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
+    return Ctx(ctx.uid, ctx.gid, ctx.pid)
+
+
+class KvfsOperations(pyfuse3.Operations):
+    """pyfuse3 handlers over a :class:`FileSystem`."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: FileSystem, *, attr_timeout: float = 1.0,
+                 entry_timeout: float = 1.0) -> None:
+        super().__init__()
+        self.fs = fs
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+
+    def _entry(self, ino: int, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        e.generation = 0
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = 4096
+        e.st_blocks = (a.size + 511) // 512
+        e.st_atime_ns = a.atime
+        e.st_mtime_ns = a.mtime
+        e.st_ctime_ns = a.ctime
+        e.attr_timeout = self.attr_timeout
+        e.entry_timeout = self.entry_timeout
+        return e
+
+    @_errors
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        try:
+            ino, a = await self.fs.lookup(parent_inode, name)
+        except FSError as e:
+            if e.errno == errno.ENOENT:
+                # A negative entry with a zero timeout: the kernel asks again next time.
+                neg = pyfuse3.EntryAttributes()
+                neg.st_ino = 0
+                neg.entry_timeout = 0
+                return neg
+            raise
+        return self._entry(ino, a)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        return None
+
+    @_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(inode, await self.fs.getattr(inode))
+
+    @_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        ch = SetAttr(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime=attr.st_atime_ns if fields.update_atime else None,
+            mtime=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime=attr.st_ctime_ns if fields.update_ctime else None,
+        )
+        return self._entry(inode, await self.fs.setattr(inode, ch))
+
+    @_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.readlink(inode)
+
+    @_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(*await self.fs.mknod(_ctx(ctx), parent_inode, name, mode, rdev))
+
+    @_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(*await self.fs.mkdir(_ctx(ctx), parent_inode, name, mode))
+
+    @_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.unlink(parent_inode, name)
+
+    @_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rmdir(parent_inode, name)
+
+    @_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(*await self.fs.symlink(_ctx(ctx), parent_inode, name, target))
+
+    @_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(inode, await self.fs.link(inode, new_parent_inode, new_name))
+
+    @_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=await self.fs.open(inode, flags))
+
+    @_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, ino, a = await self.fs.create(_ctx(ctx), parent_inode, name, mode, flags)
+        return pyfuse3.FileInfo(fh=fh), self._entry(ino, a)
+
+    @_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.fs.read(fh, off, size)
+
+    @_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @_errors
+    async def flush(self, fh: int) -> None:
+        await self.fs.flush(fh)
+
+    @_errors
+    async def release(self, fh: int) -> None:
+        await self.fs.release(fh)
+
+    @_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.fs.fsync(fh, datasync)
+
+    @_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return await self.fs.opendir(inode)
+
+    @_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for next_id, ent in await self.fs.readdir(fh, start_id):
+            try:
+                a = await self.fs.getattr(ent.ino)
+            except FSError:
+                continue  # removed since the listing was taken
+            if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.ino, a), next_id):
+                break
+
+    @_errors
+    async def releasedir(self, fh: int) -> None:
+        await self.fs.releasedir(fh)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        # Every metadata change is durable when its request returns.
+        return None
+
+    @_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = await self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = s.block_size
+        out.f_blocks = s.total_blocks
+        out.f_bfree = out.f_bavail = s.free_blocks
+        out.f_files = s.total_inodes
+        out.f_ffree = out.f_favail = s.free_inodes
+        out.f_namemax = s.name_max
+        return out
+
+    @_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.setxattr(inode, name, value)
+
+    @_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.fs.getxattr(inode, name)
+
+    @_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return await self.fs.listxattr(inode)
+
+    @_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.removexattr(inode, name)
+
+    @_errors
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        await self.fs.access(_ctx(ctx), inode, mode)
+        return True

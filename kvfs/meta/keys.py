@@ -1,0 +1,132 @@
+"""The key table: every key kvfs writes into a metadata engine is built here and only here.
+
+All integers are big-endian so keys sort numerically; a volume lives under its own engine
+prefix (added by the engine URL), so these keys never carry the volume name.
+
+====================  ==============================  =====================================
+key                   value (msgpack unless noted)    meaning
+====================  ==============================  =====================================
+``setting``           dict                            volume format (name, uuid, block size,
+                                                      storage, version)
+``C`` name            u64 BE                          counter: ``nextinode``, ``nextslice``,
+                                                      ``usedspace``, ``totalinodes``
+``A`` ino ``I``       :class:`~kvfs.meta.records.Attr`  inode attributes
+``A`` ino ``D`` name  [type, child ino]               directory entry
+``A`` ino ``C`` u32   packed 24-byte slice records    slices of chunk ``u32`` (write order)
+``A`` ino ``S``       raw bytes                       symlink target
+``A`` ino ``X`` name  raw bytes                       extended attribute
+``A`` ino ``P`` pino  u32 count                       hard-link parents (non-directories)
+``D`` ino             [size, unix time]               inode awaiting data deletion
+``G`` u64 id          packed slice records            slices whose blocks await deletion
+``SE`` sid            dict, on the session lease      live session (host, pid, mountpoint…)
+``SS`` sid ino        b""                             inode unlinked while open in session
+====================  ==============================  =====================================
+
+Invariants: a directory's entries are exactly the ``A dir D *`` keys; any change to them
+also rewrites the directory's ``A dir I`` key, so guarding that one key guards the listing.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NewType
+
+Ino = NewType("Ino", int)
+ROOT_INO = Ino(1)
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+
+SETTING = b"setting"
+NEXT_INODE = b"Cnextinode"
+NEXT_SLICE = b"Cnextslice"
+USED_SPACE = b"Cusedspace"
+TOTAL_INODES = b"Ctotalinodes"
+
+INODE_PREFIX = b"A"
+DELFILE_PREFIX = b"D"
+SLICE_GC_PREFIX = b"G"
+SESSION_PREFIX = b"SE"
+SUSTAINED_PREFIX = b"SS"
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def read_u64(b: bytes, at: int = 0) -> int:
+    return int(_U64.unpack_from(b, at)[0])
+
+
+def inode_all(ino: int) -> bytes:
+    """Prefix of every key belonging to ``ino``."""
+    return INODE_PREFIX + _U64.pack(ino)
+
+
+def attr(ino: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"I"
+
+
+def dentry(parent: int, name: bytes) -> bytes:
+    return INODE_PREFIX + _U64.pack(parent) + b"D" + name
+
+
+def dentry_prefix(parent: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(parent) + b"D"
+
+
+def chunk(ino: int, index: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"C" + _U32.pack(index)
+
+
+def chunk_prefix(ino: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"C"
+
+
+def chunk_index(key: bytes) -> int:
+    return int(_U32.unpack_from(key, 10)[0])
+
+
+def symlink(ino: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"S"
+
+
+def xattr(ino: int, name: bytes) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"X" + name
+
+
+def xattr_prefix(ino: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"X"
+
+
+def link_parent(ino: int, parent: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"P" + _U64.pack(parent)
+
+
+def link_parent_prefix(ino: int) -> bytes:
+    return INODE_PREFIX + _U64.pack(ino) + b"P"
+
+
+def delfile(ino: int) -> bytes:
+    return DELFILE_PREFIX + _U64.pack(ino)
+
+
+def slice_gc(gc_id: int) -> bytes:
+    return SLICE_GC_PREFIX + _U64.pack(gc_id)
+
+
+def session(sid: int) -> bytes:
+    return SESSION_PREFIX + _U64.pack(sid)
+
+
+def sustained(sid: int, ino: int) -> bytes:
+    return SUSTAINED_PREFIX + _U64.pack(sid) + _U64.pack(ino)
+
+
+def sustained_prefix(sid: int) -> bytes:
+    return SUSTAINED_PREFIX + _U64.pack(sid)
+
+
+def key_ino(key: bytes) -> int:
+    """The inode number of any ``A``/``D`` key."""
+    return int(_U64.unpack_from(key, 1)[0])

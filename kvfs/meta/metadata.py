@@ -1,0 +1,669 @@
+"""POSIX metadata over any KV engine: every namespace operation is one optimistic transaction.
+
+:class:`Metadata` owns the rules the kernel leaves to a filesystem: ownership and modes of new
+inodes (setgid inheritance), link counts, parent/child times, SUID/SGID clearing on chown,
+rename semantics (replace, NOREPLACE, EXCHANGE, moving directories), and what happens to an
+inode's data when its last name goes.  Access checks (search/write permission, sticky bits,
+owner-only chmod/chown/utimes) are done by the kernel, which mounts with
+``default_permissions``; the checks here are the ones it cannot do.
+
+Concurrency: every operation reads, through :class:`~kvfs.kv.txn.Txn`, the attribute keys it
+depends on and rewrites the attribute key of each directory whose entries it changes.  So a
+create racing an ``rmdir`` of its parent, or two renames into one name, conflict in the engine
+and one of them retries -- correct across any number of mounts.
+
+Deletion of data is deferred: the transaction that drops an inode's last link either records
+the inode as *sustained* by this session (it is still open here) or queues it under ``D ino``
+for :mod:`kvfs.meta.cleanup`, which removes chunks and blocks in idempotent steps.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+
+from kvfs.chunk.layout import CHUNK_SIZE, Slice, decode_slices, encode_slices
+from kvfs.errors import FSError
+from kvfs.kv.api import KVEngine, prefix_end
+from kvfs.kv.txn import Txn, run_txn
+from kvfs.meta import keys
+from kvfs.meta.ids import IdAllocator
+from kvfs.meta.keys import ROOT_INO, Ino
+from kvfs.meta.records import Attr, decode_dentry, encode_dentry, ftype_of, now_ns
+
+NAME_MAX = 255
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+# Deleting a big file moves this many chunk keys per transaction (two ops each).
+_CHUNKS_PER_STEP = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """Who is asking: the caller's effective ids (groups only matter for chown by owners)."""
+
+    uid: int
+    gid: int
+    pid: int = 0
+
+
+ROOT_CTX = Ctx(0, 0)
+
+
+@dataclass(slots=True)
+class SetAttr:
+    """Which attributes to change; ``None`` leaves one alone."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime: int | None = None
+    mtime: int | None = None
+    ctime: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: bytes
+    ino: Ino
+    ftype: int
+
+
+def check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise FSError(errno.ENAMETOOLONG, f"name of {len(name)} bytes")
+    if not name or b"/" in name or b"\0" in name:
+        raise FSError(errno.EINVAL, "invalid name")
+
+
+class Metadata:
+    """The POSIX namespace of one volume (see module docstring).
+
+    ``is_open(ino)`` tells whether this mount still has ``ino`` open; such an inode keeps
+    its data when its last link goes, until :meth:`release_orphan`.
+    """
+
+    def __init__(self, kv: KVEngine, *, session_id: int = 0,
+                 is_open: Callable[[int], bool] = lambda ino: False) -> None:
+        self.kv = kv
+        self.session_id = session_id
+        self.is_open = is_open
+        self.inodes = IdAllocator(kv, keys.NEXT_INODE, 256)
+        self.slices = IdAllocator(kv, keys.NEXT_SLICE, 1024)
+        self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    async def _attr(t: Txn, ino: int) -> Attr:
+        raw = await t.get(keys.attr(ino))
+        if raw is None:
+            raise FSError(errno.ENOENT, f"inode {ino}")
+        return Attr.decode(raw)
+
+    @staticmethod
+    async def _dir_attr(t: Txn, ino: int) -> Attr:
+        a = await Metadata._attr(t, ino)
+        if not a.is_dir:
+            raise FSError(errno.ENOTDIR)
+        return a
+
+    @staticmethod
+    async def _entry(t: Txn, parent: int, name: bytes) -> tuple[int, int] | None:
+        raw = await t.get(keys.dentry(parent, name))
+        return None if raw is None else decode_dentry(raw)
+
+    @staticmethod
+    def _put_attr(t: Txn, ino: int, a: Attr) -> None:
+        t.put(keys.attr(ino), a.encode())
+
+    async def _is_empty(self, t: Txn, ino: int) -> bool:
+        # The directory's attr key is guarded by the caller, so this unguarded scan is safe.
+        return not await t.scan(keys.dentry_prefix(ino), limit=1)
+
+    async def _drop_link(self, t: Txn, ino: int, a: Attr, parent: int, now: int) -> None:
+        """Remove one link of non-directory ``ino`` from ``parent``; handle its last link."""
+        a.nlink -= 1
+        a.ctime = now
+        if a.nlink > 0:
+            await self._move_link_parent(t, ino, a, parent, 0)
+            self._put_attr(t, ino, a)
+            return
+        await self._forget_inode(t, ino, a)
+
+    async def _forget_inode(self, t: Txn, ino: int, a: Attr) -> None:
+        """``ino`` has no links left: keep it for open handles or queue its data for deletion."""
+        if self.is_open(ino):
+            a.nlink = 0
+            self._put_attr(t, ino, a)
+            t.put(keys.sustained(self.session_id, ino), b"")
+        elif a.is_reg:
+            t.delete(keys.attr(ino))
+            t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
+        else:
+            await self._delete_inode_keys(t, ino)
+
+    async def _delete_inode_keys(self, t: Txn, ino: int) -> None:
+        for kv in await t.scan(keys.inode_all(ino)):
+            t.delete(kv.key)
+
+    async def _move_link_parent(self, t: Txn, ino: int, a: Attr, old: int, new: int) -> None:
+        """Move one link of ``ino`` from directory ``old`` to ``new`` (0: none) in the parent
+        bookkeeping: ``a.parent`` while it has one link, ``P`` keys while it has several."""
+        if a.is_dir:
+            if new:
+                a.parent = new
+            return
+        links = {}
+        if a.parent:
+            links[a.parent] = 1
+        for kv in await t.scan(keys.link_parent_prefix(ino)):
+            links[keys.read_u64(kv.key, len(kv.key) - 8)] = keys.read_u64(kv.value)
+            t.delete(kv.key)
+        if old and old in links:
+            links[old] -= 1
+            if not links[old]:
+                del links[old]
+        if new:
+            links[new] = links.get(new, 0) + 1
+        if len(links) == 1 and next(iter(links.values())) == 1:
+            a.parent = next(iter(links))
+            return
+        a.parent = 0
+        for p, n in links.items():
+            t.put(keys.link_parent(ino, p), keys.u64(n))
+
+    # -- volume --------------------------------------------------------------------------
+
+    async def init_root(self, uid: int = 0, gid: int = 0) -> None:
+        now = now_ns()
+        root = Attr(stat.S_IFDIR | 0o777, uid, gid, now, now, now, 2, 0, 0, ROOT_INO)
+
+        async def fn(t: Txn) -> None:
+            if await t.get(keys.attr(ROOT_INO)) is None:
+                self._put_attr(t, ROOT_INO, root)
+                t.put(keys.NEXT_INODE, keys.u64(ROOT_INO + 1))
+
+        await run_txn(self.kv, fn)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def getattr(self, ino: int) -> Attr:
+        raw = await self.kv.get(keys.attr(ino))
+        if raw is None:
+            raise FSError(errno.ENOENT, f"inode {ino}")
+        return Attr.decode(raw.value)
+
+    async def lookup(self, parent: int, name: bytes) -> tuple[Ino, Attr]:
+        check_name(name)
+
+        async def fn(t: Txn) -> tuple[Ino, Attr]:
+            if name in (b".", b".."):
+                pa = await self._dir_attr(t, parent)
+                ino = parent if name == b"." else (pa.parent or ROOT_INO)
+                return Ino(ino), await self._attr(t, ino)
+            ent = await self._entry(t, parent, name)
+            if ent is None:
+                await self._dir_attr(t, parent)  # ENOTDIR beats ENOENT
+                raise FSError(errno.ENOENT)
+            return Ino(ent[1]), await self._attr(t, ent[1])
+
+        return await run_txn(self.kv, fn)
+
+    async def readdir(self, ino: int) -> list[DirEntry]:
+        """Every entry of directory ``ino`` (not ``.``/``..``), read in pages."""
+        prefix = keys.dentry_prefix(ino)
+        end = prefix_end(prefix)
+        out: list[DirEntry] = []
+        start = prefix
+        while True:
+            res = await self.kv.range(start, end, limit=1000)
+            for kv in res.kvs:
+                ftype, child = decode_dentry(kv.value)
+                out.append(DirEntry(kv.key[len(prefix):], Ino(child), ftype))
+            if not res.more:
+                return out
+            start = res.kvs[-1].key + b"\0"
+
+    async def readlink(self, ino: int) -> bytes:
+        raw = await self.kv.get(keys.symlink(ino))
+        if raw is None:
+            a = await self.getattr(ino)
+            raise FSError(errno.EINVAL if not a.is_symlink else errno.EIO)
+        return raw.value
+
+    # -- creating names ----------------------------------------------------------------
+
+    async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int = 0,
+                     target: bytes | None = None, *, exclusive: bool = True
+                     ) -> tuple[Ino, Attr, bool]:
+        """Create a node of any type.  Returns (ino, attr, created).
+
+        ``exclusive=False`` (open with O_CREAT but not O_EXCL) returns an existing entry
+        instead of failing with EEXIST.
+        """
+        check_name(name)
+        if target is not None and (not target or len(target) > 4095):
+            raise FSError(errno.ENAMETOOLONG if target else errno.ENOENT)
+        ino = await self.inodes.next()
+
+        async def fn(t: Txn) -> tuple[Ino, Attr, bool]:
+            pa = await self._dir_attr(t, parent)
+            if pa.nlink == 0:
+                raise FSError(errno.ENOENT, "parent directory was removed")
+            ent = await self._entry(t, parent, name)
+            if ent is not None:
+                if exclusive:
+                    raise FSError(errno.EEXIST)
+                return Ino(ent[1]), await self._attr(t, ent[1]), False
+            now = now_ns()
+            is_dir = stat.S_ISDIR(mode)
+            gid = ctx.gid
+            m = mode
+            if pa.mode & stat.S_ISGID:
+                gid = pa.gid
+                if is_dir:
+                    m |= stat.S_ISGID
+            a = Attr(m, ctx.uid, gid, now, now, now, 2 if is_dir else 1,
+                     len(target) if target is not None else 0, rdev, parent)
+            self._put_attr(t, ino, a)
+            t.put(keys.dentry(parent, name), encode_dentry(ftype_of(m), ino))
+            if target is not None:
+                t.put(keys.symlink(ino), target)
+            if is_dir:
+                pa.nlink += 1
+            pa.mtime = pa.ctime = now
+            self._put_attr(t, parent, pa)
+            return Ino(ino), a, True
+
+        return await run_txn(self.kv, fn)
+
+    async def link(self, ino: int, parent: int, name: bytes) -> Attr:
+        check_name(name)
+
+        async def fn(t: Txn) -> Attr:
+            a = await self._attr(t, ino)
+            if a.is_dir:
+                raise FSError(errno.EPERM, "hard link to a directory")
+            if a.nlink == 0:
+                raise FSError(errno.ENOENT)
+            pa = await self._dir_attr(t, parent)
+            if await self._entry(t, parent, name) is not None:
+                raise FSError(errno.EEXIST)
+            now = now_ns()
+            a.nlink += 1
+            a.ctime = now
+            await self._move_link_parent(t, ino, a, 0, parent)
+            self._put_attr(t, ino, a)
+            t.put(keys.dentry(parent, name), encode_dentry(ftype_of(a.mode), ino))
+            pa.mtime = pa.ctime = now
+            self._put_attr(t, parent, pa)
+            return a
+
+        return await run_txn(self.kv, fn)
+
+    # -- removing names ----------------------------------------------------------------
+
+    async def unlink(self, parent: int, name: bytes) -> Ino:
+        check_name(name)
+
+        async def fn(t: Txn) -> Ino:
+            pa = await self._dir_attr(t, parent)
+            ent = await self._entry(t, parent, name)
+            if ent is None:
+                raise FSError(errno.ENOENT)
+            ino = ent[1]
+            a = await self._attr(t, ino)
+            if a.is_dir:
+                raise FSError(errno.EISDIR)
+            now = now_ns()
+            t.delete(keys.dentry(parent, name))
+            await self._drop_link(t, ino, a, parent, now)
+            pa.mtime = pa.ctime = now
+            self._put_attr(t, parent, pa)
+            return Ino(ino)
+
+        return await run_txn(self.kv, fn)
+
+    async def rmdir(self, parent: int, name: bytes) -> Ino:
+        check_name(name)
+        if name == b".":
+            raise FSError(errno.EINVAL)
+        if name == b"..":
+            raise FSError(errno.ENOTEMPTY)
+
+        async def fn(t: Txn) -> Ino:
+            pa = await self._dir_attr(t, parent)
+            ent = await self._entry(t, parent, name)
+            if ent is None:
+                raise FSError(errno.ENOENT)
+            ino = ent[1]
+            a = await self._attr(t, ino)
+            if not a.is_dir:
+                raise FSError(errno.ENOTDIR)
+            if not await self._is_empty(t, ino):
+                raise FSError(errno.ENOTEMPTY)
+            now = now_ns()
+            t.delete(keys.dentry(parent, name))
+            await self._forget_dir(t, ino, a)
+            pa.nlink -= 1
+            pa.mtime = pa.ctime = now
+            self._put_attr(t, parent, pa)
+            return Ino(ino)
+
+        return await run_txn(self.kv, fn)
+
+    async def _forget_dir(self, t: Txn, ino: int, a: Attr) -> None:
+        if self.is_open(ino):
+            a.nlink = 0
+            a.ctime = now_ns()
+            self._put_attr(t, ino, a)
+            t.put(keys.sustained(self.session_id, ino), b"")
+        else:
+            await self._delete_inode_keys(t, ino)
+
+    async def release_orphan(self, ino: int, session_id: int | None = None) -> None:
+        """The last open handle of an unlinked inode closed (in ``session_id``, default this
+        mount's session, or a session that died): let its data go."""
+        sid = self.session_id if session_id is None else session_id
+
+        async def fn(t: Txn) -> None:
+            t.delete(keys.sustained(sid, ino))
+            raw = await t.get(keys.attr(ino))
+            if raw is None:
+                return
+            a = Attr.decode(raw)
+            if a.nlink > 0:
+                return
+            if a.is_reg:
+                t.delete(keys.attr(ino))
+                t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
+            else:
+                await self._delete_inode_keys(t, ino)
+
+        await run_txn(self.kv, fn)
+
+    # -- rename ------------------------------------------------------------------------
+
+    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0) -> None:
+        check_name(n1)
+        check_name(n2)
+        if n1 in (b".", b"..") or n2 in (b".", b".."):
+            raise FSError(errno.EINVAL if n1 != b".." and n2 != b".." else errno.EBUSY)
+        if flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE:
+            raise FSError(errno.EINVAL)
+
+        async def fn(t: Txn) -> None:
+            pa1 = await self._dir_attr(t, p1)
+            pa2 = pa1 if p2 == p1 else await self._dir_attr(t, p2)
+            src = await self._entry(t, p1, n1)
+            if src is None:
+                raise FSError(errno.ENOENT)
+            sino = src[1]
+            sa = await self._attr(t, sino)
+            dst = await self._entry(t, p2, n2)
+            if dst is not None and dst[1] == sino:
+                return  # both names are links to one inode: POSIX says do nothing
+            if sa.is_dir and p1 != p2:
+                await self._check_not_ancestor(t, sino, p2)
+            now = now_ns()
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise FSError(errno.ENOENT)
+                await self._exchange(t, p1, n1, pa1, sino, sa, p2, n2, pa2, dst[1], now)
+                return
+            da: Attr | None = None
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise FSError(errno.EEXIST)
+                da = await self._attr(t, dst[1])
+                if sa.is_dir and not da.is_dir:
+                    raise FSError(errno.ENOTDIR)
+                if not sa.is_dir and da.is_dir:
+                    raise FSError(errno.EISDIR)
+                if da.is_dir:
+                    if not await self._is_empty(t, dst[1]):
+                        raise FSError(errno.ENOTEMPTY)
+                    pa2.nlink -= 1
+                    await self._forget_dir(t, dst[1], da)
+                else:
+                    await self._drop_link(t, dst[1], da, p2, now)
+            t.delete(keys.dentry(p1, n1))
+            t.put(keys.dentry(p2, n2), encode_dentry(ftype_of(sa.mode), sino))
+            if sa.is_dir and p1 != p2:
+                pa1.nlink -= 1
+                pa2.nlink += 1
+            if p1 != p2:
+                await self._move_link_parent(t, sino, sa, p1, p2)
+            sa.ctime = now
+            self._put_attr(t, sino, sa)
+            pa1.mtime = pa1.ctime = now
+            self._put_attr(t, p1, pa1)
+            if p2 != p1:
+                pa2.mtime = pa2.ctime = now
+                self._put_attr(t, p2, pa2)
+
+        await run_txn(self.kv, fn)
+
+    async def _check_not_ancestor(self, t: Txn, ino: int, start: int) -> None:
+        """EINVAL if directory ``ino`` is ``start`` or one of its ancestors."""
+        cur = start
+        seen = 0
+        while cur != ROOT_INO:
+            if cur == ino:
+                raise FSError(errno.EINVAL, "cannot move a directory into itself")
+            cur = (await self._attr(t, cur)).parent or ROOT_INO
+            seen += 1
+            if seen > 10_000:
+                raise FSError(errno.ELOOP)
+
+    async def _exchange(self, t: Txn, p1: int, n1: bytes, pa1: Attr, sino: int, sa: Attr,
+                        p2: int, n2: bytes, pa2: Attr, dino: int, now: int) -> None:
+        da = await self._attr(t, dino)
+        if da.is_dir and p1 != p2:
+            await self._check_not_ancestor(t, dino, p1)
+        t.put(keys.dentry(p1, n1), encode_dentry(ftype_of(da.mode), dino))
+        t.put(keys.dentry(p2, n2), encode_dentry(ftype_of(sa.mode), sino))
+        if p1 != p2:
+            if sa.is_dir != da.is_dir:
+                delta = 1 if sa.is_dir else -1
+                pa1.nlink -= delta
+                pa2.nlink += delta
+            await self._move_link_parent(t, sino, sa, p1, p2)
+            await self._move_link_parent(t, dino, da, p2, p1)
+        sa.ctime = da.ctime = now
+        self._put_attr(t, sino, sa)
+        self._put_attr(t, dino, da)
+        pa1.mtime = pa1.ctime = now
+        self._put_attr(t, p1, pa1)
+        if p2 != p1:
+            pa2.mtime = pa2.ctime = now
+            self._put_attr(t, p2, pa2)
+
+    # -- attributes --------------------------------------------------------------------
+
+    async def setattr(self, ino: int, ch: SetAttr) -> Attr:
+        """Apply ``ch``; a size change goes through :meth:`truncate` first."""
+        if ch.size is not None:
+            await self.truncate(ino, ch.size)
+
+        async def fn(t: Txn) -> Attr:
+            a = await self._attr(t, ino)
+            now = now_ns()
+            if ch.mode is not None:
+                a.mode = stat.S_IFMT(a.mode) | (ch.mode & 0o7777)
+            owner_changed = (ch.uid is not None and ch.uid != a.uid) or (
+                ch.gid is not None and ch.gid != a.gid)
+            if ch.uid is not None:
+                a.uid = ch.uid
+            if ch.gid is not None:
+                a.gid = ch.gid
+            if owner_changed and ch.mode is None and not a.is_dir:
+                # chown of a non-directory drops set-user-ID, and set-group-ID if the
+                # file is group-executable (otherwise SGID means mandatory locking).
+                a.mode &= ~stat.S_ISUID
+                if a.mode & stat.S_IXGRP:
+                    a.mode &= ~stat.S_ISGID
+            if ch.atime is not None:
+                a.atime = ch.atime
+            if ch.mtime is not None:
+                a.mtime = ch.mtime
+            a.ctime = ch.ctime if ch.ctime is not None else now
+            self._put_attr(t, ino, a)
+            return a
+
+        return await run_txn(self.kv, fn)
+
+    async def truncate(self, ino: int, size: int) -> Attr:
+        """Set a regular file's length.  Shrinking hides data past ``size`` at once (a zero
+        slice over the rest of its chunk) and moves whole chunks beyond it to the slice GC
+        queue, in steps of bounded size so no transaction exceeds the engine's limits."""
+        if size < 0:
+            raise FSError(errno.EINVAL)
+        if size > (1 << 63) - 1:
+            raise FSError(errno.EFBIG)
+        last = size // CHUNK_SIZE  # chunks with index > last are past the end
+        while True:
+            beyond = await self.kv.range(keys.chunk(ino, last + 1), prefix_end(
+                keys.chunk_prefix(ino)), limit=_CHUNKS_PER_STEP)
+            if not beyond.kvs:
+                break
+            gc_id = await self.gc_ids.next()
+
+            async def drop(t: Txn, kvs: list = beyond.kvs, gc_id: int = gc_id) -> None:
+                a = await self._attr(t, ino)
+                if not a.is_reg:
+                    raise FSError(errno.EISDIR if a.is_dir else errno.EINVAL)
+                dropped = b""
+                for kv in kvs:
+                    raw = await t.get(kv.key)
+                    if raw:
+                        dropped += raw
+                    t.delete(kv.key)
+                if dropped:
+                    t.put(keys.slice_gc(gc_id), dropped)
+
+            await run_txn(self.kv, drop)
+
+        async def fn(t: Txn) -> Attr:
+            a = await self._attr(t, ino)
+            if a.is_dir:
+                raise FSError(errno.EISDIR)
+            if not a.is_reg:
+                raise FSError(errno.EINVAL)
+            if size < a.size:
+                off = size % CHUNK_SIZE
+                if off or size < a.size:
+                    raw = await t.get(keys.chunk(ino, last))
+                    if raw:
+                        hole = Slice(pos=off, id=0, size=CHUNK_SIZE - off, off=0,
+                                     len=CHUNK_SIZE - off)
+                        t.put(keys.chunk(ino, last), raw + encode_slices([hole]))
+            if size != a.size:
+                a.size = size
+                a.mtime = a.ctime = now_ns()
+            self._put_attr(t, ino, a)
+            return a
+
+        return await run_txn(self.kv, fn)
+
+    # -- data --------------------------------------------------------------------------
+
+    async def read_chunk(self, ino: int, index: int) -> list[Slice]:
+        raw = await self.kv.get(keys.chunk(ino, index))
+        return decode_slices(raw.value) if raw else []
+
+    async def write_slices(self, ino: int, slices: list[tuple[int, Slice]], end: int,
+                           mtime: int) -> Attr:
+        """Record written slices ``(chunk index, slice)`` and grow the file to ``end``."""
+
+        async def fn(t: Txn) -> Attr:
+            a = await self._attr(t, ino)
+            per_chunk: dict[int, list[Slice]] = {}
+            for idx, s in slices:
+                per_chunk.setdefault(idx, []).append(s)
+            for idx, ss in per_chunk.items():
+                raw = await t.get(keys.chunk(ino, idx)) or b""
+                t.put(keys.chunk(ino, idx), raw + encode_slices(ss))
+            a.size = max(a.size, end)
+            a.mtime = a.ctime = mtime
+            self._put_attr(t, ino, a)
+            return a
+
+        return await run_txn(self.kv, fn)
+
+    async def replace_chunk(self, ino: int, index: int, expect: bytes, new: list[Slice]) -> bool:
+        """Compaction: swap chunk ``index``'s slices for ``new`` if they are still ``expect``;
+        the old slices go to the GC queue.  False if the chunk changed meanwhile."""
+        gc_id = await self.gc_ids.next()
+        key = keys.chunk(ino, index)
+        cur = await self.kv.get(key)
+        if cur is None or cur.value != expect:
+            return False
+
+        async def fn(t: Txn) -> None:
+            t.guard(key, cur.mod_revision)
+            t.put(key, encode_slices(new))
+            t.put(keys.slice_gc(gc_id), expect)
+
+        try:
+            await run_txn(self.kv, fn, attempts=1)
+        except Exception:  # noqa: BLE001 - a conflict just means "try again later"
+            return False
+        return True
+
+    # -- xattrs ------------------------------------------------------------------------
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        raw = await self.kv.get(keys.xattr(ino, name))
+        if raw is None:
+            await self.getattr(ino)
+            raise FSError(errno.ENODATA)
+        return raw.value
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        await self.getattr(ino)
+        prefix = keys.xattr_prefix(ino)
+        res = await self.kv.range(prefix, prefix_end(prefix), keys_only=True)
+        return [kv.key[len(prefix):] for kv in res.kvs]
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        if not name:
+            raise FSError(errno.EINVAL)
+        if len(name) > XATTR_NAME_MAX:
+            raise FSError(errno.ERANGE)
+        if len(value) > XATTR_SIZE_MAX:
+            raise FSError(errno.E2BIG)
+
+        async def fn(t: Txn) -> None:
+            a = await self._attr(t, ino)
+            cur = await t.get(keys.xattr(ino, name))
+            if flags & XATTR_CREATE and cur is not None:
+                raise FSError(errno.EEXIST)
+            if flags & XATTR_REPLACE and cur is None:
+                raise FSError(errno.ENODATA)
+            t.put(keys.xattr(ino, name), value)
+            a.ctime = now_ns()
+            self._put_attr(t, ino, a)
+
+        await run_txn(self.kv, fn)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        async def fn(t: Txn) -> None:
+            a = await self._attr(t, ino)
+            if await t.get(keys.xattr(ino, name)) is None:
+                raise FSError(errno.ENODATA)
+            t.delete(keys.xattr(ino, name))
+            a.ctime = now_ns()
+            self._put_attr(t, ino, a)
+
+        await run_txn(self.kv, fn)

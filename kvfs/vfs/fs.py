@@ -1,0 +1,336 @@
+"""The filesystem as FUSE sees it, without FUSE: handles, lookup counts, open-unlinked files.
+
+:class:`FileSystem` turns kernel-shaped requests (inode numbers, file handles, flags) into
+:class:`~kvfs.meta.metadata.Metadata` transactions and :class:`~kvfs.chunk.filedata.FileData`
+I/O.  It never imports pyfuse3, so tests drive it directly; :mod:`kvfs.fuse.ops` is a thin
+adapter on top.
+
+Invariants:
+  * ``_open[ino]`` counts this mount's open handles (files and directories) of ``ino``;
+    Metadata keeps an unlinked inode's data while that count is positive, and
+    :meth:`release` hands it to the cleaner when the count drops to zero.
+  * ``_data[ino]`` exists exactly while a file handle of ``ino`` is open; all handles of
+    one inode share it, so they see each other's buffered writes.
+  * Attributes returned for an inode with buffered writes include their length and mtime.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from itertools import count
+
+import trio
+
+from kvfs.chunk.cleanup import Cleaner
+from kvfs.chunk.filedata import FileData
+from kvfs.chunk.slices import SliceStore
+from kvfs.errors import FSError
+from kvfs.meta.keys import Ino
+from kvfs.meta.metadata import Ctx, DirEntry, Metadata, SetAttr
+from kvfs.meta.records import Attr
+
+log = logging.getLogger("kvfs.vfs")
+
+
+@dataclass(slots=True)
+class FileHandle:
+    ino: int
+    flags: int
+    data: FileData
+
+
+@dataclass(slots=True)
+class DirHandle:
+    ino: int
+    entries: list[DirEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    block_size: int
+    total_blocks: int
+    free_blocks: int
+    total_inodes: int
+    free_inodes: int
+    name_max: int = 255
+
+
+class FileSystem:
+    """POSIX operations of one mount (see module docstring)."""
+
+    def __init__(self, meta: Metadata, slices: SliceStore) -> None:
+        self.meta = meta
+        self.slices = slices
+        self.cleaner = Cleaner(meta, slices)
+        meta.is_open = self.is_open
+        self._fh = count(1)
+        self._files: dict[int, FileHandle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._open: dict[int, int] = {}
+        self._data: dict[int, FileData] = {}
+        # inode -> (its data, file length) awaiting background compaction
+        self._compact_pending: dict[int, tuple[FileData, int]] = {}
+        self._compact_wake = trio.Event()
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def is_open(self, ino: int) -> bool:
+        return self._open.get(ino, 0) > 0
+
+    def _inc_open(self, ino: int) -> None:
+        self._open[ino] = self._open.get(ino, 0) + 1
+
+    async def _dec_open(self, ino: int) -> None:
+        n = self._open[ino] - 1
+        if n:
+            self._open[ino] = n
+            return
+        del self._open[ino]
+        self._data.pop(ino, None)
+        attr = await self._peek_attr(ino)
+        if attr is not None and attr.nlink == 0:
+            await self.meta.release_orphan(ino)
+            self.cleaner.poke()
+
+    async def _peek_attr(self, ino: int) -> Attr | None:
+        try:
+            return await self.meta.getattr(ino)
+        except FSError:
+            return None
+
+    def _overlay(self, ino: int, attr: Attr) -> Attr:
+        data = self._data.get(ino)
+        if data is not None and data.dirty:
+            attr.size = max(attr.size, data.pending_end)
+            attr.mtime = attr.ctime = max(attr.mtime, data.pending_mtime)
+        return attr
+
+    # -- attributes and names ----------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> tuple[Ino, Attr]:
+        ino, attr = await self.meta.lookup(parent, name)
+        return ino, self._overlay(ino, attr)
+
+    async def getattr(self, ino: int) -> Attr:
+        return self._overlay(ino, await self.meta.getattr(ino))
+
+    async def setattr(self, ino: int, ch: SetAttr) -> Attr:
+        data = self._data.get(ino)
+        if ch.size is not None and data is not None:
+            data.discard_beyond(ch.size)
+            await data.flush()
+        elif data is not None and (ch.mtime is not None):
+            await data.flush()  # an explicit mtime must not be overtaken by a later flush
+        attr = await self.meta.setattr(ino, ch)
+        if ch.size is not None:
+            self.cleaner.poke()
+        return self._overlay(ino, attr)
+
+    async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int,
+                    rdev: int = 0) -> tuple[Ino, Attr]:
+        ino, attr, _ = await self.meta.create(ctx, parent, name, mode, rdev)
+        return ino, attr
+
+    async def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int) -> tuple[Ino, Attr]:
+        ino, attr, _ = await self.meta.create(ctx, parent, name, stat.S_IFDIR | (mode & 0o7777))
+        return ino, attr
+
+    async def symlink(self, ctx: Ctx, parent: int, name: bytes,
+                      target: bytes) -> tuple[Ino, Attr]:
+        ino, attr, _ = await self.meta.create(ctx, parent, name, stat.S_IFLNK | 0o777,
+                                              target=target)
+        return ino, attr
+
+    async def readlink(self, ino: int) -> bytes:
+        return await self.meta.readlink(ino)
+
+    async def link(self, ino: int, parent: int, name: bytes) -> Attr:
+        return self._overlay(ino, await self.meta.link(ino, parent, name))
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        await self.meta.unlink(parent, name)
+        self.cleaner.poke()
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        await self.meta.rmdir(parent, name)
+
+    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0) -> None:
+        await self.meta.rename(p1, n1, p2, n2, flags)
+        self.cleaner.poke()
+
+    # -- files -------------------------------------------------------------------------
+
+    def _new_handle(self, ino: int, flags: int) -> int:
+        data = self._data.get(ino)
+        if data is None:
+            data = self._data[ino] = FileData(ino, self.meta, self.slices)
+        fh = next(self._fh)
+        self._files[fh] = FileHandle(ino, flags, data)
+        self._inc_open(ino)
+        return fh
+
+    async def open(self, ino: int, flags: int) -> int:
+        attr = await self.meta.getattr(ino)
+        if attr.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise FSError(errno.EISDIR)
+        fh = self._new_handle(ino, flags)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and attr.size:
+            try:
+                await self.setattr(ino, SetAttr(size=0))
+            except BaseException:
+                await self.release(fh)
+                raise
+        return fh
+
+    async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int,
+                     flags: int) -> tuple[int, Ino, Attr]:
+        ino, attr, created = await self.meta.create(
+            ctx, parent, name, stat.S_IFREG | (mode & 0o7777), exclusive=bool(flags & os.O_EXCL))
+        fh = self._new_handle(ino, flags)
+        if not created and flags & os.O_TRUNC and attr.size:
+            attr = await self.setattr(ino, SetAttr(size=0))
+        return fh, ino, attr
+
+    def _handle(self, fh: int) -> FileHandle:
+        h = self._files.get(fh)
+        if h is None:
+            raise FSError(errno.EBADF)
+        return h
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self._handle(fh)
+        attr = await self.getattr(h.ino)
+        return await h.data.read(offset, size, attr.size)
+
+    async def write(self, fh: int, offset: int, buf: bytes) -> int:
+        h = self._handle(fh)
+        if h.flags & os.O_APPEND:
+            offset = (await self.getattr(h.ino)).size
+        if offset + len(buf) > (1 << 63) - 1:
+            raise FSError(errno.EFBIG)
+        await h.data.write(offset, buf)
+        return len(buf)
+
+    async def flush(self, fh: int) -> None:
+        """close(2) of one descriptor: make its writes durable and report earlier failures."""
+        h = self._handle(fh)
+        await self._flush_data(h.data)
+
+    async def _flush_data(self, data: FileData) -> None:
+        try:
+            attr = await data.flush()
+        except FSError:
+            raise
+        except Exception as exc:
+            raise FSError(errno.EIO, f"writing inode {data.ino}: {exc}") from exc
+        if attr is not None and data.compact_wanted:
+            self._compact_pending[data.ino] = (data, attr.size)
+            self._compact_wake.set()
+
+    async def fsync(self, fh: int, datasync: bool = False) -> None:
+        await self._flush_data(self._handle(fh).data)
+
+    async def release(self, fh: int) -> None:
+        h = self._files.pop(fh, None)
+        if h is None:
+            return
+        try:
+            if h.data.dirty:
+                await self._flush_data(h.data)
+        finally:
+            await self._dec_open(h.ino)
+
+    # -- directories -------------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> int:
+        attr = await self.meta.getattr(ino)
+        if not attr.is_dir:
+            raise FSError(errno.ENOTDIR)
+        fh = next(self._fh)
+        self._dirs[fh] = DirHandle(ino)
+        self._inc_open(ino)
+        return fh
+
+    async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
+        """Entries from position ``start`` as (next position, entry).
+
+        Position 0 (a fresh or rewound stream) takes a new snapshot of the directory, so
+        one pass neither repeats nor skips an entry however the directory changes.
+        """
+        h = self._dirs.get(fh)
+        if h is None:
+            raise FSError(errno.EBADF)
+        if start == 0:
+            attr = await self.meta.getattr(h.ino)
+            dots = [DirEntry(b".", Ino(h.ino), stat.S_IFDIR >> 12),
+                    DirEntry(b"..", Ino(attr.parent or h.ino), stat.S_IFDIR >> 12)]
+            h.entries = dots + await self.meta.readdir(h.ino)
+        return [(i + 1, e) for i, e in enumerate(h.entries[start:], start)]
+
+    async def releasedir(self, fh: int) -> None:
+        h = self._dirs.pop(fh, None)
+        if h is not None:
+            await self._dec_open(h.ino)
+
+    # -- misc --------------------------------------------------------------------------
+
+    async def statfs(self) -> StatFs:
+        total = 1 << 50
+        return StatFs(4096, total // 4096, total // 4096, 1 << 40, 1 << 40)
+
+    async def access(self, ctx: Ctx, ino: int, mode: int) -> None:
+        attr = await self.meta.getattr(ino)
+        if ctx.uid == 0:
+            if mode & os.X_OK and not attr.is_dir and not attr.mode & 0o111:
+                raise FSError(errno.EACCES)
+            return
+        if ctx.uid == attr.uid:
+            bits = (attr.mode >> 6) & 7
+        elif ctx.gid == attr.gid:
+            bits = (attr.mode >> 3) & 7
+        else:
+            bits = attr.mode & 7
+        if mode & bits != mode:
+            raise FSError(errno.EACCES)
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self.meta.getxattr(ino, name)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        await self.meta.setxattr(ino, name, value, flags)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self.meta.listxattr(ino)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self.meta.removexattr(ino, name)
+
+    async def flush_all(self) -> None:
+        """Make every buffered write of this mount durable (unmount, SIGTERM)."""
+        for data in list(self._data.values()):
+            if data.dirty:
+                await self._flush_data(data)
+
+    async def _compactor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        task_status.started()
+        while True:
+            await self._compact_wake.wait()
+            self._compact_wake = trio.Event()
+            while self._compact_pending:
+                ino = next(iter(self._compact_pending))
+                data, size = self._compact_pending.pop(ino)
+                try:
+                    await data.compact(size)
+                except Exception:  # noqa: BLE001 - compaction is an optimisation; retry later
+                    log.exception("compaction of inode %d failed", ino)
+                self.cleaner.poke()
+
+    async def run_background(self, nursery: trio.Nursery) -> None:
+        """Start the cleaner and the compactor as children of ``nursery``."""
+        await nursery.start(self.cleaner.run)
+        await nursery.start(self._compactor)

@@ -1,0 +1,167 @@
+"""Opening and formatting volumes: META_URL → engine, format record → object store and layers.
+
+This is the one place that knows which engine a URL names and how a volume's parts fit
+together; the CLI and the tests both go through it.
+
+META_URL forms:
+  * ``/path/to/dir`` or ``local:///path/to/dir`` -- the embedded store in that directory;
+  * ``mem://`` -- a volatile in-process store (tests only; every open is a new volume).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import msgpack
+
+from kvfs.chunk.slices import SliceStore
+from kvfs.kv.api import KVEngine
+from kvfs.kv.local import MemoryEngine
+from kvfs.meta import keys
+from kvfs.meta.metadata import Metadata
+from kvfs.objstore.api import ObjectStore
+from kvfs.objstore.checksum import ChecksummedStore
+from kvfs.objstore.kvblob import KVBlobStore
+from kvfs.objstore.localdir import LocalDirStore
+
+FORMAT_VERSION = 1
+DEFAULT_BLOCK_KIB = {"file": 4096, "kv": 1024}
+
+
+class VolumeError(Exception):
+    """A user-facing problem with a volume or its URL; the message is one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeFormat:
+    name: str
+    uuid: str
+    block_size: int
+    storage: str  # "kv": blocks in the metadata engine; "file": a local directory
+    bucket: str
+    version: int = FORMAT_VERSION
+    created: int = 0
+
+    def encode(self) -> bytes:
+        return msgpack.packb(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> VolumeFormat:
+        d: dict[str, Any] = msgpack.unpackb(raw)
+        if d.get("version", 0) > FORMAT_VERSION:
+            raise VolumeError(f"volume format {d.get('version')} is newer than this kvfs")
+        return cls(**d)
+
+
+def embedded_dir(url: str) -> str | None:
+    """The directory of an embedded-store URL, or None for other engines."""
+    if url.startswith("local://"):
+        return url[len("local://"):] or "/"
+    if "://" in url:
+        return None
+    return url
+
+
+async def open_engine(url: str) -> KVEngine:
+    """Open the metadata engine named by ``url`` (see module docstring)."""
+    if url == "mem://" or url.startswith("mem://"):
+        return MemoryEngine()
+    path = embedded_dir(url)
+    if path is None:
+        scheme = url.split("://", 1)[0]
+        raise VolumeError(f"unsupported metadata URL scheme {scheme!r} "
+                          "(use a directory path, local:///PATH or mem://)")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise VolumeError(f"{path}: not a directory")
+    from kvfs.kv.embedded import EmbeddedEngine
+
+    return await EmbeddedEngine.open(os.path.abspath(path))
+
+
+async def read_format(kv: KVEngine) -> VolumeFormat | None:
+    raw = await kv.get(keys.SETTING)
+    return VolumeFormat.decode(raw.value) if raw else None
+
+
+def make_store(fmt: VolumeFormat, kv: KVEngine) -> ObjectStore:
+    if fmt.storage == "file":
+        return ChecksummedStore(LocalDirStore(fmt.bucket))
+    if fmt.storage == "kv":
+        return ChecksummedStore(KVBlobStore(kv))
+    raise VolumeError(f"unknown storage kind {fmt.storage!r}")
+
+
+async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket: str = "",
+                        block_kib: int | None = None, force: bool = False) -> VolumeFormat:
+    """Write a new volume's format record and root directory.
+
+    Refuses an already formatted engine unless ``force`` (which only rewrites the format
+    record's changeable fields -- it never erases data).
+    """
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise VolumeError(f"invalid volume name {name!r} (letters, digits, - _ . only)")
+    if storage not in ("kv", "file"):
+        raise VolumeError(f"unknown storage {storage!r} (choose kv or file)")
+    if storage == "file":
+        if not bucket:
+            raise VolumeError("--storage file needs --bucket DIRECTORY")
+        bucket = os.path.abspath(bucket)
+        if os.path.exists(bucket) and not os.path.isdir(bucket):
+            raise VolumeError(f"{bucket}: bucket is not a directory")
+    kib = block_kib if block_kib is not None else DEFAULT_BLOCK_KIB[storage]
+    if kib <= 0 or kib > 64 * 1024:
+        raise VolumeError(f"block size {kib} KiB out of range (1..65536)")
+    block_size = kib * 1024
+    if storage == "kv" and block_size + 4096 > kv.limits.max_value_bytes:
+        raise VolumeError(f"block size {kib} KiB does not fit the engine's value limit of "
+                          f"{kv.limits.max_value_bytes // 1024} KiB")
+    old = await read_format(kv)
+    if old is not None and not force:
+        raise VolumeError(f"already formatted as volume {old.name!r} (use --force to "
+                          "update its settings)")
+    if old is not None and (old.storage != storage or old.block_size != block_size):
+        raise VolumeError("--force cannot change storage or block size of a volume with data")
+    fmt = VolumeFormat(name, old.uuid if old else str(uuid.uuid4()), block_size, storage,
+                       bucket, FORMAT_VERSION, old.created if old else int(time.time()))
+    if storage == "file":
+        os.makedirs(bucket, exist_ok=True)
+    from kvfs.kv.api import Put
+
+    await kv.commit([], [Put(keys.SETTING, fmt.encode())])
+    await Metadata(kv).init_root()
+    return fmt
+
+
+@dataclass(slots=True)
+class Volume:
+    """An open volume: its engine, format, block store and metadata."""
+
+    kv: KVEngine
+    fmt: VolumeFormat
+    store: ObjectStore
+    slices: SliceStore
+    meta: Metadata
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+        await self.kv.aclose()
+
+
+async def open_volume(url: str, *, kv: KVEngine | None = None,
+                      session_id: int = 0) -> Volume:
+    """Open a formatted volume; VolumeError if ``url`` holds none."""
+    kv = kv or await open_engine(url)
+    try:
+        fmt = await read_format(kv)
+        if fmt is None:
+            raise VolumeError(f"{url}: not a formatted kvfs volume (run `kvfs format` first)")
+        store = make_store(fmt, kv)
+    except BaseException:
+        await kv.aclose()
+        raise
+    slices = SliceStore(store, fmt.block_size)
+    return Volume(kv, fmt, store, slices, Metadata(kv, session_id=session_id))
