@@ -66,8 +66,12 @@ def embedded_dir(url: str) -> str | None:
     return url
 
 
-async def open_engine(url: str) -> KVEngine:
-    """Open the metadata engine named by ``url`` (see module docstring)."""
+async def open_engine(url: str, *, create: bool = False) -> KVEngine:
+    """Open the metadata engine named by ``url`` (see module docstring).
+
+    An embedded store's directory is only created when ``create`` (format); opening a
+    missing one for anything else is an error, so a typo never leaves a new empty store.
+    """
     if url == "mem://" or url.startswith("mem://"):
         return MemoryEngine()
     path = embedded_dir(url)
@@ -77,6 +81,8 @@ async def open_engine(url: str) -> KVEngine:
                           "(use a directory path, local:///PATH or mem://)")
     if os.path.exists(path) and not os.path.isdir(path):
         raise VolumeError(f"{path}: not a directory")
+    if not create and not os.path.isdir(path):
+        raise VolumeError(f"{path}: no such volume directory (run `kvfs format` first)")
     from kvfs.kv.embedded import EmbeddedEngine
 
     return await EmbeddedEngine.open(os.path.abspath(path))

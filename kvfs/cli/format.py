@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
 
 def run(args: argparse.Namespace) -> int:
     async def go() -> None:
-        kv = await open_engine(args.meta_url)
+        kv = await open_engine(args.meta_url, create=True)
         try:
             fmt = await format_volume(kv, args.name, storage=args.storage, bucket=args.bucket,
                                       block_kib=args.block_size, force=args.force)

@@ -231,6 +231,10 @@ class KvfsOperations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
+        if name.startswith(b"system."):
+            # POSIX ACLs are not supported: saying so makes cp -a and friends fall back
+            # to chmod instead of storing an ACL that would never take effect.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self.fs.setxattr(inode, name, value)
 
     @_errors

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install kvfs and everything it needs on a Debian machine, then either mount a demo volume
+# or run the whole test suite.  Run as root from a clone of the repository.
+#
+#   ./install.sh mount   install, format an embedded volume, mount it, print where
+#   ./install.sh test    install, then run every test (unit, contract, model-based,
+#                        filesystem API, real mounts, posix-tests/)
+#   ./install.sh deps    install only
+set -euo pipefail
+cd "$(dirname "$0")"
+mode=${1:-mount}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+install_system() {
+	if [ "$(id -u)" != 0 ]; then
+		echo "install.sh: run as root (it installs packages and mounts FUSE)" >&2
+		exit 1
+	fi
+	log "installing system packages"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends \
+		fuse3 libfuse3-dev pkg-config gcc python3-venv attr procps psmisc \
+		etcd-server etcd-client >/dev/null
+}
+
+install_python() {
+	log "installing kvfs into .venv"
+	[ -x .venv/bin/python ] || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -e '.[test]'
+	ln -sf "$PWD/.venv/bin/kvfs" /usr/local/bin/kvfs
+}
+
+demo_mount() {
+	local store=/var/lib/kvfs/demo mnt=/mnt/kvfs
+	mkdir -p "$store" "$mnt"
+	if ! kvfs status "$store" >/dev/null 2>&1; then
+		kvfs format "$store" demo
+	fi
+	if mountpoint -q "$mnt"; then
+		log "$mnt is already mounted"
+	else
+		kvfs mount -d --log /var/log/kvfs.log "$store" "$mnt"
+	fi
+	log "kvfs volume 'demo' (embedded store in $store) is mounted at:"
+	echo "$mnt"
+}
+
+run_tests() {
+	log "running the test suite"
+	.venv/bin/pytest -q -p no:cacheprovider tests
+	log "running posix-tests/ on a real mount"
+	.venv/bin/python posix-tests/run.py
+}
+
+case "$mode" in
+	deps) install_system; install_python ;;
+	mount) install_system; install_python; demo_mount ;;
+	test) install_system; install_python; run_tests ;;
+	*) echo "usage: $0 mount|test|deps" >&2; exit 2 ;;
+esac
