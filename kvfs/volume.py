@@ -81,11 +81,19 @@ async def open_engine(url: str, *, create: bool = False) -> KVEngine:
                           "(use a directory path, local:///PATH or mem://)")
     if os.path.exists(path) and not os.path.isdir(path):
         raise VolumeError(f"{path}: not a directory")
-    if not create and not os.path.isdir(path):
-        raise VolumeError(f"{path}: no such volume directory (run `kvfs format` first)")
+    if not create and not _holds_store(path):
+        raise VolumeError(f"{path}: no kvfs volume here (run `kvfs format` first)")
     from kvfs.kv.embedded import EmbeddedEngine
 
     return await EmbeddedEngine.open(os.path.abspath(path))
+
+
+def _holds_store(path: str) -> bool:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(n.startswith(("wal-", "snap-")) for n in names)
 
 
 async def read_format(kv: KVEngine) -> VolumeFormat | None:

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from mounting import Mount, fsck, kvfs
 
 pytestmark = pytest.mark.mount

@@ -96,17 +96,24 @@ class EmbeddedEngine(LocalEngine):
         self.snapshots_written = 0
 
     @classmethod
-    async def open(cls, path: str, limits: Limits | None = None,
-                   **options: Any) -> EmbeddedEngine:
+    async def open(cls, path: str, limits: Limits | None = None, *,
+                   snapshot_every: int = 20_000, snapshot_wal_bytes: int = 64 << 20,
+                   segment_bytes: int = 16 << 20,
+                   large_value_bytes: int = LARGE_VALUE_BYTES) -> EmbeddedEngine:
         """Lock ``path`` (created if missing), recover its contents and return the engine.
 
         Raises :class:`StoreLocked` if another opener holds the directory and
-        :class:`StoreCorrupt` if its files are damaged beyond a torn tail.
+        :class:`StoreCorrupt` if its files are damaged beyond a torn tail.  The keyword
+        arguments tune snapshots (every ``snapshot_every`` commands or ``snapshot_wal_bytes``
+        of log), log segment size, and the size above which values go to their own file.
         """
-        os.makedirs(path, exist_ok=True)
-        lock = await trio.to_thread.run_sync(DirLock.acquire, os.path.abspath(path))
+        path = os.path.abspath(path)
+        await trio.to_thread.run_sync(_make_dir, path)
+        lock = await trio.to_thread.run_sync(DirLock.acquire, path)
         try:
-            engine = cls(path, limits, **options)
+            engine = cls(path, limits, snapshot_every=snapshot_every,
+                         snapshot_wal_bytes=snapshot_wal_bytes, segment_bytes=segment_bytes,
+                         large_value_bytes=large_value_bytes)
             engine._lock = lock
             await trio.to_thread.run_sync(engine._recover)
         except BaseException:
@@ -336,9 +343,15 @@ class EmbeddedEngine(LocalEngine):
     # -- shutdown ----------------------------------------------------------------------
 
     async def aclose(self) -> None:
+        """Make every applied command durable, finish a running snapshot, unlock."""
         if self._lock is None:
             return
         self._closed = True  # refuse new calls; drain the ones already applied
+        with trio.CancelScope(shield=True):
+            await self._shutdown()
+        await super().aclose()
+
+    async def _shutdown(self) -> None:
         try:
             if self._poisoned is None and self._seq_durable < self._seq_applied:
                 await self._wait_durable(self._seq_applied)
@@ -352,5 +365,13 @@ class EmbeddedEngine(LocalEngine):
             self._wal.close()
             self._wal = None
         lock, self._lock = self._lock, None
-        lock.release()
-        await super().aclose()
+        if lock is not None:
+            lock.release()
+
+
+def _make_dir(path: str) -> None:
+    """Create the store directory, making its entry in the parent durable."""
+    if os.path.isdir(path):
+        return
+    os.makedirs(path, exist_ok=True)
+    fsync_dir(os.path.dirname(path))

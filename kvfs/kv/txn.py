@@ -74,8 +74,8 @@ class Txn:
 
     async def commit(self) -> bool:
         compares = [Compare(k, r) for k, r in self._read_revs.items()]
-        puts = [Put(k, v, self._leases.get(k, 0)) for k, v in self._writes.items()
-                if v is not _DELETED]  # type: ignore[misc]
+        puts = [Put(k, v, self._leases.get(k, 0))  # type: ignore[arg-type]
+                for k, v in self._writes.items() if v is not _DELETED]
         deletes = [Delete(k) for k, v in self._writes.items() if v is _DELETED]
         if not puts and not deletes:
             return True

@@ -40,6 +40,7 @@ from kvfs.kv.valuefiles import fsync_dir
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">IQ")
+_datasync = getattr(os, "fdatasync", os.fsync)
 SEGMENT_RE = re.compile(r"^wal-([0-9a-f]{16})\.log$")
 
 
@@ -152,7 +153,7 @@ class WalWriter:
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        os.fdatasync(self._fd)
+        _datasync(self._fd)
         if new_segment:
             fsync_dir(self.directory)
         self._size += len(buf)

@@ -115,20 +115,20 @@ async def check(kv: KVEngine, store: ObjectStore | None, block_size: int,
 
     if store is not None:
         present: set[str] = set()
-        async for name in store.list("chunks/"):
-            present.add(name)
+        async for block in store.list("chunks/"):
+            present.add(block)
         rep.blocks = len(present)
         wanted: set[str] = set()
         for sid, size in slices.items():
             for i, start in enumerate(range(0, size, block_size)):
                 wanted.add(block_name(sid, i, min(block_size, size - start)))
-        for name in sorted(wanted - present):
-            rep.add(f"block {name} is missing from the object store")
+        for block in sorted(wanted - present):
+            rep.add(f"block {block} is missing from the object store")
         if leaked_blocks:
-            for name in sorted(present - wanted):
+            for block in sorted(present - wanted):
                 try:
-                    parse_block_name(name)
+                    parse_block_name(block)
                 except ValueError:
                     continue
-                rep.add(f"block {name} is not referenced by any slice (leaked)")
+                rep.add(f"block {block} is not referenced by any slice (leaked)")
     return rep
