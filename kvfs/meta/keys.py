@@ -1,25 +1,30 @@
 """The key table: every key kvfs writes into a metadata engine is built here and only here.
 
-All integers are big-endian so keys sort numerically; a volume lives under its own engine
-prefix (added by the engine URL), so these keys never carry the volume name.
+All integers are big-endian so keys sort numerically.  A volume owns its whole engine
+keyspace (engines that share one server, like etcd, add a per-volume prefix below this
+table), so these keys never carry the volume name.
 
 ====================  ==============================  =====================================
 key                   value (msgpack unless noted)    meaning
 ====================  ==============================  =====================================
 ``setting``           dict                            volume format (name, uuid, block size,
                                                       storage, version)
-``C`` name            u64 BE                          counter: ``nextinode``, ``nextslice``,
-                                                      ``usedspace``, ``totalinodes``
+``C`` name            u64 BE                          counter: ``nextinode``,
+                                                      ``nextslice`` (slice and ``G`` ids),
+                                                      ``nextsession``
 ``A`` ino ``I``       :class:`~kvfs.meta.records.Attr`  inode attributes
 ``A`` ino ``D`` name  [type, child ino]               directory entry
 ``A`` ino ``C`` u32   packed 24-byte slice records    slices of chunk ``u32`` (write order)
 ``A`` ino ``S``       raw bytes                       symlink target
 ``A`` ino ``X`` name  raw bytes                       extended attribute
-``A`` ino ``P`` pino  u32 count                       hard-link parents (non-directories)
+``A`` ino ``P`` pino  u64 BE count                    hard-link parents (non-directories
+                                                      with several links)
 ``D`` ino             [size, unix time]               inode awaiting data deletion
 ``G`` u64 id          packed slice records            slices whose blocks await deletion
-``SE`` sid            dict, on the session lease      live session (host, pid, mountpoint…)
+``SE`` sid            [host, pid, mountpoint,         live session, attached to its lease
+                      version, started]
 ``SS`` sid ino        b""                             inode unlinked while open in session
+``B`` block name      checksummed block               a data block (KV-blob storage only)
 ====================  ==============================  =====================================
 
 Invariants: a directory's entries are exactly the ``A dir D *`` keys; any change to them
@@ -40,8 +45,6 @@ _U32 = struct.Struct(">I")
 SETTING = b"setting"
 NEXT_INODE = b"Cnextinode"
 NEXT_SLICE = b"Cnextslice"
-USED_SPACE = b"Cusedspace"
-TOTAL_INODES = b"Ctotalinodes"
 
 INODE_PREFIX = b"A"
 DELFILE_PREFIX = b"D"

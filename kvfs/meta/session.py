@@ -1,6 +1,6 @@
 """Mount sessions: who has the volume mounted, held alive by an engine lease.
 
-Each mount registers ``SE sid`` = {host, pid, mountpoint, version, started} attached to a
+Each mount registers ``SE sid`` = [host, pid, mountpoint, version, started] attached to a
 lease it keeps alive in the background.  A mount that dies stops renewing; when the lease
 expires its session key vanishes, and any live mount's cleaner then releases the inodes
 that session was keeping open after unlink (``SS sid ino``).
