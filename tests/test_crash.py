@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mounting import Mount, fsck, kvfs
 
 pytestmark = pytest.mark.mount

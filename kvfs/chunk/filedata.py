@@ -28,6 +28,7 @@ from kvfs.chunk.slices import SliceStore
 from kvfs.meta import keys
 from kvfs.meta.metadata import Metadata
 from kvfs.meta.records import Attr, now_ns
+from kvfs.objstore.api import BlockNotFound
 
 log = logging.getLogger("kvfs.data")
 
@@ -155,18 +156,36 @@ class FileData:
             return b""
         out = bytearray()
         for idx, coff, ln in split_range(offset, end - offset):
-            slices = await self.meta.read_chunk(self.ino, idx)
-            for seg in read_plan(slices, coff, ln):
-                n = seg.end - seg.start
-                if seg.slice_id == 0:
-                    out += bytes(n)
-                else:
-                    out += await self.slices.read(seg.slice_id, seg.slice_size,
-                                                  seg.slice_off, n)
+            out += await self._read_chunk(idx, coff, ln)
         return bytes(out)
 
+    async def _read_chunk(self, idx: int, coff: int, ln: int) -> bytes:
+        # Blocks of a slice still listed in its chunk are never deleted, so a missing
+        # block means compaction replaced the slice after we read the list: read it again.
+        for attempt in range(3):
+            slices = await self.meta.read_chunk(self.ino, idx)
+            out = bytearray()
+            try:
+                for seg in read_plan(slices, coff, ln):
+                    n = seg.end - seg.start
+                    if seg.slice_id == 0:
+                        out += bytes(n)
+                    else:
+                        out += await self.slices.read(seg.slice_id, seg.slice_size,
+                                                      seg.slice_off, n)
+            except BlockNotFound:
+                if attempt == 2:
+                    raise
+                continue
+            return bytes(out)
+        raise AssertionError("unreachable")
+
     async def compact(self, size: int) -> None:
-        """Rewrite fragmented chunks touched by recent flushes as one slice each."""
+        """Rewrite fragmented chunks touched by recent flushes as one slice each.
+
+        ``size`` (the length when compaction was asked for) is not trusted for clipping;
+        see below.
+        """
         wanted, self.compact_wanted = self.compact_wanted, set()
         for idx in sorted(wanted):
             raw = await self.meta.kv.get(keys.chunk(self.ino, idx))
@@ -175,7 +194,13 @@ class FileData:
             slices = decode_slices(raw.value)
             if not needs_compaction(slices):
                 continue
-            chunk_len = min(CHUNK_SIZE, max(0, size - idx * CHUNK_SIZE))
+            # ``size`` may predate a flush that wrote this chunk (one forced by a full
+            # buffer does not update the compactor's record), so clipping the chunk to it
+            # could lose data.  Keep the chunk up to the end of its visible slice data: bytes
+            # past EOF are always hidden by a truncate's hole, so nothing stale comes back.
+            extent = max((s.end for s in slices), default=0)
+            chunk_len = max((seg.end for seg in read_plan(slices, 0, extent) if seg.slice_id),
+                            default=0)
             data = bytearray()
             for seg in read_plan(slices, 0, chunk_len):
                 n = seg.end - seg.start

@@ -297,6 +297,8 @@ class Metadata:
             if a.nlink == 0:
                 raise FSError(errno.ENOENT)
             pa = await self._dir_attr(t, parent)
+            if pa.nlink == 0:
+                raise FSError(errno.ENOENT, "parent directory was removed")
             if await self._entry(t, parent, name) is not None:
                 raise FSError(errno.EEXIST)
             now = now_ns()
@@ -411,20 +413,24 @@ class Metadata:
             sino = src[1]
             sa = await self._attr(t, sino)
             dst = await self._entry(t, p2, n2)
+            # Like renameat2 on Linux: the flags are checked before anything else.
+            if dst is not None and flags & RENAME_NOREPLACE:
+                raise FSError(errno.EEXIST)
+            if dst is None and flags & RENAME_EXCHANGE:
+                raise FSError(errno.ENOENT)
             if dst is not None and dst[1] == sino:
                 return  # both names are links to one inode: POSIX says do nothing
             if sa.is_dir and p1 != p2:
                 await self._check_not_ancestor(t, sino, p2)
+            if pa2.nlink == 0:
+                raise FSError(errno.ENOENT, "target directory was removed")
             now = now_ns()
             if flags & RENAME_EXCHANGE:
-                if dst is None:
-                    raise FSError(errno.ENOENT)
+                assert dst is not None
                 await self._exchange(t, p1, n1, pa1, sino, sa, p2, n2, pa2, dst[1], now)
                 return
             da: Attr | None = None
             if dst is not None:
-                if flags & RENAME_NOREPLACE:
-                    raise FSError(errno.EEXIST)
                 da = await self._attr(t, dst[1])
                 if sa.is_dir and not da.is_dir:
                     raise FSError(errno.ENOTDIR)
