@@ -18,8 +18,9 @@ Use it for a new backend by providing a factory and subclassing the contract::
         pass
 
 :func:`contract_fixture` runs every test on each backend both bare and wrapped in
-:class:`~kvfs.objstore.checksum.ChecksummedStore`; the checksum tests run only on the
-wrapped variants (they corrupt the bare store underneath).
+:class:`~kvfs.objstore.checksum.ChecksummedStore`; :class:`ChecksumContract`, with the
+``checked_pair`` fixture from :func:`checksum_fixture`, corrupts the bare store underneath
+a wrapped one and expects every corruption to be caught.
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ def contract_fixture(factories: Mapping[str, StoreFactory]) -> Any:
                 yield StorePair(inner, None)
 
     return store_pair
+
+
+def checksum_fixture(factories: Mapping[str, StoreFactory]) -> Any:
+    """A ``checked_pair`` fixture: every factory wrapped in :class:`ChecksummedStore`,
+    with the bare store underneath exposed so tests can corrupt it."""
+
+    @pytest.fixture(params=list(factories), ids=[f"{n}+checksum" for n in factories])
+    async def checked_pair(request: pytest.FixtureRequest,
+                           tmp_path: Path) -> AsyncIterator[StorePair]:
+        async with factories[request.param](tmp_path) as inner:
+            store = ChecksummedStore(inner)
+            yield StorePair(store, inner)
+            await store.aclose()
+
+    return checked_pair
 
 
 async def collect(store: ObjectStore, prefix: str = "") -> list[str]:
@@ -204,53 +220,54 @@ class ObjectStoreContract:
         assert all(s is None or s == data for s in seen)
         assert await store.get(name) == data
 
-    # -- checksums (wrapped variants only) ----------------------------------------------
+    async def test_max_block_bytes_fits(self, store_pair: StorePair) -> None:
+        limit = store_pair.store.max_block_bytes
+        if limit is None:
+            limit = 4 << 20  # unlimited stores must take at least a default 4 MiB block
+        name = block_name(10, 0, limit)
+        data = data_of(limit)
+        await store_pair.store.put(name, data)
+        assert await store_pair.store.get(name) == data
+
+
+class ChecksumContract:
+    """Corruption below a :class:`ChecksummedStore` is always detected (``checked_pair``)."""
 
     @staticmethod
-    def _inner(store_pair: StorePair) -> ObjectStore:
-        if store_pair.inner is None:
-            pytest.skip("only for stores wrapped in ChecksummedStore")
-        return store_pair.inner
+    def _inner(pair: StorePair) -> ObjectStore:
+        assert pair.inner is not None
+        return pair.inner
 
     @pytest.mark.parametrize("where", [0, 5, 11, 12, 20, -1])
-    async def test_flipped_byte_is_block_corrupt(self, store_pair: StorePair, where: int,
+    async def test_flipped_byte_is_block_corrupt(self, checked_pair: StorePair, where: int,
                                                  caplog: pytest.LogCaptureFixture) -> None:
-        inner = self._inner(store_pair)
+        inner = self._inner(checked_pair)
         name = block_name(31337, 2, 64)
-        await store_pair.store.put(name, data_of(64))
+        await checked_pair.store.put(name, data_of(64))
         raw = bytearray(await inner.get(name))
         assert len(raw) > 64  # the header is stored below
         raw[where] ^= 0x01
         await inner.put(name, bytes(raw))
         with caplog.at_level(logging.ERROR, logger="kvfs.objstore"):
             with pytest.raises(BlockCorrupt) as info:
-                await store_pair.store.get(name)
+                await checked_pair.store.get(name)
         assert info.value.name == name
         assert name in str(info.value)
         assert any(r.levelno == logging.ERROR and name in r.getMessage()
                    for r in caplog.records)
 
     @pytest.mark.parametrize("raw", [b"", b"KVB", b"KVB1\x00\x00", b"garbage-garbage"])
-    async def test_malformed_block_is_block_corrupt(self, store_pair: StorePair,
+    async def test_malformed_block_is_block_corrupt(self, checked_pair: StorePair,
                                                     raw: bytes) -> None:
-        inner = self._inner(store_pair)
+        inner = self._inner(checked_pair)
         name = block_name(8, 0, len(raw))
         await inner.put(name, raw)
         with pytest.raises(BlockCorrupt):
-            await store_pair.store.get(name)
+            await checked_pair.store.get(name)
 
-    async def test_empty_block_is_checksummed(self, store_pair: StorePair) -> None:
-        inner = self._inner(store_pair)
+    async def test_empty_block_is_checksummed(self, checked_pair: StorePair) -> None:
+        inner = self._inner(checked_pair)
         name = block_name(9, 0, 0)
-        await store_pair.store.put(name, b"")
+        await checked_pair.store.put(name, b"")
         assert len(await inner.get(name)) == 12
-        assert await store_pair.store.get(name) == b""
-
-    async def test_max_block_bytes_fits(self, store_pair: StorePair) -> None:
-        limit = store_pair.store.max_block_bytes
-        if limit is None:
-            pytest.skip("store has no block size limit")
-        name = block_name(10, 0, limit)
-        data = data_of(limit)
-        await store_pair.store.put(name, data)
-        assert await store_pair.store.get(name) == data
+        assert await checked_pair.store.get(name) == b""

@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from objstore_contract import ObjectStoreContract, collect, contract_fixture
+from objstore_contract import (
+    ChecksumContract,
+    ObjectStoreContract,
+    checksum_fixture,
+    collect,
+    contract_fixture,
+)
 
 from kvfs.kv.api import Limits, Put
 from kvfs.kv.local import MemoryEngine
@@ -47,7 +53,14 @@ async def kvblob_store(tmp_path: Path) -> AsyncIterator[ObjectStore]:
 store_pair = contract_fixture({"localdir": localdir_store, "kvblob": kvblob_store})
 
 
+checked_pair = checksum_fixture({"localdir": localdir_store, "kvblob": kvblob_store})
+
+
 class TestObjectStoreContract(ObjectStoreContract):
+    pass
+
+
+class TestChecksumContract(ChecksumContract):
     pass
 
 
