@@ -52,7 +52,7 @@ run_tests() {
 	log "running the test suite"
 	.venv/bin/pytest -q -p no:cacheprovider tests
 	log "running posix-tests/ on a real mount"
-	.venv/bin/python posix-tests/run.py
+	.venv/bin/python posix-tests/run.py --keep-going
 }
 
 case "$mode" in

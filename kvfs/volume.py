@@ -5,7 +5,8 @@ together; the CLI and the tests both go through it.
 
 META_URL forms:
   * ``/path/to/dir`` or ``local:///path/to/dir`` -- the embedded store in that directory;
-  * ``mem://`` -- a volatile in-process store (tests only; every open is a new volume).
+  * ``mem://`` -- a volatile in-process store (tests only; every open is a new volume);
+  * ``etcd://host:port[,host:port...]/PREFIX[?...]`` -- an etcd cluster (kvfs.kv.etcd).
 """
 
 from __future__ import annotations
@@ -74,11 +75,19 @@ async def open_engine(url: str, *, create: bool = False) -> KVEngine:
     """
     if url == "mem://" or url.startswith("mem://"):
         return MemoryEngine()
+    if url.startswith("etcd://"):
+        from kvfs.kv.etcd import EtcdEngine
+
+        try:
+            return await EtcdEngine.open(url)
+        except ValueError as exc:
+            raise VolumeError(str(exc)) from None
     path = embedded_dir(url)
     if path is None:
         scheme = url.split("://", 1)[0]
         raise VolumeError(f"unsupported metadata URL scheme {scheme!r} "
-                          "(use a directory path, local:///PATH or mem://)")
+                          "(use a directory path, local:///PATH, etcd://HOST:PORT/PREFIX "
+                          "or mem://)")
     if os.path.exists(path) and not os.path.isdir(path):
         raise VolumeError(f"{path}: not a directory")
     if not create and not _holds_store(path):
@@ -159,6 +168,15 @@ class Volume:
     store: ObjectStore
     slices: SliceStore
     meta: Metadata
+    data_dir: str | None = None  # the embedded store's directory
+
+    def free_space(self) -> int:
+        """Bytes the storage under this volume can still take (blocking: statvfs)."""
+        path = self.fmt.bucket if self.fmt.storage == "file" else self.data_dir
+        if not path:
+            return 1 << 50  # an in-memory or remote engine: no local figure to report
+        st = os.statvfs(path)
+        return st.f_bavail * st.f_frsize
 
     async def aclose(self) -> None:
         await self.store.aclose()
@@ -178,4 +196,6 @@ async def open_volume(url: str, *, kv: KVEngine | None = None,
         await kv.aclose()
         raise
     slices = SliceStore(store, fmt.block_size)
-    return Volume(kv, fmt, store, slices, Metadata(kv, session_id=session_id))
+    path = embedded_dir(url)
+    return Volume(kv, fmt, store, slices, Metadata(kv, session_id=session_id),
+                  os.path.abspath(path) if path and not url.startswith("mem://") else None)

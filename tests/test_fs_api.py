@@ -30,6 +30,7 @@ from kvfs.meta import keys
 from kvfs.meta.metadata import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
+    ROOT_CTX,
     XATTR_CREATE,
     XATTR_REPLACE,
     Ctx,
@@ -942,7 +943,7 @@ async def test_unlink_one_of_several_handles_and_links(fs: FileSystem) -> None:
 
 async def test_xattrs(fs: FileSystem) -> None:
     f = await mkfile(fs, ROOT, b"f")
-    assert await fs.listxattr(f) == []
+    assert await fs.listxattr(ROOT_CTX, f) == []
     with raises_errno(errno.ENODATA):
         await fs.getxattr(f, b"user.a")
     with raises_errno(errno.ENODATA):
@@ -955,13 +956,19 @@ async def test_xattrs(fs: FileSystem) -> None:
     await fs.setxattr(f, b"user.b", b"")
     await fs.setxattr(f, b"user.a", b"3")
     assert await fs.getxattr(f, b"user.b") == b""
-    assert sorted(await fs.listxattr(f)) == [b"user.a", b"user.b"]
+    assert sorted(await fs.listxattr(ROOT_CTX, f)) == [b"user.a", b"user.b"]
     await fs.removexattr(f, b"user.a")
     with raises_errno(errno.ENODATA):
         await fs.removexattr(f, b"user.a")
-    assert await fs.listxattr(f) == [b"user.b"]
+    assert await fs.listxattr(ROOT_CTX, f) == [b"user.b"]
     with raises_errno(errno.ERANGE):
-        await fs.setxattr(f, b"u" * 256, b"")
+        await fs.setxattr(f, b"user." + b"u" * 251, b"")
+    with raises_errno(errno.EOPNOTSUPP):
+        await fs.setxattr(f, b"nonamespace", b"")
+    await fs.setxattr(f, b"trusted.t", b"t")
+    assert b"trusted.t" not in await fs.listxattr(Ctx(65534, 65534), f)
+    assert b"trusted.t" in await fs.listxattr(ROOT_CTX, f)
+    await fs.removexattr(f, b"trusted.t")
     with raises_errno(errno.E2BIG):
         await fs.setxattr(f, b"user.big", b"x" * 65537)
     with raises_errno(errno.EINVAL):
@@ -971,7 +978,7 @@ async def test_xattrs(fs: FileSystem) -> None:
     with raises_errno(errno.ENOENT):
         await fs.getxattr(999999, b"user.a")
     with raises_errno(errno.ENOENT):
-        await fs.listxattr(999999)
+        await fs.listxattr(ROOT_CTX, 999999)
     with raises_errno(errno.ENOENT):
         await fs.setxattr(999999, b"user.a", b"x")
     d = await mkdir(fs, ROOT, b"d")

@@ -87,7 +87,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
     """Mount ``volume`` at ``mountpoint`` and serve it until unmounted or signalled."""
     session = await Session.register(volume.kv, mountpoint)
     volume.meta.session_id = session.sid
-    fs = FileSystem(volume.meta, volume.slices)
+    fs = FileSystem(volume.meta, volume.slices, free_space=volume.free_space)
     ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout)
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts |= {f"fsname={source}", "subtype=kvfs"}
@@ -112,6 +112,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
         with trio.CancelScope(shield=True), trio.move_on_after(60):
             try:
                 await fs.flush_all()
+                await volume.meta.usage.flush()
             except Exception:  # noqa: BLE001 - report and still unmount
                 log.exception("flushing buffered writes at unmount failed")
             pyfuse3.close(unmount=mounted)

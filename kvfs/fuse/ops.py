@@ -243,7 +243,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return await self.fs.listxattr(inode)
+        return await self.fs.listxattr(_ctx(ctx), inode)
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

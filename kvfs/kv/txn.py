@@ -36,6 +36,7 @@ class Txn:
         self._cache: dict[bytes, bytes | None] = {}
         self._writes: dict[bytes, object] = {}  # key -> bytes | _DELETED
         self._leases: dict[bytes, int] = {}
+        self._on_commit: list[Callable[[], None]] = []
         self.revision = 0  # set after a successful commit
 
     async def get(self, key: bytes) -> bytes | None:
@@ -68,6 +69,10 @@ class Txn:
         self._writes[key] = _DELETED
         self._leases.pop(key, None)
 
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once this attempt has committed (never for an attempt that retries)."""
+        self._on_commit.append(fn)
+
     @property
     def write_count(self) -> int:
         return len(self._writes)
@@ -96,6 +101,8 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
         txn = Txn(kv)
         result = await fn(txn)
         if await txn.commit():
+            for hook in txn._on_commit:
+                hook()
             return result
         await trio.sleep(random.uniform(0, delay))
         delay = min(delay * 2, 0.05)

@@ -34,6 +34,7 @@ from kvfs.meta import keys
 from kvfs.meta.ids import IdAllocator
 from kvfs.meta.keys import ROOT_INO, Ino
 from kvfs.meta.records import Attr, decode_dentry, encode_dentry, ftype_of, now_ns
+from kvfs.meta.usage import Usage, file_space
 
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
@@ -42,6 +43,9 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
+# Chunk indexes are 32-bit in keys, so files end before 2**32 chunks of 64 MiB.
+MAX_FILE_SIZE = (1 << 32) * CHUNK_SIZE
 # Deleting a big file moves this many chunk keys per transaction (two ops each).
 _CHUNKS_PER_STEP = 50
 
@@ -100,6 +104,7 @@ class Metadata:
         self.inodes = IdAllocator(kv, keys.NEXT_INODE, 256)
         self.slices = IdAllocator(kv, keys.NEXT_SLICE, 1024)
         self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
+        self.usage = Usage(kv)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -146,11 +151,19 @@ class Metadata:
             a.nlink = 0
             self._put_attr(t, ino, a)
             t.put(keys.sustained(self.session_id, ino), b"")
-        elif a.is_reg:
+        else:
+            await self._drop_inode(t, ino, a)
+
+    async def _drop_inode(self, t: Txn, ino: int, a: Attr) -> None:
+        """Remove an inode nobody can reach any more: a file's data goes to the ``D`` queue
+        (the cleaner deletes it in steps); anything else has only a few keys to delete."""
+        if a.is_reg:
             t.delete(keys.attr(ino))
             t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
         else:
             await self._delete_inode_keys(t, ino)
+        space = file_space(a.size) if a.is_reg else 0
+        t.on_commit(lambda: self.usage.add(space=-space, inodes=-1))
 
     async def _delete_inode_keys(self, t: Txn, ino: int) -> None:
         for kv in await t.scan(keys.inode_all(ino)):
@@ -283,6 +296,7 @@ class Metadata:
                 pa.nlink += 1
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
+            t.on_commit(lambda: self.usage.add(inodes=1))
             return Ino(ino), a, True
 
         return await run_txn(self.kv, fn)
@@ -371,7 +385,7 @@ class Metadata:
             self._put_attr(t, ino, a)
             t.put(keys.sustained(self.session_id, ino), b"")
         else:
-            await self._delete_inode_keys(t, ino)
+            await self._drop_inode(t, ino, a)
 
     async def release_orphan(self, ino: int, session_id: int | None = None) -> None:
         """The last open handle of an unlinked inode closed (in ``session_id``, default this
@@ -386,11 +400,7 @@ class Metadata:
             a = Attr.decode(raw)
             if a.nlink > 0:
                 return
-            if a.is_reg:
-                t.delete(keys.attr(ino))
-                t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
-            else:
-                await self._delete_inode_keys(t, ino)
+            await self._drop_inode(t, ino, a)
 
         await run_txn(self.kv, fn)
 
@@ -535,7 +545,7 @@ class Metadata:
         queue, in steps of bounded size so no transaction exceeds the engine's limits."""
         if size < 0:
             raise FSError(errno.EINVAL)
-        if size > (1 << 63) - 1:
+        if size > MAX_FILE_SIZE:
             raise FSError(errno.EFBIG)
         last = size // CHUNK_SIZE  # chunks with index > last are past the end
         while True:
@@ -567,16 +577,17 @@ class Metadata:
             if not a.is_reg:
                 raise FSError(errno.EINVAL)
             if size < a.size:
-                off = size % CHUNK_SIZE
-                if off or size < a.size:
-                    raw = await t.get(keys.chunk(ino, last))
-                    if raw:
-                        hole = Slice(pos=off, id=0, size=CHUNK_SIZE - off, off=0,
-                                     len=CHUNK_SIZE - off)
-                        t.put(keys.chunk(ino, last), raw + encode_slices([hole]))
-            if size != a.size:
-                a.size = size
-                a.mtime = a.ctime = now_ns()
+                raw = await t.get(keys.chunk(ino, last))
+                if raw:
+                    off = size % CHUNK_SIZE
+                    hole = Slice(pos=off, id=0, size=CHUNK_SIZE - off, off=0,
+                                 len=CHUNK_SIZE - off)
+                    t.put(keys.chunk(ino, last), raw + encode_slices([hole]))
+            delta = file_space(size) - file_space(a.size)
+            t.on_commit(lambda: self.usage.add(space=delta))
+            # Linux moves mtime and ctime on every truncate, even to the same length.
+            a.size = size
+            a.mtime = a.ctime = now_ns()
             self._put_attr(t, ino, a)
             return a
 
@@ -600,6 +611,8 @@ class Metadata:
             for idx, ss in per_chunk.items():
                 raw = await t.get(keys.chunk(ino, idx)) or b""
                 t.put(keys.chunk(ino, idx), raw + encode_slices(ss))
+            delta = file_space(max(a.size, end)) - file_space(a.size)
+            t.on_commit(lambda: self.usage.add(space=delta))
             a.size = max(a.size, end)
             a.mtime = a.ctime = mtime
             self._put_attr(t, ino, a)
@@ -630,6 +643,8 @@ class Metadata:
     # -- xattrs ------------------------------------------------------------------------
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        if not name.startswith(XATTR_NAMESPACES):
+            raise FSError(errno.EOPNOTSUPP, "unknown xattr namespace")
         raw = await self.kv.get(keys.xattr(ino, name))
         if raw is None:
             await self.getattr(ino)
@@ -645,6 +660,8 @@ class Metadata:
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         if not name:
             raise FSError(errno.EINVAL)
+        if not name.startswith(XATTR_NAMESPACES):
+            raise FSError(errno.EOPNOTSUPP, "unknown xattr namespace")
         if len(name) > XATTR_NAME_MAX:
             raise FSError(errno.ERANGE)
         if len(value) > XATTR_SIZE_MAX:
@@ -664,6 +681,9 @@ class Metadata:
         await run_txn(self.kv, fn)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
+        if not name.startswith(XATTR_NAMESPACES):
+            raise FSError(errno.EOPNOTSUPP, "unknown xattr namespace")
+
         async def fn(t: Txn) -> None:
             a = await self._attr(t, ino)
             if await t.get(keys.xattr(ino, name)) is None:

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -30,7 +31,7 @@ from kvfs.chunk.filedata import FileData
 from kvfs.chunk.slices import SliceStore
 from kvfs.errors import FSError
 from kvfs.meta.keys import Ino
-from kvfs.meta.metadata import Ctx, DirEntry, Metadata, SetAttr
+from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
 from kvfs.meta.records import Attr
 
 log = logging.getLogger("kvfs.vfs")
@@ -62,8 +63,10 @@ class StatFs:
 class FileSystem:
     """POSIX operations of one mount (see module docstring)."""
 
-    def __init__(self, meta: Metadata, slices: SliceStore) -> None:
+    def __init__(self, meta: Metadata, slices: SliceStore, *,
+                 free_space: Callable[[], int] = lambda: 1 << 50) -> None:
         self.meta = meta
+        self.free_space = free_space  # bytes the storage can still take (blocking call)
         self.slices = slices
         self.cleaner = Cleaner(meta, slices)
         meta.is_open = self.is_open
@@ -210,7 +213,7 @@ class FileSystem:
         h = self._handle(fh)
         if h.flags & os.O_APPEND:
             offset = (await self.getattr(h.ino)).size
-        if offset + len(buf) > (1 << 63) - 1:
+        if offset + len(buf) > MAX_FILE_SIZE:
             raise FSError(errno.EFBIG)
         await h.data.write(offset, buf)
         return len(buf)
@@ -279,8 +282,14 @@ class FileSystem:
     # -- misc --------------------------------------------------------------------------
 
     async def statfs(self) -> StatFs:
-        total = 1 << 50
-        return StatFs(4096, total // 4096, total // 4096, 1 << 40, 1 << 40)
+        """Used figures are the volume's usage counters; free space is what the storage
+        under it has left, so ``df`` shows the volume's own size and the room to grow."""
+        usage = self.meta.usage
+        free = await trio.to_thread.run_sync(self.free_space)
+        used = usage.used_space
+        free_inodes = (1 << 40) - usage.used_inodes
+        return StatFs(4096, (used + free) // 4096, free // 4096,
+                      usage.used_inodes + free_inodes, free_inodes)
 
     async def access(self, ctx: Ctx, ino: int, mode: int) -> None:
         attr = await self.meta.getattr(ino)
@@ -303,8 +312,12 @@ class FileSystem:
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         await self.meta.setxattr(ino, name, value, flags)
 
-    async def listxattr(self, ino: int) -> list[bytes]:
-        return await self.meta.listxattr(ino)
+    async def listxattr(self, ctx: Ctx, ino: int) -> list[bytes]:
+        names = await self.meta.listxattr(ino)
+        if ctx.uid != 0:
+            # trusted.* is for privileged processes only; the kernel does not filter lists.
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return names
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         await self.meta.removexattr(ino, name)
@@ -333,4 +346,5 @@ class FileSystem:
     async def run_background(self, nursery: trio.Nursery) -> None:
         """Start the cleaner and the compactor as children of ``nursery``."""
         await nursery.start(self.cleaner.run)
+        await nursery.start(self.meta.usage.run)
         await nursery.start(self._compactor)

@@ -1,0 +1,138 @@
+"""Parsing ``etcd://`` metadata URLs into an :class:`EtcdURL` (no I/O, no secrets kept).
+
+Form: ``etcd://host:port[,host:port...]/PREFIX[?query]``.
+
+* ``PREFIX`` (required) namespaces the volume: every key ``k`` lives at ``PREFIX/k`` on the
+  wire.  It is one path component of letters, digits, ``.``, ``_`` and ``-`` so that two
+  prefixes can never nest (``a`` and ``a/b`` would overlap).
+* Query parameters: ``cacert``, ``cert``, ``key`` (TLS; TLS is on when ``cacert`` is given,
+  ``cert``/``key`` go together and need ``cacert``), ``server_name`` (TLS name override),
+  ``user`` (password from ``$KVFS_ETCD_PASSWORD`` or the variable named by ``password_env``),
+  ``timeout`` (seconds, default 30: how long an unreachable cluster is retried).
+
+Invariant: nothing secret is ever part of the URL, so :meth:`EtcdURL.describe` and every
+parse error can be shown verbatim.  A ``password=`` parameter is refused without echoing it.
+Every error is a one-line :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote
+
+DEFAULT_PORT = 2379
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_PASSWORD_ENV = "KVFS_ETCD_PASSWORD"
+
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?\Z")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_KNOWN = ("cacert", "cert", "key", "server_name", "user", "password_env", "timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdURL:
+    """A parsed ``etcd://`` URL (see module docstring)."""
+
+    endpoints: tuple[str, ...]  # "host:port", IPv6 hosts in brackets
+    prefix: str
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+    user: str | None = None
+    password_env: str = DEFAULT_PASSWORD_ENV
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def tls(self) -> bool:
+        return self.cacert is not None
+
+    @property
+    def key_prefix(self) -> bytes:
+        """What every wire key starts with: ``PREFIX/``."""
+        return self.prefix.encode() + b"/"
+
+    def describe(self) -> str:
+        """The canonical URL; it never holds a secret (passwords live in the environment)."""
+        query = []
+        for name in ("cacert", "cert", "key", "server_name", "user"):
+            value = getattr(self, name)
+            if value is not None:
+                query.append(f"{name}={quote(value, safe='/._-')}")
+        if self.user is not None and self.password_env != DEFAULT_PASSWORD_ENV:
+            query.append(f"password_env={self.password_env}")
+        if self.timeout != DEFAULT_TIMEOUT:
+            query.append(f"timeout={self.timeout:g}")
+        tail = "?" + "&".join(query) if query else ""
+        return f"etcd://{','.join(self.endpoints)}/{self.prefix}{tail}"
+
+
+def parse_etcd_url(url: str) -> EtcdURL:
+    """Parse ``url``; :class:`ValueError` with a one-line message if it is malformed."""
+    if not url.startswith("etcd://"):
+        raise ValueError(f"not an etcd URL (expected etcd://host:port/PREFIX): {_safe(url)}")
+    rest = url[len("etcd://"):]
+    rest, _, query = rest.partition("?")
+    hosts, slash, prefix = rest.partition("/")
+    if not slash or not prefix:
+        raise ValueError("etcd URL needs a volume prefix: etcd://host:port/PREFIX")
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(f"invalid etcd prefix {_safe(prefix)!r} (one name of letters, "
+                         "digits, . _ -; no slashes)")
+    endpoints = tuple(_endpoint(h) for h in hosts.split(","))
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if name == "password":
+            raise ValueError("etcd URL must not contain a password; set it in the "
+                             f"environment variable {DEFAULT_PASSWORD_ENV}")
+        if name not in _KNOWN:
+            raise ValueError(f"unknown etcd URL parameter {_safe(name)!r} "
+                             f"(known: {', '.join(_KNOWN)})")
+        if name in params:
+            raise ValueError(f"etcd URL parameter {name!r} given twice")
+        if not value:
+            raise ValueError(f"etcd URL parameter {name!r} is empty")
+        params[name] = value
+    if query and not params:
+        raise ValueError("malformed etcd URL query (expected name=value&...)")
+    timeout = DEFAULT_TIMEOUT
+    if "timeout" in params:
+        try:
+            timeout = float(params["timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= 86400:
+            raise ValueError(f"etcd URL timeout must be a number of seconds in (0, 86400], "
+                             f"not {_safe(params['timeout'])!r}")
+    if ("cert" in params) != ("key" in params):
+        raise ValueError("etcd URL parameters cert= and key= must be given together")
+    if "cert" in params and "cacert" not in params:
+        raise ValueError("etcd URL: client certificates (cert=, key=) need cacert= (TLS)")
+    if "server_name" in params and "cacert" not in params:
+        raise ValueError("etcd URL: server_name= only applies to TLS (give cacert=)")
+    password_env = params.get("password_env", DEFAULT_PASSWORD_ENV)
+    if not _ENV_RE.match(password_env):
+        raise ValueError(f"invalid password_env variable name {_safe(password_env)!r}")
+    if "password_env" in params and "user" not in params:
+        raise ValueError("etcd URL: password_env= only applies with user=")
+    return EtcdURL(endpoints, prefix, params.get("cacert"), params.get("cert"),
+                   params.get("key"), params.get("server_name"), params.get("user"),
+                   password_env, timeout)
+
+
+def _endpoint(text: str) -> str:
+    m = _HOST_RE.match(text)
+    if not text or m is None:
+        raise ValueError(f"invalid etcd endpoint {_safe(text)!r} (expected host:port)")
+    port = int(m.group(2)) if m.group(2) else DEFAULT_PORT
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port in etcd endpoint {_safe(text)!r}")
+    return f"{m.group(1)}:{port}"
+
+
+def _safe(text: str) -> str:
+    """Shorten and flatten user text quoted in an error message (keeps it one line)."""
+    text = text.replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= 200 else text[:200] + "..."

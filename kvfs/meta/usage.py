@@ -1,0 +1,79 @@
+"""Volume usage counters for statfs: bytes held by files and the number of inodes.
+
+Every transaction that changes usage records its delta here once it has committed
+(:meth:`~kvfs.kv.txn.Txn.on_commit`); a background task folds the accumulated deltas into
+the shared counters ``C usedspace`` / ``C usedinodes`` about once a second, so the hot
+paths never contend on one counter key.  Figures reported are the stored counters plus
+this mount's unflushed deltas.  A crash loses at most the last second of deltas; the
+counters are statistics, not invariants (``kvfs fsck`` recomputes them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgpack
+import trio
+
+from kvfs.kv.api import KVEngine
+from kvfs.kv.txn import Txn, run_txn
+
+log = logging.getLogger("kvfs.usage")
+USED_SPACE = b"Cusedspace"
+USED_INODES = b"Cusedinodes"
+_UNIT = 4096
+
+
+def file_space(size: int) -> int:
+    """Space charged for a file of ``size`` bytes (whole 4 KiB units)."""
+    return (size + _UNIT - 1) // _UNIT * _UNIT
+
+
+class Usage:
+    """This mount's view of the volume's usage (see module docstring)."""
+
+    def __init__(self, kv: KVEngine) -> None:
+        self.kv = kv
+        self._space = 0  # unflushed deltas
+        self._inodes = 0
+        self._stored_space = 0
+        self._stored_inodes = 0
+
+    def add(self, *, space: int = 0, inodes: int = 0) -> None:
+        self._space += space
+        self._inodes += inodes
+
+    @property
+    def used_space(self) -> int:
+        return max(0, self._stored_space + self._space)
+
+    @property
+    def used_inodes(self) -> int:
+        return max(0, self._stored_inodes + self._inodes)
+
+    async def flush(self) -> None:
+        space, inodes = self._space, self._inodes
+
+        async def fn(t: Txn) -> tuple[int, int]:
+            raw_s, raw_i = await t.get(USED_SPACE), await t.get(USED_INODES)
+            s = (msgpack.unpackb(raw_s) if raw_s else 0) + space
+            i = (msgpack.unpackb(raw_i) if raw_i else 0) + inodes
+            if space:
+                t.put(USED_SPACE, msgpack.packb(s))
+            if inodes:
+                t.put(USED_INODES, msgpack.packb(i))
+            return s, i
+
+        self._stored_space, self._stored_inodes = await run_txn(self.kv, fn)
+        self._space -= space
+        self._inodes -= inodes
+
+    async def run(self, *, interval: float = 1.0,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            try:
+                await self.flush()
+            except Exception as exc:  # noqa: BLE001 - counters can wait for the engine
+                log.warning("could not update usage counters: %s", exc)
+            await trio.sleep(interval)

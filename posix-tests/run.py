@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Run the kvfs POSIX conformance checks (as root).
+
+    .venv/bin/python posix-tests/run.py [--engine embedded|mem] [--url META_URL]
+                                        [--keep-going] [-k PATTERN] [-v]
+
+Formats a fresh volume (embedded engine: in a temporary directory; mem: nothing to
+format), mounts it in the background, runs every registered check against the
+mountpoint, unmounts (always), prints one line per failed assertion and, last,
+``N passed, M failed``.  Exit status 0 only when nothing failed.
+
+Without --keep-going the run stops after the first check that has a failure.
+--url mounts an existing META_URL (etcd, raft, ... once kvfs has them) instead of
+formatting one; --dir (for validating the suite itself) runs against an existing
+directory, e.g. a tmpfs or ext4 one, without mounting anything.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import glob
+import importlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
+
+import lib  # noqa: E402
+
+CHECK_TIMEOUT = 120  # seconds one check may take before it is abandoned
+
+
+# --------------------------------------------------------------------------- engines
+
+def kvfs_cmd() -> list[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "kvfs")
+    if os.path.exists(exe):
+        return [exe]
+    return [sys.executable, "-m", "kvfs.cli.main"]
+
+
+def prepare_embedded(tmp: str) -> str:
+    """Format a fresh embedded volume; return its META_URL."""
+    db = os.path.join(tmp, "meta")
+    subprocess.run(kvfs_cmd() + ["format", db, "posix"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return db
+
+
+def prepare_mem(tmp: str) -> str:
+    return "mem://"
+
+
+# engine name -> function(tmpdir) returning the META_URL to mount.  Add engines here.
+ENGINES = {
+    "embedded": prepare_embedded,
+    "mem": prepare_mem,
+}
+
+
+class Mount:
+    """A background kvfs mount of ``url`` at ``mnt``."""
+
+    def __init__(self, url: str, mnt: str, log: str):
+        self.url, self.mnt, self.log = url, mnt, log
+        self.mounted = False
+
+    def __enter__(self) -> Mount:
+        cmd = kvfs_cmd() + ["mount", "-d", "--log", self.log, self.url, self.mnt]
+        subprocess.run(cmd, check=True, timeout=120)
+        if not os.path.ismount(self.mnt):
+            raise RuntimeError(f"{self.mnt} is not a mountpoint after `kvfs mount`")
+        self.mounted = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not os.path.ismount(self.mnt):
+            return
+        for _attempt in range(3):
+            r = subprocess.run(kvfs_cmd() + ["umount", self.mnt], timeout=180,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if r.returncode == 0 or not os.path.ismount(self.mnt):
+                break
+            time.sleep(1)
+        if r.returncode != 0 and os.path.ismount(self.mnt):
+            print(f"kvfs umount failed ({r.stdout.strip()}); detaching lazily", file=sys.stderr)
+            subprocess.run(kvfs_cmd() + ["umount", "-z", self.mnt], timeout=60)
+            if os.path.ismount(self.mnt):
+                subprocess.run(["umount", "-l", self.mnt], timeout=60)
+
+
+# --------------------------------------------------------------------------- running
+
+def load_checks() -> list:
+    for path in sorted(glob.glob(os.path.join(HERE, "checks_*.py"))):
+        importlib.import_module(os.path.splitext(os.path.basename(path))[0])
+    return list(lib.CHECKS)
+
+
+def selected(name: str, patterns: list[str]) -> bool:
+    if not patterns:
+        return True
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            if fnmatch.fnmatch(name, pat):
+                return True
+        elif pat in name:
+            return True
+    return False
+
+
+def _alarm(signum, frame):  # noqa: ANN001
+    raise lib.CheckTimeout(f"check took over {CHECK_TIMEOUT}s")
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+        self.stop = False
+
+
+def run_one(tally: Tally, root: str, name: str, fn, t: lib.T,  # noqa: ANN001
+            args: argparse.Namespace) -> None:
+    """Run one check (or remount verification) and report its failures."""
+    old_cwd = os.getcwd()
+    old_umask = os.umask(0)
+    start = time.monotonic()
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(CHECK_TIMEOUT)
+    try:
+        fn(t)
+    except Exception as e:  # noqa: BLE001 - a crashed check is a failure
+        tb = traceback.extract_tb(e.__traceback__)
+        where = next((f"{os.path.basename(fr.filename)}:{fr.lineno}"
+                      for fr in reversed(tb) if fr.filename.startswith(HERE)), "?")
+        t.failures.append(f"check aborted at {where}: {type(e).__name__}: {e}")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        os.umask(old_umask)
+        os.chdir(old_cwd)
+    took = time.monotonic() - start
+    tally.passed += t.passed
+    tally.failed += len(t.failures)
+    for msg in t.failures:
+        print(f"FAIL {name}: {msg}", flush=True)
+    if args.verbose:
+        print(f"  {name}: {t.passed} passed, {len(t.failures)} failed ({took:.1f}s)",
+              flush=True)
+    try:
+        os.stat(root)
+    except OSError as e:
+        print(f"FAIL {name}: the filesystem under test stopped answering: {e}", flush=True)
+        tally.failed += 1
+        tally.stop = True
+        return
+    if t.failures and not args.keep_going:
+        print(f"stopping after {name} (use --keep-going to run everything)", flush=True)
+        tally.stop = True
+
+
+def run_checks(root: str, args: argparse.Namespace, tally: Tally) -> str:
+    """Run the selected checks in a new directory under root; return that directory."""
+    checks = [(n, f) for n, f in load_checks() if selected(n, args.k)]
+    base = tempfile.mkdtemp(prefix="posix.", dir=root)
+    os.chmod(base, 0o755)
+    for i, (name, fn) in enumerate(checks):
+        d = os.path.join(base, f"c{i:03d}")
+        os.mkdir(d)
+        os.chmod(d, 0o755)
+        run_one(tally, root, name, fn, lib.T(name, d), args)
+        if tally.stop:
+            break
+    return base
+
+
+def run_verifications(root: str, args: argparse.Namespace, tally: Tally) -> None:
+    for name, fn, d in lib.AFTER_REMOUNT:
+        run_one(tally, root, f"{name} (after remount)", fn, lib.T(name, d), args)
+        if tally.stop:
+            break
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", choices=sorted(ENGINES), default="embedded",
+                    help="metadata engine of the fresh volume (default embedded)")
+    ap.add_argument("--url", help="mount this existing META_URL instead of a fresh volume")
+    ap.add_argument("--dir", help=argparse.SUPPRESS)  # run against an existing directory
+    ap.add_argument("--keep-going", action="store_true",
+                    help="run all checks even after one fails")
+    ap.add_argument("-k", action="append", default=[], metavar="PATTERN",
+                    help="run only checks whose name contains PATTERN (or matches the "
+                         "glob); repeatable")
+    ap.add_argument("--keep-files", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per check")
+    args = ap.parse_args()
+
+    if os.geteuid() != 0:
+        print("posix-tests must run as root", file=sys.stderr)
+        return 2
+
+    tally = Tally()
+    if args.dir:
+        base = run_checks(os.path.abspath(args.dir), args, tally)
+        try:
+            if not tally.stop:
+                run_verifications(os.path.abspath(args.dir), args, tally)
+        finally:
+            if not args.keep_files:
+                shutil.rmtree(base, ignore_errors=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="kvfs-posix.")
+        os.chmod(tmp, 0o755)  # other users must reach the mountpoint
+        mnt = os.path.join(tmp, "mnt")
+        os.mkdir(mnt)
+        log = os.path.join(tmp, "mount.log")
+        try:
+            url = args.url or ENGINES[args.engine](tmp)
+            with Mount(url, mnt, log):
+                base = run_checks(mnt, args, tally)
+            # a volatile engine starts empty on every mount: nothing to verify
+            if lib.AFTER_REMOUNT and not tally.stop and not url.startswith("mem:"):
+                with Mount(url, mnt, log):
+                    run_verifications(mnt, args, tally)
+                    if not args.keep_files:
+                        shutil.rmtree(base, ignore_errors=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL setup: {type(e).__name__}: {e}", flush=True)
+            tally.failed += 1
+        finally:
+            if tally.failed and os.path.exists(log):
+                with open(log, errors="replace") as f:
+                    errs = [ln.rstrip() for ln in f if " ERROR " in ln or "Traceback" in ln]
+                if errs:
+                    print(f"mount log has {len(errs)} error lines, e.g.: {errs[0]}")
+            if os.path.ismount(mnt):
+                print(f"warning: {mnt} is still mounted; keeping {tmp}", file=sys.stderr)
+            elif args.keep_files:
+                print(f"kept {tmp}", file=sys.stderr)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+    passed, failed = tally.passed, tally.failed
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
