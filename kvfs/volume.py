@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import msgpack
@@ -22,12 +22,14 @@ import msgpack
 from kvfs.chunk.slices import SliceStore
 from kvfs.kv.api import KVEngine
 from kvfs.kv.local import MemoryEngine
+from kvfs.kv.recording import RecordingEngine
 from kvfs.meta import keys
 from kvfs.meta.metadata import Metadata
 from kvfs.objstore.api import ObjectStore
 from kvfs.objstore.checksum import ChecksummedStore
 from kvfs.objstore.kvblob import KVBlobStore
 from kvfs.objstore.localdir import LocalDirStore
+from kvfs.vfs.coherence import OwnRevisions
 
 FORMAT_VERSION = 1
 DEFAULT_BLOCK_KIB = {"file": 4096, "kv": 1024}
@@ -169,6 +171,7 @@ class Volume:
     slices: SliceStore
     meta: Metadata
     data_dir: str | None = None  # the embedded store's directory
+    own: OwnRevisions = field(default_factory=OwnRevisions)  # this process's commits
 
     def free_space(self) -> int:
         """Bytes the storage under this volume can still take (blocking: statvfs)."""
@@ -197,5 +200,8 @@ async def open_volume(url: str, *, kv: KVEngine | None = None,
         raise
     slices = SliceStore(store, fmt.block_size)
     path = embedded_dir(url)
-    return Volume(kv, fmt, store, slices, Metadata(kv, session_id=session_id),
-                  os.path.abspath(path) if path and not url.startswith("mem://") else None)
+    own = OwnRevisions()
+    # Metadata commits through a recorder so the coherence watcher can skip our own changes.
+    meta = Metadata(RecordingEngine(kv, own.add), session_id=session_id)
+    return Volume(kv, fmt, store, slices, meta,
+                  os.path.abspath(path) if path and not url.startswith("mem://") else None, own)

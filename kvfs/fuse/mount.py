@@ -19,6 +19,7 @@ import trio
 
 from kvfs.fuse.ops import KvfsOperations
 from kvfs.meta.session import Session
+from kvfs.vfs.coherence import Coherence
 from kvfs.vfs.fs import FileSystem
 from kvfs.volume import Volume
 
@@ -101,6 +102,9 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
         async with trio.open_nursery() as nursery:
             await nursery.start(session.keepalive)
             await fs.run_background(nursery)
+            if volume.kv.shared:
+                coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups)
+                await nursery.start(coherence.run)
             nursery.start_soon(_on_signal)
             log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,
                      session.sid)

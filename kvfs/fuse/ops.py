@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from kvfs.errors import FSError
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
@@ -26,6 +27,7 @@ from kvfs.vfs.fs import FileSystem
 
 log = logging.getLogger("kvfs.fuse")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+T = TypeVar("T")
 
 
 def _errors(fn: F) -> F:
@@ -52,6 +54,18 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+async def _stale(op: Awaitable[T]) -> T:
+    """An operation on an inode the kernel still holds but the volume no longer has --
+    another mount replaced or removed it -- fails with ESTALE, so the kernel looks the
+    path up again instead of reporting ENOENT for a name that exists."""
+    try:
+        return await op
+    except FSError as e:
+        if e.errno == errno.ENOENT:
+            raise FSError(errno.ESTALE) from None
+        raise
+
+
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
     return Ctx(ctx.uid, ctx.gid, ctx.pid)
 
@@ -69,8 +83,19 @@ class KvfsOperations(pyfuse3.Operations):
         self.fs = fs
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
+        # Kernel lookup counts: inodes the kernel may hold in its caches.
+        self.lookups: dict[int, int] = {}
+        # What the kernel was last told about each inode (ctime, mtime, size).
+        self._told: dict[int, tuple[int, int, int]] = {}
+
+    def _new_ref(self, e: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """Count a reply that gives the kernel a reference to an inode."""
+        if e.st_ino:
+            self.lookups[e.st_ino] = self.lookups.get(e.st_ino, 0) + 1
+        return e
 
     def _entry(self, ino: int, a: Attr) -> pyfuse3.EntryAttributes:
+        self._told[ino] = (a.ctime, a.mtime, a.size)
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
@@ -102,14 +127,20 @@ class KvfsOperations(pyfuse3.Operations):
                 neg.entry_timeout = 0
                 return neg
             raise
-        return self._entry(ino, a)
+        return self._new_ref(self._entry(ino, a))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        return None
+        for ino, n in inode_list:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+            else:
+                self.lookups.pop(ino, None)
+                self._told.pop(ino, None)
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(inode, await self.fs.getattr(inode))
+        return self._entry(inode, await _stale(self.fs.getattr(inode)))
 
     @_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -133,12 +164,13 @@ class KvfsOperations(pyfuse3.Operations):
     @_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(*await self.fs.mknod(_ctx(ctx), parent_inode, name, mode, rdev))
+        ino, a = await self.fs.mknod(_ctx(ctx), parent_inode, name, mode, rdev)
+        return self._new_ref(self._entry(ino, a))
 
     @_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(*await self.fs.mkdir(_ctx(ctx), parent_inode, name, mode))
+        return self._new_ref(self._entry(*await self.fs.mkdir(_ctx(ctx), parent_inode, name, mode)))
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -151,7 +183,8 @@ class KvfsOperations(pyfuse3.Operations):
     @_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(*await self.fs.symlink(_ctx(ctx), parent_inode, name, target))
+        ino, a = await self.fs.symlink(_ctx(ctx), parent_inode, name, target)
+        return self._new_ref(self._entry(ino, a))
 
     @_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -161,18 +194,44 @@ class KvfsOperations(pyfuse3.Operations):
     @_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(inode, await self.fs.link(inode, new_parent_inode, new_name))
+        return self._new_ref(self._entry(inode, await self.fs.link(inode, new_parent_inode,
+                                                                   new_name)))
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=await self.fs.open(inode, flags))
+        fh, a = await _stale(self.fs.open_with_attr(inode, flags))
+        if self._told.get(inode, (a.ctime, a.mtime, a.size)) != (a.ctime, a.mtime, a.size):
+            # Close-to-open: the file changed since the kernel cached it (the watch may not
+            # have told us yet); drop the kernel's attributes and pages before any read.
+            await self.invalidate_inode(inode)
+        self._told[inode] = (a.ctime, a.mtime, a.size)
+        return pyfuse3.FileInfo(fh=fh)
+
+    # -- invalidation (the coherence watcher's way into the kernel) --------------------
+
+    async def invalidate_inode(self, ino: int) -> None:
+        if ino not in self.lookups:
+            return
+        self._told.pop(ino, None)
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+        except OSError:
+            pass  # the kernel forgot it meanwhile
+
+    async def invalidate_entry(self, parent: int, name: bytes) -> None:
+        if parent not in self.lookups and parent != pyfuse3.ROOT_INODE:
+            return
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name)
+        except OSError:
+            pass
 
     @_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         fh, ino, a = await self.fs.create(_ctx(ctx), parent_inode, name, mode, flags)
-        return pyfuse3.FileInfo(fh=fh), self._entry(ino, a)
+        return pyfuse3.FileInfo(fh=fh), self._new_ref(self._entry(ino, a))
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -205,8 +264,11 @@ class KvfsOperations(pyfuse3.Operations):
                 a = await self.fs.getattr(ent.ino)
             except FSError:
                 continue  # removed since the listing was taken
-            if not pyfuse3.readdir_reply(token, ent.name, self._entry(ent.ino, a), next_id):
+            e = self._entry(ent.ino, a)
+            if not pyfuse3.readdir_reply(token, ent.name, e, next_id):
                 break
+            if ent.name not in (b".", b".."):
+                self._new_ref(e)  # a readdirplus entry is a lookup
 
     @_errors
     async def releasedir(self, fh: int) -> None:

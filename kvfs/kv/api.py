@@ -154,6 +154,9 @@ class KVEngine(abc.ABC):
     """A transactional, revisioned, watchable key-value store (see module docstring)."""
 
     limits: Limits = Limits()
+    # True when other processes may change the store concurrently (etcd, a Raft cluster):
+    # mounts must then watch it to keep their caches coherent.
+    shared: bool = False
 
     @abc.abstractmethod
     async def get(self, key: bytes) -> KeyValue | None:

@@ -100,6 +100,8 @@ class _Secret:
 class EtcdEngine(KVEngine):
     """A :class:`KVEngine` on an etcd v3 cluster (see module docstring)."""
 
+    shared = True
+
     def __init__(self, url: EtcdURL, credentials: grpc.ChannelCredentials | None,
                  password: _Secret | None = None) -> None:
         self.url = url

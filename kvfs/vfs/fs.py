@@ -177,17 +177,23 @@ class FileSystem:
         return fh
 
     async def open(self, ino: int, flags: int) -> int:
+        fh, _ = await self.open_with_attr(ino, flags)
+        return fh
+
+    async def open_with_attr(self, ino: int, flags: int) -> tuple[int, Attr]:
+        """Open ``ino``; also return its attributes as read from the engine just now
+        (close-to-open: whatever caches hold, an open sees the latest committed state)."""
         attr = await self.meta.getattr(ino)
         if attr.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
             raise FSError(errno.EISDIR)
         fh = self._new_handle(ino, flags)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and attr.size:
             try:
-                await self.setattr(ino, SetAttr(size=0))
+                attr = await self.setattr(ino, SetAttr(size=0))
             except BaseException:
                 await self.release(fh)
                 raise
-        return fh
+        return fh, self._overlay(ino, attr)
 
     async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int,
                      flags: int) -> tuple[int, Ino, Attr]:

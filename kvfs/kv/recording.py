@@ -1,0 +1,68 @@
+"""An engine wrapper that remembers the revisions of its own successful commits.
+
+A mount's coherence watcher uses it to tell its own changes (already reflected in the
+kernel's caches) from other mounts' changes (which must be invalidated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from kvfs.kv.api import (
+    CommitResult,
+    Compare,
+    Delete,
+    KeyValue,
+    KVEngine,
+    Put,
+    RangeResult,
+    WatchBatch,
+)
+
+
+class RecordingEngine(KVEngine):
+    """Delegates everything to ``inner``; reports each committed revision to ``record``."""
+
+    def __init__(self, inner: KVEngine, record: Callable[[int], None]) -> None:
+        self.inner = inner
+        self.record = record
+        self.limits = inner.limits
+        self.shared = inner.shared
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        return await self.inner.get(key)
+
+    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
+                    keys_only: bool = False) -> RangeResult:
+        return await self.inner.range(start, end, limit=limit, keys_only=keys_only)
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        res = await self.inner.commit(compares, puts, deletes)
+        if res.succeeded:
+            self.record(res.revision)
+        return res
+
+    def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        return self.inner.watch(start, end, start_revision)
+
+    async def current_revision(self) -> int:
+        return await self.inner.current_revision()
+
+    async def lease_grant(self, ttl: float) -> int:
+        return await self.inner.lease_grant(ttl)
+
+    async def lease_keepalive(self, lease: int) -> bool:
+        return await self.inner.lease_keepalive(lease)
+
+    async def lease_revoke(self, lease: int) -> None:
+        await self.inner.lease_revoke(lease)
+
+    async def compact(self, revision: int) -> None:
+        await self.inner.compact(revision)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def describe(self) -> str:
+        return self.inner.describe()
