@@ -68,6 +68,18 @@ class KVContract:
     async def test_get_absent(self, kv: KVEngine) -> None:
         assert await kv.get(b"nope") is None
 
+    async def test_get_many(self, kv: KVEngine) -> None:
+        r1 = await put(kv, b"m1", b"one")
+        r2 = await put(kv, b"m3", b"three")
+        got = await kv.get_many([b"m3", b"m2", b"m1"])
+        assert [g.value if g else None for g in got] == [b"three", None, b"one"]
+        assert [g.mod_revision if g else 0 for g in got] == [r2, 0, r1]
+        keys = [b"many%03d" % i for i in range(300)]  # more than one engine request's worth
+        for i in range(0, 300, 100):
+            await kv.commit([], [Put(k, k) for k in keys[i:i + 100]])
+        assert [g.value if g else None for g in await kv.get_many(keys)] == keys
+        assert await kv.get_many([]) == []
+
     async def test_put_get_overwrite(self, kv: KVEngine) -> None:
         r1 = await put(kv, b"a", b"one")
         got = await kv.get(b"a")

@@ -20,7 +20,7 @@ import trio
 
 from kvfs.errors import FSError
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
-from kvfs.meta.metadata import Ctx, SetAttr
+from kvfs.meta.metadata import Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.objstore.api import BlockCorrupt
 from kvfs.vfs.fs import FileSystem
@@ -259,16 +259,23 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for next_id, ent in await self.fs.readdir(fh, start_id):
-            try:
-                a = await self.fs.getattr(ent.ino)
-            except FSError:
+        entries = await self.fs.readdir(fh, start_id)
+        for i in range(0, len(entries), 128):
+            if not await self._readdir_batch(entries[i:i + 128], token):
+                break
+
+    async def _readdir_batch(self, batch: list[tuple[int, DirEntry]],
+                             token: pyfuse3.ReaddirToken) -> bool:
+        attrs = await self.fs.getattrs([ent.ino for _, ent in batch])
+        for (next_id, ent), a in zip(batch, attrs, strict=True):
+            if a is None:
                 continue  # removed since the listing was taken
             e = self._entry(ent.ino, a)
             if not pyfuse3.readdir_reply(token, ent.name, e, next_id):
-                break
+                return False
             if ent.name not in (b".", b".."):
                 self._new_ref(e)  # a readdirplus entry is a lookup
+        return True
 
     @_errors
     async def releasedir(self, fh: int) -> None:

@@ -162,6 +162,11 @@ class KVEngine(abc.ABC):
     async def get(self, key: bytes) -> KeyValue | None:
         """The current value of ``key``, or None."""
 
+    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        """The current values of several keys, read at one revision where the engine can
+        (remote engines answer in one round trip)."""
+        return [await self.get(k) for k in keys]
+
     @abc.abstractmethod
     async def range(self, start: bytes, end: bytes, *, limit: int = 0,
                     keys_only: bool = False) -> RangeResult:

@@ -282,6 +282,19 @@ class EtcdEngine(KVEngine):
         resp = await self._unary("kv", "Range", etcdrpc.RangeRequest(key=self._pfx + key))
         return self._kv(resp.kvs[0]) if resp.kvs else None
 
+    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        # One read-only Txn of point Ranges per 128 keys: one round trip, one revision.
+        out: list[KeyValue | None] = []
+        for i in range(0, len(keys), self.limits.max_ops):
+            part = keys[i:i + self.limits.max_ops]
+            ops = [etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=self._pfx + k))
+                   for k in part]
+            resp = await self._unary("kv", "Txn", etcdrpc.TxnRequest(success=ops))
+            for r in resp.responses:
+                kvs = r.response_range.kvs
+                out.append(self._kv(kvs[0]) if kvs else None)
+        return out
+
     async def range(self, start: bytes, end: bytes, *, limit: int = 0,
                     keys_only: bool = False) -> RangeResult:
         while True:

@@ -32,6 +32,9 @@ class RecordingEngine(KVEngine):
     async def get(self, key: bytes) -> KeyValue | None:
         return await self.inner.get(key)
 
+    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        return await self.inner.get_many(keys)
+
     async def range(self, start: bytes, end: bytes, *, limit: int = 0,
                     keys_only: bool = False) -> RangeResult:
         return await self.inner.range(start, end, limit=limit, keys_only=keys_only)

@@ -37,6 +37,7 @@ class Txn:
         self._writes: dict[bytes, object] = {}  # key -> bytes | _DELETED
         self._leases: dict[bytes, int] = {}
         self._on_commit: list[Callable[[], None]] = []
+        self._prefix_deletes: list[bytes] = []
         self.revision = 0  # set after a successful commit
 
     async def get(self, key: bytes) -> bytes | None:
@@ -50,6 +51,15 @@ class Txn:
         self._read_revs[key] = kv.mod_revision if kv else 0
         self._cache[key] = kv.value if kv else None
         return self._cache[key]
+
+    async def prefetch(self, *keys: bytes) -> None:
+        """Read several keys in one engine round trip (each is guarded as by :meth:`get`)."""
+        want = [k for k in keys if k not in self._writes and k not in self._cache]
+        if not want:
+            return
+        for k, kv in zip(want, await self.kv.get_many(want), strict=True):
+            self._read_revs[k] = kv.mod_revision if kv else 0
+            self._cache[k] = kv.value if kv else None
 
     def guard(self, key: bytes, mod_revision: int) -> None:
         """Require ``key`` to still be at ``mod_revision`` at commit (from an earlier read)."""
@@ -69,19 +79,26 @@ class Txn:
         self._writes[key] = _DELETED
         self._leases.pop(key, None)
 
+    def delete_prefix(self, prefix: bytes) -> None:
+        """Delete every key under ``prefix`` as one operation (no read needed).  The
+        transaction must not also put a key under ``prefix`` (etcd refuses that)."""
+        self._prefix_deletes.append(prefix)
+
     def on_commit(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` once this attempt has committed (never for an attempt that retries)."""
         self._on_commit.append(fn)
 
     @property
     def write_count(self) -> int:
-        return len(self._writes)
+        return len(self._writes) + len(self._prefix_deletes)
 
     async def commit(self) -> bool:
         compares = [Compare(k, r) for k, r in self._read_revs.items()]
         puts = [Put(k, v, self._leases.get(k, 0))  # type: ignore[arg-type]
                 for k, v in self._writes.items() if v is not _DELETED]
-        deletes = [Delete(k) for k, v in self._writes.items() if v is _DELETED]
+        deletes = [Delete(k) for k, v in self._writes.items() if v is _DELETED
+                   and not any(k.startswith(p) for p in self._prefix_deletes)]
+        deletes += [Delete(p, prefix_end(p)) for p in self._prefix_deletes]
         if not puts and not deletes:
             return True
         res = await self.kv.commit(compares, puts, deletes)  # type: ignore[arg-type]

@@ -165,9 +165,9 @@ class Metadata:
         space = file_space(a.size) if a.is_reg else 0
         t.on_commit(lambda: self.usage.add(space=-space, inodes=-1))
 
-    async def _delete_inode_keys(self, t: Txn, ino: int) -> None:
-        for kv in await t.scan(keys.inode_all(ino)):
-            t.delete(kv.key)
+    @staticmethod
+    async def _delete_inode_keys(t: Txn, ino: int) -> None:
+        t.delete_prefix(keys.inode_all(ino))
 
     async def _move_link_parent(self, t: Txn, ino: int, a: Attr, old: int, new: int) -> None:
         """Move one link of ``ino`` from directory ``old`` to ``new`` (0: none) in the parent
@@ -176,6 +176,11 @@ class Metadata:
             if new:
                 a.parent = new
             return
+        if a.parent and a.nlink == 1 and old in (0, a.parent) and new:
+            a.parent = new  # a single link moving: no P keys exist or will
+            return
+        if a.parent and a.nlink == 0:
+            return  # the last link went; the inode's keys go with it
         links = {}
         if a.parent:
             links[a.parent] = 1
@@ -216,10 +221,16 @@ class Metadata:
             raise FSError(errno.ENOENT, f"inode {ino}")
         return Attr.decode(raw.value)
 
+    async def getattrs(self, inos: list[int]) -> list[Attr | None]:
+        """Attributes of several inodes in one engine round trip (None: gone)."""
+        got = await self.kv.get_many([keys.attr(i) for i in inos])
+        return [Attr.decode(kv.value) if kv else None for kv in got]
+
     async def lookup(self, parent: int, name: bytes) -> tuple[Ino, Attr]:
         check_name(name)
 
         async def fn(t: Txn) -> tuple[Ino, Attr]:
+            await t.prefetch(keys.dentry(parent, name), keys.attr(parent))
             if name in (b".", b".."):
                 pa = await self._dir_attr(t, parent)
                 ino = parent if name == b"." else (pa.parent or ROOT_INO)
@@ -270,6 +281,7 @@ class Metadata:
         ino = await self.inodes.next()
 
         async def fn(t: Txn) -> tuple[Ino, Attr, bool]:
+            await t.prefetch(keys.attr(parent), keys.dentry(parent, name))
             pa = await self._dir_attr(t, parent)
             if pa.nlink == 0:
                 raise FSError(errno.ENOENT, "parent directory was removed")
@@ -305,6 +317,7 @@ class Metadata:
         check_name(name)
 
         async def fn(t: Txn) -> Attr:
+            await t.prefetch(keys.attr(ino), keys.attr(parent), keys.dentry(parent, name))
             a = await self._attr(t, ino)
             if a.is_dir:
                 raise FSError(errno.EPERM, "hard link to a directory")
@@ -333,6 +346,7 @@ class Metadata:
         check_name(name)
 
         async def fn(t: Txn) -> Ino:
+            await t.prefetch(keys.attr(parent), keys.dentry(parent, name))
             pa = await self._dir_attr(t, parent)
             ent = await self._entry(t, parent, name)
             if ent is None:
@@ -358,6 +372,7 @@ class Metadata:
             raise FSError(errno.ENOTEMPTY)
 
         async def fn(t: Txn) -> Ino:
+            await t.prefetch(keys.attr(parent), keys.dentry(parent, name))
             pa = await self._dir_attr(t, parent)
             ent = await self._entry(t, parent, name)
             if ent is None:
@@ -415,14 +430,17 @@ class Metadata:
             raise FSError(errno.EINVAL)
 
         async def fn(t: Txn) -> None:
+            await t.prefetch(keys.attr(p1), keys.attr(p2), keys.dentry(p1, n1),
+                             keys.dentry(p2, n2))
             pa1 = await self._dir_attr(t, p1)
             pa2 = pa1 if p2 == p1 else await self._dir_attr(t, p2)
             src = await self._entry(t, p1, n1)
             if src is None:
                 raise FSError(errno.ENOENT)
             sino = src[1]
-            sa = await self._attr(t, sino)
             dst = await self._entry(t, p2, n2)
+            await t.prefetch(keys.attr(sino), *([keys.attr(dst[1])] if dst else []))
+            sa = await self._attr(t, sino)
             # Like renameat2 on Linux: the flags are checked before anything else.
             if dst is not None and flags & RENAME_NOREPLACE:
                 raise FSError(errno.EEXIST)
@@ -571,6 +589,7 @@ class Metadata:
             await run_txn(self.kv, drop)
 
         async def fn(t: Txn) -> Attr:
+            await t.prefetch(keys.attr(ino), keys.chunk(ino, last))
             a = await self._attr(t, ino)
             if a.is_dir:
                 raise FSError(errno.EISDIR)
@@ -604,10 +623,11 @@ class Metadata:
         """Record written slices ``(chunk index, slice)`` and grow the file to ``end``."""
 
         async def fn(t: Txn) -> Attr:
-            a = await self._attr(t, ino)
             per_chunk: dict[int, list[Slice]] = {}
             for idx, s in slices:
                 per_chunk.setdefault(idx, []).append(s)
+            await t.prefetch(keys.attr(ino), *(keys.chunk(ino, i) for i in per_chunk))
+            a = await self._attr(t, ino)
             for idx, ss in per_chunk.items():
                 raw = await t.get(keys.chunk(ino, idx)) or b""
                 t.put(keys.chunk(ino, idx), raw + encode_slices(ss))

@@ -118,6 +118,10 @@ class FileSystem:
         ino, attr = await self.meta.lookup(parent, name)
         return ino, self._overlay(ino, attr)
 
+    async def getattrs(self, inos: list[int]) -> list[Attr | None]:
+        return [None if a is None else self._overlay(i, a)
+                for i, a in zip(inos, await self.meta.getattrs(inos), strict=True)]
+
     async def getattr(self, ino: int) -> Attr:
         return self._overlay(ino, await self.meta.getattr(ino))
 

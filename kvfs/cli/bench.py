@@ -1,0 +1,55 @@
+"""``kvfs bench``: measure a mounted volume (any directories, so peers can be measured too).
+
+  kvfs bench deploy DIR_A DIR_B   rename-deploy visibility between two mounts
+  kvfs bench small DIR            small-file and metadata operation rates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from kvfs.benchmarks import deploy, smallfiles
+from kvfs.fuse.mount import MountError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser("bench", help="benchmark a mounted volume",
+                       description="Benchmark mounted directories (kvfs or any other).")
+    bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    d = bsub.add_parser("deploy", help="rename-deploy visibility between two mounts")
+    d.add_argument("dir_a", metavar="DIR_A", help="a directory of the volume on host A")
+    d.add_argument("dir_b", metavar="DIR_B", help="the same directory on host B")
+    d.add_argument("--rounds", type=int, default=20)
+    d.add_argument("--poll-ms", type=float, default=10.0)
+    d.add_argument("--json", action="store_true")
+    s = bsub.add_parser("small", help="small-file and metadata operation rates")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _check_dir(path: str) -> str:
+    if not os.path.isdir(path):
+        raise MountError(f"{path} is not a directory")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bench == "deploy":
+        res = deploy.run(_check_dir(args.dir_a), _check_dir(args.dir_b), rounds=args.rounds,
+                         poll=args.poll_ms / 1000)
+        if args.json:
+            print(json.dumps(res.__dict__))
+        else:
+            print(res.summary())
+        return 0
+    figures = smallfiles.run(_check_dir(args.dir), count=args.count)
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for name, value in figures.items():
+            print(f"{name:32} {value:10.1f}")
+    return 0
