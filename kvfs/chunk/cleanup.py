@@ -14,7 +14,9 @@ drains both in idempotent steps, each its own transaction, so it can stop at any
 from __future__ import annotations
 
 import logging
+import time
 
+import msgpack
 import trio
 
 from kvfs.chunk.layout import decode_slices
@@ -31,8 +33,12 @@ _CHUNKS_PER_STEP = 50
 class Cleaner:
     """Drains the deletion queues (see module docstring)."""
 
-    def __init__(self, meta: Metadata, slices: SliceStore, interval: float = 2.0) -> None:
+    def __init__(self, meta: Metadata, slices: SliceStore, interval: float = 2.0,
+                 orphan_grace: float = 60.0) -> None:
         self.meta = meta
+        # Shared engines: seconds an unlinked file's data outlives its last unlink, so other
+        # mounts that have it open can learn of it (watch) and hold it.
+        self.orphan_grace = orphan_grace
         self.kv = meta.kv
         self.slices = slices
         self.interval = interval
@@ -55,8 +61,15 @@ class Cleaner:
 
     async def run_once(self) -> None:
         await self.release_dead_sessions()
+        held = {keys.read_u64(kv.key, 10) for kv in await self._scan(keys.SUSTAINED_PREFIX)}
+        now = time.time()
         for kv in await self._scan(keys.DELFILE_PREFIX):
-            await self.delete_inode_data(keys.key_ino(kv.key))
+            ino = keys.key_ino(kv.key)
+            if self.meta.shared:
+                _, unlinked_at = msgpack.unpackb(kv.value)
+                if ino in held or now - unlinked_at < self.orphan_grace:
+                    continue
+            await self.delete_inode_data(ino)
         for kv in await self._scan(keys.SLICE_GC_PREFIX):
             await self._free_slices(kv.key, kv.value)
 

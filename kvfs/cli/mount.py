@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("-d", "--background", action="store_true",
                    help="run as a daemon; return once the mount is live")
     p.add_argument("-o", action="append", default=[], metavar="OPT[,OPT...]",
-                   help="mount options: allow_other, ro, attr_timeout=S, entry_timeout=S")
+                   help="mount options: allow_other, ro, attr_timeout=S, entry_timeout=S, "
+                        "orphan_grace=S")
     p.add_argument("--log", metavar="FILE", help="log file of a background mount")
     return p
 

@@ -41,6 +41,7 @@ class MountOptions:
     read_only: bool = False
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
+    orphan_grace: float = 60.0
 
     @classmethod
     def parse(cls, items: list[str]) -> MountOptions:
@@ -52,7 +53,7 @@ class MountOptions:
                     opts.allow_other = True
                 elif key == "ro":
                     opts.read_only = True
-                elif key in ("attr_timeout", "entry_timeout"):
+                elif key in ("attr_timeout", "entry_timeout", "orphan_grace"):
                     try:
                         setattr(opts, key, float(value))
                     except ValueError:
@@ -88,7 +89,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
     """Mount ``volume`` at ``mountpoint`` and serve it until unmounted or signalled."""
     session = await Session.register(volume.kv, mountpoint)
     volume.meta.session_id = session.sid
-    fs = FileSystem(volume.meta, volume.slices, free_space=volume.free_space)
+    fs = FileSystem(volume.meta, volume.slices, free_space=volume.free_space,
+                    orphan_grace=opts.orphan_grace)
     ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout)
     fuse_opts = set(pyfuse3.default_options)
     fuse_opts |= {f"fsname={source}", "subtype=kvfs"}
@@ -103,7 +105,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             await nursery.start(session.keepalive)
             await fs.run_background(nursery)
             if volume.kv.shared:
-                coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups)
+                coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups,
+                                      on_orphaned=fs.note_orphaned)
                 await nursery.start(coherence.run)
             nursery.start_soon(_on_signal)
             log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,

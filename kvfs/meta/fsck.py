@@ -4,12 +4,15 @@
 list of problems, empty for a consistent volume.  It never writes.  Checked:
 
 * every directory entry names an existing inode of the entry's type;
-* every live inode is reachable from the root, and its ``nlink`` equals its entries
+* every live inode is in some directory, and its ``nlink`` equals its entries
   (directories: 2 + child directories);
 * a directory's ``parent`` is the directory holding its entry;
-* every chunk key decodes, and every block of every referenced slice exists in the store
-  (``--blocks``: also blocks no chunk or GC record refers to, i.e. leaked space);
-* inodes with ``nlink == 0`` are held open by some session (``SS``) or queued (``D``).
+* every chunk key decodes, and every block of every referenced slice exists in the store;
+* inodes with ``nlink == 0`` are held open by some session (``SS``) or queued (``D``,
+  where shared engines keep an unlinked file's attributes through a grace period);
+* no inode queued for deletion still has links.
+
+``kvfs fsck --leaked`` also lists blocks no slice refers to.
 """
 
 from __future__ import annotations
@@ -102,8 +105,9 @@ async def check(kv: KVEngine, store: ObjectStore | None, block_size: int,
         rep.add("root directory is missing")
     for ino, a in attrs.items():
         if a.nlink == 0:
-            if ino not in sustained:
-                rep.add(f"inode {ino} has no links and no session holds it open")
+            if ino not in sustained and ino not in queued:
+                rep.add(f"inode {ino} has no links, no session holds it open and it is "
+                        "not queued for deletion")
             continue
         want = 2 + subdirs[ino] if a.is_dir else links[ino]
         if ino != ROOT_INO and links[ino] == 0:
@@ -111,7 +115,8 @@ async def check(kv: KVEngine, store: ObjectStore | None, block_size: int,
         elif a.nlink != want:
             rep.add(f"inode {ino} has nlink {a.nlink}, expected {want}")
     for ino in queued & set(attrs):
-        rep.add(f"inode {ino} is queued for deletion but still has attributes")
+        if attrs[ino].nlink:
+            rep.add(f"inode {ino} is queued for deletion but still has links")
 
     if store is not None:
         present: set[str] = set()

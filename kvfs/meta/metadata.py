@@ -28,7 +28,7 @@ import msgpack
 
 from kvfs.chunk.layout import CHUNK_SIZE, Slice, decode_slices, encode_slices
 from kvfs.errors import FSError
-from kvfs.kv.api import KVEngine, prefix_end
+from kvfs.kv.api import KVEngine, Put, prefix_end
 from kvfs.kv.txn import Txn, run_txn
 from kvfs.meta import keys
 from kvfs.meta.ids import IdAllocator
@@ -101,6 +101,9 @@ class Metadata:
         self.kv = kv
         self.session_id = session_id
         self.is_open = is_open
+        # Other mounts may have a file open that this mount unlinks: its data must outlive
+        # the unlink by a grace period (see _forget_inode and kvfs.chunk.cleanup).
+        self.shared = kv.shared
         self.inodes = IdAllocator(kv, keys.NEXT_INODE, 256)
         self.slices = IdAllocator(kv, keys.NEXT_SLICE, 1024)
         self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
@@ -146,13 +149,31 @@ class Metadata:
         await self._forget_inode(t, ino, a)
 
     async def _forget_inode(self, t: Txn, ino: int, a: Attr) -> None:
-        """``ino`` has no links left: keep it for open handles or queue its data for deletion."""
-        if self.is_open(ino):
+        """``ino`` has no links left: keep it for open handles or queue its data for deletion.
+
+        On a shared engine a regular file always keeps its attributes (nlink 0) and goes to
+        the ``D`` queue with the time of its last unlink: mounts that have it open see the
+        change through their watch and hold it (``SS``), and the cleaner deletes it only
+        once a grace period has passed and no live session holds it.
+        """
+        if self.shared and a.is_reg:
+            a.nlink = 0
+            self._put_attr(t, ino, a)
+            t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
+            if self.is_open(ino):
+                t.put(keys.sustained(self.session_id, ino), b"")
+            space = file_space(a.size)
+            t.on_commit(lambda: self.usage.add(space=-space, inodes=-1))
+        elif self.is_open(ino):
             a.nlink = 0
             self._put_attr(t, ino, a)
             t.put(keys.sustained(self.session_id, ino), b"")
         else:
             await self._drop_inode(t, ino, a)
+
+    async def hold(self, ino: int) -> None:
+        """Record that this mount has ``ino`` open after another mount unlinked it."""
+        await self.kv.commit([], [Put(keys.sustained(self.session_id, ino), b"")])
 
     async def _drop_inode(self, t: Txn, ino: int, a: Attr) -> None:
         """Remove an inode nobody can reach any more: a file's data goes to the ``D`` queue
@@ -413,8 +434,8 @@ class Metadata:
             if raw is None:
                 return
             a = Attr.decode(raw)
-            if a.nlink > 0:
-                return
+            if a.nlink > 0 or (self.shared and a.is_reg):
+                return  # shared: already queued; the cleaner waits for the other holders
             await self._drop_inode(t, ino, a)
 
         await run_txn(self.kv, fn)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import trio
 
 from kvfs.kv.api import Compacted, KVEngine, KVError, prefix_end
 from kvfs.meta import keys
+from kvfs.meta.records import Attr
 
 log = logging.getLogger("kvfs.coherence")
 
@@ -63,8 +64,11 @@ class Coherence:
     """Watches the engine and invalidates kernel caches (see module docstring)."""
 
     def __init__(self, kv: KVEngine, own: OwnRevisions, invalidator: Invalidator,
-                 known_inodes: Iterable[int] | None = None) -> None:
+                 known_inodes: Iterable[int] | None = None,
+                 on_orphaned: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.kv = kv
+        # Called for every inode another mount left without links (it may be open here).
+        self.on_orphaned = on_orphaned
         self.own = own
         self.invalidator = invalidator
         self.known_inodes = known_inodes
@@ -111,6 +115,9 @@ class Coherence:
                 entries.add((ino, key[10:]))
             elif kind in (b"I", b"C", b"S"):
                 inodes.add(ino)
+                if kind == b"I" and ev.value and self.on_orphaned is not None \
+                        and Attr.decode(ev.value).nlink == 0:
+                    await self.on_orphaned(ino)
         for parent, name in entries:
             await self.invalidator.invalidate_entry(parent, name)
         for ino in inodes:

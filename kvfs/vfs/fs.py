@@ -64,11 +64,12 @@ class FileSystem:
     """POSIX operations of one mount (see module docstring)."""
 
     def __init__(self, meta: Metadata, slices: SliceStore, *,
-                 free_space: Callable[[], int] = lambda: 1 << 50) -> None:
+                 free_space: Callable[[], int] = lambda: 1 << 50,
+                 orphan_grace: float = 60.0) -> None:
         self.meta = meta
         self.free_space = free_space  # bytes the storage can still take (blocking call)
         self.slices = slices
-        self.cleaner = Cleaner(meta, slices)
+        self.cleaner = Cleaner(meta, slices, orphan_grace=orphan_grace)
         meta.is_open = self.is_open
         self._fh = count(1)
         self._files: dict[int, FileHandle] = {}
@@ -104,6 +105,11 @@ class FileSystem:
             return await self.meta.getattr(ino)
         except FSError:
             return None
+
+    async def note_orphaned(self, ino: int) -> None:
+        """Another mount removed the last name of ``ino``: hold it while it is open here."""
+        if self.is_open(ino):
+            await self.meta.hold(ino)
 
     def _overlay(self, ino: int, attr: Attr) -> Attr:
         data = self._data.get(ino)
