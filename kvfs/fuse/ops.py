@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from kvfs.errors import FSError
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
 from kvfs.meta.metadata import Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
-from kvfs.objstore.api import BlockCorrupt
+from kvfs.objstore.api import BlockCorrupt, ObjectStoreFull
 from kvfs.vfs.fs import FileSystem
 
 log = logging.getLogger("kvfs.fuse")
@@ -39,7 +40,7 @@ def _errors(fn: F) -> F:
             raise
         except FSError as e:
             raise pyfuse3.FUSEError(e.errno) from None
-        except NoSpace:
+        except (NoSpace, ObjectStoreFull):
             raise pyfuse3.FUSEError(errno.ENOSPC) from None
         except TxnTooLarge as e:
             log.error("%s: %s", fn.__name__, e)
@@ -200,12 +201,15 @@ class KvfsOperations(pyfuse3.Operations):
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         fh, a = await _stale(self.fs.open_with_attr(inode, flags))
-        if self._told.get(inode, (a.ctime, a.mtime, a.size)) != (a.ctime, a.mtime, a.size):
+        sig = (a.ctime, a.mtime, a.size)
+        unchanged = self._told.get(inode) == sig
+        if inode in self._told and not unchanged:
             # Close-to-open: the file changed since the kernel cached it (the watch may not
             # have told us yet); drop the kernel's attributes and pages before any read.
             await self.invalidate_inode(inode)
-        self._told[inode] = (a.ctime, a.mtime, a.size)
-        return pyfuse3.FileInfo(fh=fh)
+        self._told[inode] = sig
+        # An unchanged file keeps its cached pages: reading it again costs no engine trip.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged and not flags & os.O_TRUNC)
 
     # -- invalidation (the coherence watcher's way into the kernel) --------------------
 

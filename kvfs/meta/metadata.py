@@ -33,6 +33,7 @@ from kvfs.kv.txn import Txn, run_txn
 from kvfs.meta import keys
 from kvfs.meta.ids import IdAllocator
 from kvfs.meta.keys import ROOT_INO, Ino
+from kvfs.meta.offline import OfflineCache
 from kvfs.meta.records import Attr, decode_dentry, encode_dentry, ftype_of, now_ns
 from kvfs.meta.usage import Usage, file_space
 
@@ -108,6 +109,7 @@ class Metadata:
         self.slices = IdAllocator(kv, keys.NEXT_SLICE, 1024)
         self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
         self.usage = Usage(kv)
+        self.offline = OfflineCache()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -237,10 +239,15 @@ class Metadata:
     # -- reads ---------------------------------------------------------------------------
 
     async def getattr(self, ino: int) -> Attr:
-        raw = await self.kv.get(keys.attr(ino))
-        if raw is None:
-            raise FSError(errno.ENOENT, f"inode {ino}")
-        return Attr.decode(raw.value)
+        async def fresh() -> Attr:
+            raw = await self.kv.get(keys.attr(ino))
+            if raw is None:
+                raise FSError(errno.ENOENT, f"inode {ino}")
+            a = Attr.decode(raw.value)
+            self.offline.remember_attr(ino, a)
+            return a
+
+        return await self.offline.through(fresh, lambda: self.offline.cached_attr(ino))
 
     async def getattrs(self, inos: list[int]) -> list[Attr | None]:
         """Attributes of several inodes in one engine round trip (None: gone)."""
@@ -260,9 +267,17 @@ class Metadata:
             if ent is None:
                 await self._dir_attr(t, parent)  # ENOTDIR beats ENOENT
                 raise FSError(errno.ENOENT)
-            return Ino(ent[1]), await self._attr(t, ent[1])
+            a = await self._attr(t, ent[1])
+            self.offline.entries.put((parent, name), ent[1])
+            self.offline.remember_attr(ent[1], a)
+            return Ino(ent[1]), a
 
-        return await run_txn(self.kv, fn)
+        def cached() -> tuple[Ino, Attr] | None:
+            ino = self.offline.entries.get((parent, name))
+            a = None if ino is None else self.offline.cached_attr(ino)
+            return None if ino is None or a is None else (Ino(ino), a)
+
+        return await self.offline.through(lambda: run_txn(self.kv, fn), cached)
 
     async def readdir(self, ino: int) -> list[DirEntry]:
         """Every entry of directory ``ino`` (not ``.``/``..``), read in pages."""
@@ -636,8 +651,14 @@ class Metadata:
     # -- data --------------------------------------------------------------------------
 
     async def read_chunk(self, ino: int, index: int) -> list[Slice]:
-        raw = await self.kv.get(keys.chunk(ino, index))
-        return decode_slices(raw.value) if raw else []
+        async def fresh() -> list[Slice]:
+            raw = await self.kv.get(keys.chunk(ino, index))
+            slices = decode_slices(raw.value) if raw else []
+            self.offline.remember_chunk(ino, index, slices)
+            return slices
+
+        return await self.offline.through(fresh,
+                                          lambda: self.offline.cached_chunk(ino, index))
 
     async def write_slices(self, ino: int, slices: list[tuple[int, Slice]], end: int,
                            mtime: int) -> Attr:

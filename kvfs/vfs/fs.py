@@ -30,9 +30,11 @@ from kvfs.chunk.cleanup import Cleaner
 from kvfs.chunk.filedata import FileData
 from kvfs.chunk.slices import SliceStore
 from kvfs.errors import FSError
+from kvfs.kv.api import NoSpace
 from kvfs.meta.keys import Ino
 from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
 from kvfs.meta.records import Attr
+from kvfs.objstore.api import ObjectStoreFull
 
 log = logging.getLogger("kvfs.vfs")
 
@@ -244,6 +246,8 @@ class FileSystem:
             attr = await data.flush()
         except FSError:
             raise
+        except (NoSpace, ObjectStoreFull) as exc:
+            raise FSError(errno.ENOSPC, f"writing inode {data.ino}: {exc}") from exc
         except Exception as exc:
             raise FSError(errno.EIO, f"writing inode {data.ino}: {exc}") from exc
         if attr is not None and data.compact_wanted:
@@ -363,4 +367,5 @@ class FileSystem:
         """Start the cleaner and the compactor as children of ``nursery``."""
         await nursery.start(self.cleaner.run)
         await nursery.start(self.meta.usage.run)
+        await nursery.start(self.meta.offline.probe, self.meta.kv)
         await nursery.start(self._compactor)
