@@ -18,6 +18,7 @@ import pyfuse3
 import trio
 
 from kvfs.fuse.ops import KvfsOperations
+from kvfs.meta.compactor import Compactor
 from kvfs.meta.session import Session
 from kvfs.vfs.coherence import Coherence
 from kvfs.vfs.fs import FileSystem
@@ -108,6 +109,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
                 coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups,
                                       on_orphaned=fs.note_orphaned)
                 await nursery.start(coherence.run)
+                compactor = Compactor(volume.kv, session.sid, session.lease)
+                await nursery.start(compactor.run)
             nursery.start_soon(_on_signal)
             log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,
                      session.sid)

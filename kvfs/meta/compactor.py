@@ -1,0 +1,70 @@
+"""Compaction of a shared engine's revision history, by one mount at a time.
+
+etcd keeps every revision until told to compact, and JuiceFS leaves that to its users.
+Each kvfs mount of a shared engine runs :class:`Compactor`, but only the mount holding the
+``Ccompactor`` key -- attached to its session lease, so it moves to another mount when the
+holder dies -- compacts.  It samples the engine's revision every ``interval`` seconds and
+compacts up to the newest sample older than ``retain`` seconds, so watches that fall
+behind by less than ``retain`` can always resume; one that falls further behind gets
+``Compacted`` and its mount invalidates everything it cached (see kvfs.vfs.coherence).
+Compaction only drops history: etcd's disk space comes back after ``etcdctl defrag``
+(docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import trio
+
+from kvfs.kv.api import Compare, KVEngine, KVError, Put
+from kvfs.meta.keys import u64
+
+log = logging.getLogger("kvfs.compactor")
+COMPACTOR = b"Ccompactor"
+
+
+class Compactor:
+    """See module docstring."""
+
+    def __init__(self, kv: KVEngine, session_id: int, lease: int, *,
+                 retain: float = 600.0, interval: float = 60.0) -> None:
+        self.kv = kv
+        self.session_id = session_id
+        self.lease = lease
+        self.retain = retain
+        self.interval = interval
+        self._samples: deque[tuple[float, int]] = deque()
+        self.compacted = 0
+
+    async def is_holder(self) -> bool:
+        """Take the compactor role if nobody holds it; True if this mount holds it."""
+        cur = await self.kv.get(COMPACTOR)
+        if cur is None:
+            res = await self.kv.commit([Compare(COMPACTOR, 0)],
+                                       [Put(COMPACTOR, u64(self.session_id), self.lease)])
+            return res.succeeded
+        return cur.value == u64(self.session_id)
+
+    async def step(self, now: float) -> None:
+        """Take one sample and compact if this mount is the holder."""
+        self._samples.append((now, await self.kv.current_revision()))
+        target = 0
+        while self._samples and now - self._samples[0][0] >= self.retain:
+            target = self._samples.popleft()[1]
+        if target > self.compacted and await self.is_holder():
+            await self.kv.compact(target)
+            self.compacted = target
+            log.info("compacted engine history up to revision %d", target)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            try:
+                await self.step(time.monotonic())
+            except KVError as exc:
+                log.warning("revision compaction skipped: %s", exc)
+            await trio.sleep(self.interval)
