@@ -32,7 +32,7 @@ from kvfs.objstore.localdir import LocalDirStore
 from kvfs.vfs.coherence import OwnRevisions
 
 FORMAT_VERSION = 1
-DEFAULT_BLOCK_KIB = {"file": 4096, "kv": 1024}
+DEFAULT_BLOCK_KIB = {"file": 4096, "kv": 1024, "etcd": 1024}
 
 
 class VolumeError(Exception):
@@ -112,11 +112,15 @@ async def read_format(kv: KVEngine) -> VolumeFormat | None:
     return VolumeFormat.decode(raw.value) if raw else None
 
 
-def make_store(fmt: VolumeFormat, kv: KVEngine) -> ObjectStore:
+async def make_store(fmt: VolumeFormat, kv: KVEngine) -> tuple[ObjectStore, KVEngine | None]:
+    """The volume's block store, and the separate engine it opened (to close), if any."""
     if fmt.storage == "file":
-        return ChecksummedStore(LocalDirStore(fmt.bucket))
+        return ChecksummedStore(LocalDirStore(fmt.bucket)), None
     if fmt.storage == "kv":
-        return ChecksummedStore(KVBlobStore(kv))
+        return ChecksummedStore(KVBlobStore(kv)), None
+    if fmt.storage == "etcd":
+        bucket = await open_engine(fmt.bucket)
+        return ChecksummedStore(KVBlobStore(bucket)), bucket
     raise VolumeError(f"unknown storage kind {fmt.storage!r}")
 
 
@@ -129,8 +133,10 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
     """
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise VolumeError(f"invalid volume name {name!r} (letters, digits, - _ . only)")
-    if storage not in ("kv", "file"):
-        raise VolumeError(f"unknown storage {storage!r} (choose kv or file)")
+    if storage not in ("kv", "file", "etcd"):
+        raise VolumeError(f"unknown storage {storage!r} (choose kv, file or etcd)")
+    if storage == "etcd" and not bucket.startswith("etcd://"):
+        raise VolumeError("--storage etcd needs --bucket etcd://HOST:PORT[,...]/PREFIX")
     if storage == "file":
         if not bucket:
             raise VolumeError("--storage file needs --bucket DIRECTORY")
@@ -141,9 +147,13 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
     if kib <= 0 or kib > 64 * 1024:
         raise VolumeError(f"block size {kib} KiB out of range (1..65536)")
     block_size = kib * 1024
-    if storage == "kv" and block_size + 4096 > kv.limits.max_value_bytes:
+    block_engine = kv
+    if storage == "etcd":
+        block_engine = await open_engine(bucket)  # also proves the bucket is reachable
+        await block_engine.aclose()
+    if storage != "file" and block_size + 4096 > block_engine.limits.max_value_bytes:
         raise VolumeError(f"block size {kib} KiB does not fit the engine's value limit of "
-                          f"{kv.limits.max_value_bytes // 1024} KiB")
+                          f"{block_engine.limits.max_value_bytes // 1024} KiB")
     old = await read_format(kv)
     if old is not None and not force:
         raise VolumeError(f"already formatted as volume {old.name!r} (use --force to "
@@ -172,6 +182,7 @@ class Volume:
     meta: Metadata
     data_dir: str | None = None  # the embedded store's directory
     own: OwnRevisions = field(default_factory=OwnRevisions)  # this process's commits
+    block_engine: KVEngine | None = None  # a separate engine holding blocks (--storage etcd)
 
     def free_space(self) -> int:
         """Bytes the storage under this volume can still take (blocking: statvfs)."""
@@ -183,6 +194,8 @@ class Volume:
 
     async def aclose(self) -> None:
         await self.store.aclose()
+        if self.block_engine is not None:
+            await self.block_engine.aclose()
         await self.kv.aclose()
 
 
@@ -194,7 +207,7 @@ async def open_volume(url: str, *, kv: KVEngine | None = None,
         fmt = await read_format(kv)
         if fmt is None:
             raise VolumeError(f"{url}: not a formatted kvfs volume (run `kvfs format` first)")
-        store = make_store(fmt, kv)
+        store, block_engine = await make_store(fmt, kv)
     except BaseException:
         await kv.aclose()
         raise
@@ -204,4 +217,5 @@ async def open_volume(url: str, *, kv: KVEngine | None = None,
     # Metadata commits through a recorder so the coherence watcher can skip our own changes.
     meta = Metadata(RecordingEngine(kv, own.add), session_id=session_id)
     return Volume(kv, fmt, store, slices, meta,
-                  os.path.abspath(path) if path and not url.startswith("mem://") else None, own)
+                  os.path.abspath(path) if path and not url.startswith("mem://") else None, own,
+                  block_engine)

@@ -15,11 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("meta_url", metavar="META_URL",
                    help="metadata engine: a directory (embedded store) or local:///PATH")
     p.add_argument("name", metavar="NAME", help="volume name")
-    p.add_argument("--storage", choices=("kv", "file"), default="kv",
-                   help="where blocks go: kv (the metadata engine, default) or file")
-    p.add_argument("--bucket", default="", help="directory for --storage file")
+    p.add_argument("--storage", choices=("kv", "file", "etcd"), default="kv",
+                   help="where blocks go: kv (the metadata engine itself, default), file "
+                        "(a local directory) or etcd (another etcd prefix or cluster)")
+    p.add_argument("--bucket", default="",
+                   help="the directory (file) or etcd://HOST:PORT[,...]/PREFIX (etcd)")
     p.add_argument("--block-size", type=int, metavar="KiB",
-                   help="block size in KiB (default 4096 for file, 1024 for kv)")
+                   help="block size in KiB (default 4096 for file, 1024 for kv and etcd)")
     p.add_argument("--force", action="store_true",
                    help="update the settings of an existing volume (never erases data)")
     return p
