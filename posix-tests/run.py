@@ -1,33 +1,37 @@
 #!/usr/bin/env python3
 """Run the kvfs POSIX conformance checks (as root).
 
-    .venv/bin/python posix-tests/run.py [--engine embedded|mem] [--url META_URL]
+    .venv/bin/python posix-tests/run.py [--engine embedded|etcd|mem] [--url META_URL]
                                         [--keep-going] [-k PATTERN] [-v]
 
-Formats a fresh volume (embedded engine: in a temporary directory; mem: nothing to
-format), mounts it in the background, runs every registered check against the
+Formats a fresh volume (embedded engine: in a temporary directory; etcd: on a throwaway
+single-member etcd started on loopback for this run and always stopped at the end; mem:
+nothing to format), mounts it in the background, runs every registered check against the
 mountpoint, unmounts (always), prints one line per failed assertion and, last,
 ``N passed, M failed``.  Exit status 0 only when nothing failed.
 
 Without --keep-going the run stops after the first check that has a failure.
---url mounts an existing META_URL (etcd, raft, ... once kvfs has them) instead of
-formatting one; --dir (for validating the suite itself) runs against an existing
+--url mounts an existing META_URL (e.g. an etcd:// volume formatted beforehand) instead
+of formatting one; --dir (for validating the suite itself) runs against an existing
 directory, e.g. a tmpfs or ext4 one, without mounting anything.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import glob
 import importlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -47,7 +51,7 @@ def kvfs_cmd() -> list[str]:
     return [sys.executable, "-m", "kvfs.cli.main"]
 
 
-def prepare_embedded(tmp: str) -> str:
+def prepare_embedded(tmp: str, stack: contextlib.ExitStack) -> str:
     """Format a fresh embedded volume; return its META_URL."""
     db = os.path.join(tmp, "meta")
     subprocess.run(kvfs_cmd() + ["format", db, "posix"], check=True,
@@ -55,13 +59,121 @@ def prepare_embedded(tmp: str) -> str:
     return db
 
 
-def prepare_mem(tmp: str) -> str:
+def prepare_mem(tmp: str, stack: contextlib.ExitStack) -> str:
     return "mem://"
 
 
-# engine name -> function(tmpdir) returning the META_URL to mount.  Add engines here.
+ETCD = os.environ.get("KVFS_POSIX_ETCD", "/usr/bin/etcd")
+ETCD_START_TIMEOUT = 30  # seconds for a fresh etcd to answer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EtcdServer:
+    """A throwaway single-member etcd on 127.0.0.1 with its data in ``dir``.
+
+    Started with :meth:`start` (retried on fresh ports if one was taken meanwhile), stopped
+    by PID with :meth:`stop` (SIGTERM, then SIGKILL); used as a context manager it is always
+    stopped, whatever happened in between.
+    """
+
+    def __init__(self, dir: str):
+        self.dir = dir
+        self.log = os.path.join(dir, "etcd.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client_port = self.peer_port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def _spawn(self) -> None:
+        self.client_port, self.peer_port = free_port(), free_port()
+        client, peer = f"http://{self.endpoint}", f"http://127.0.0.1:{self.peer_port}"
+        cmd = [ETCD, "--name", "posix", "--data-dir", os.path.join(self.dir, "data"),
+               "--listen-client-urls", client, "--advertise-client-urls", client,
+               "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+               "--initial-cluster", f"posix={peer}", "--initial-cluster-state", "new",
+               "--logger", "zap", "--log-outputs", self.log]
+        # own session: a ^C at the terminal must not kill etcd under a still-mounted volume;
+        # the finally of main() stops it once the volume is unmounted
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as r:
+                return b'"true"' in r.read()
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        if not os.access(ETCD, os.X_OK):
+            raise RuntimeError(f"{ETCD} is missing (apt-get install etcd-server)")
+        os.makedirs(self.dir, exist_ok=True)
+        for _attempt in range(3):
+            self._spawn()
+            end = time.monotonic() + ETCD_START_TIMEOUT
+            while time.monotonic() < end:
+                if self.proc.poll() is not None:
+                    break  # e.g. a port was taken between free_port() and bind: retry
+                if self._healthy():
+                    return
+                time.sleep(0.1)
+            else:
+                self.stop()
+                raise RuntimeError(f"etcd not healthy after {ETCD_START_TIMEOUT}s; "
+                                   f"see {self.log}")
+            shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
+        raise RuntimeError(f"etcd exited with status {self.proc.returncode}; see {self.log}")
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is not None:
+            if proc.returncode not in (0, -signal.SIGTERM):
+                print(f"warning: etcd (pid {proc.pid}) had died with status "
+                      f"{proc.returncode} before the end of the run; see {self.log}",
+                      file=sys.stderr)
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(15)
+
+    def __enter__(self) -> EtcdServer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def prepare_etcd(tmp: str, stack: contextlib.ExitStack) -> str:
+    """Start a throwaway etcd (stopped when ``stack`` closes), format a volume on it."""
+    server = stack.enter_context(EtcdServer(os.path.join(tmp, "etcd")))
+    url = f"etcd://{server.endpoint}/posix"
+    subprocess.run(kvfs_cmd() + ["format", url, "posix"], check=True,
+                   stdout=subprocess.DEVNULL, timeout=120)
+    return url
+
+
+# engine name -> function(tmpdir, exit_stack) returning the META_URL to mount; whatever
+# the engine starts must be registered on exit_stack, which closes after the last unmount.
 ENGINES = {
     "embedded": prepare_embedded,
+    "etcd": prepare_etcd,
     "mem": prepare_mem,
 }
 
@@ -190,6 +302,10 @@ def run_verifications(root: str, args: argparse.Namespace, tally: Tally) -> None
             break
 
 
+def _terminated(signum, frame):  # noqa: ANN001
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--engine", choices=sorted(ENGINES), default="embedded",
@@ -209,6 +325,8 @@ def main() -> int:
         print("posix-tests must run as root", file=sys.stderr)
         return 2
 
+    # a plain kill (SIGTERM) still unmounts and stops the engine's servers (finally blocks)
+    signal.signal(signal.SIGTERM, _terminated)
     tally = Tally()
     if args.dir:
         base = run_checks(os.path.abspath(args.dir), args, tally)
@@ -225,15 +343,17 @@ def main() -> int:
         os.mkdir(mnt)
         log = os.path.join(tmp, "mount.log")
         try:
-            url = args.url or ENGINES[args.engine](tmp)
-            with Mount(url, mnt, log):
-                base = run_checks(mnt, args, tally)
-            # a volatile engine starts empty on every mount: nothing to verify
-            if lib.AFTER_REMOUNT and not tally.stop and not url.startswith("mem:"):
+            # the stack stops what the engine started (etcd) after the last unmount
+            with contextlib.ExitStack() as stack:
+                url = args.url or ENGINES[args.engine](tmp, stack)
                 with Mount(url, mnt, log):
-                    run_verifications(mnt, args, tally)
-                    if not args.keep_files:
-                        shutil.rmtree(base, ignore_errors=True)
+                    base = run_checks(mnt, args, tally)
+                # a volatile engine starts empty on every mount: nothing to verify
+                if lib.AFTER_REMOUNT and not tally.stop and not url.startswith("mem:"):
+                    with Mount(url, mnt, log):
+                        run_verifications(mnt, args, tally)
+                        if not args.keep_files:
+                            shutil.rmtree(base, ignore_errors=True)
         except Exception as e:  # noqa: BLE001
             print(f"FAIL setup: {type(e).__name__}: {e}", flush=True)
             tally.failed += 1

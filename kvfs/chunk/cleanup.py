@@ -22,12 +22,10 @@ import trio
 from kvfs.chunk.layout import decode_slices
 from kvfs.chunk.slices import SliceStore
 from kvfs.kv.api import Delete, prefix_end
-from kvfs.kv.txn import Txn, run_txn
 from kvfs.meta import keys
 from kvfs.meta.metadata import Metadata
 
 log = logging.getLogger("kvfs.cleanup")
-_CHUNKS_PER_STEP = 50
 
 
 class Cleaner:
@@ -92,24 +90,7 @@ class Cleaner:
                 await self.meta.release_orphan(ino, sid)
 
     async def delete_inode_data(self, ino: int) -> None:
-        cprefix = keys.chunk_prefix(ino)
-        while True:
-            res = await self.kv.range(cprefix, prefix_end(cprefix), limit=_CHUNKS_PER_STEP)
-            if not res.kvs:
-                break
-            gc_id = await self.meta.gc_ids.next()
-
-            async def step(t: Txn, kvs: list = res.kvs, gc_id: int = gc_id) -> None:  # type: ignore[type-arg]
-                dropped = b""
-                for kv in kvs:
-                    raw = await t.get(kv.key)
-                    if raw:
-                        dropped += raw
-                        t.delete(kv.key)
-                if dropped:
-                    t.put(keys.slice_gc(gc_id), dropped)
-
-            await run_txn(self.kv, step)
+        await self.meta.drop_chunks(ino, 0)
         prefix = keys.inode_all(ino)
         await self.kv.commit([], [], [Delete(prefix, prefix_end(prefix)),
                                       Delete(keys.delfile(ino))])

@@ -602,27 +602,7 @@ class Metadata:
         if size > MAX_FILE_SIZE:
             raise FSError(errno.EFBIG)
         last = size // CHUNK_SIZE  # chunks with index > last are past the end
-        while True:
-            beyond = await self.kv.range(keys.chunk(ino, last + 1), prefix_end(
-                keys.chunk_prefix(ino)), limit=_CHUNKS_PER_STEP)
-            if not beyond.kvs:
-                break
-            gc_id = await self.gc_ids.next()
-
-            async def drop(t: Txn, kvs: list = beyond.kvs, gc_id: int = gc_id) -> None:
-                a = await self._attr(t, ino)
-                if not a.is_reg:
-                    raise FSError(errno.EISDIR if a.is_dir else errno.EINVAL)
-                dropped = b""
-                for kv in kvs:
-                    raw = await t.get(kv.key)
-                    if raw:
-                        dropped += raw
-                    t.delete(kv.key)
-                if dropped:
-                    t.put(keys.slice_gc(gc_id), dropped)
-
-            await run_txn(self.kv, drop)
+        await self.drop_chunks(ino, last + 1, regular_file=True)
 
         async def fn(t: Txn) -> Attr:
             await t.prefetch(keys.attr(ino), keys.chunk(ino, last))
@@ -649,6 +629,40 @@ class Metadata:
         return await run_txn(self.kv, fn)
 
     # -- data --------------------------------------------------------------------------
+
+    async def drop_chunks(self, ino: int, first: int, *, regular_file: bool = False) -> None:
+        """Move chunks ``first`` and beyond of ``ino`` to the slice GC queue, a bounded
+        number per transaction (each step is idempotent).  ``regular_file`` makes every
+        step check that ``ino`` still is one (truncate); the cleaner drops the chunks of
+        inodes that are already gone."""
+        end = prefix_end(keys.chunk_prefix(ino))
+        while True:
+            beyond = await self.kv.range(keys.chunk(ino, first), end, limit=_CHUNKS_PER_STEP,
+                                         keys_only=True)
+            if not beyond.kvs:
+                return
+            gc_id = await self.gc_ids.next()
+            chunk_keys = [kv.key for kv in beyond.kvs]
+
+            async def step(t: Txn, chunk_keys: list[bytes] = chunk_keys,
+                           gc_id: int = gc_id) -> None:
+                if regular_file:
+                    await t.prefetch(keys.attr(ino), *chunk_keys)
+                    a = await self._attr(t, ino)
+                    if not a.is_reg:
+                        raise FSError(errno.EISDIR if a.is_dir else errno.EINVAL)
+                else:
+                    await t.prefetch(*chunk_keys)
+                dropped = b""
+                for key in chunk_keys:
+                    raw = await t.get(key)
+                    if raw:
+                        dropped += raw
+                        t.delete(key)
+                if dropped:
+                    t.put(keys.slice_gc(gc_id), dropped)
+
+            await run_txn(self.kv, step)
 
     async def read_chunk(self, ino: int, index: int) -> list[Slice]:
         async def fresh() -> list[Slice]:
