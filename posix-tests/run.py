@@ -23,6 +23,7 @@ import fnmatch
 import glob
 import importlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -178,12 +179,21 @@ ENGINES = {
 }
 
 
+DAEMON_EXIT_TIMEOUT = 60  # seconds a mount daemon may take to flush and exit after umount
+
+
 class Mount:
-    """A background kvfs mount of ``url`` at ``mnt``."""
+    """A background kvfs mount of ``url`` at ``mnt``.
+
+    Leaving the context unmounts and then waits for the mount daemon to exit: ``kvfs
+    umount`` returns as soon as the kernel lets go, while the daemon still flushes to the
+    engine, which must not be stopped (etcd) or reopened (the remount) before it is done.
+    """
 
     def __init__(self, url: str, mnt: str, log: str):
         self.url, self.mnt, self.log = url, mnt, log
         self.mounted = False
+        self.pid: int | None = None  # the mount daemon, from its "mounted at" log line
 
     def __enter__(self) -> Mount:
         cmd = kvfs_cmd() + ["mount", "-d", "--log", self.log, self.url, self.mnt]
@@ -191,9 +201,56 @@ class Mount:
         if not os.path.ismount(self.mnt):
             raise RuntimeError(f"{self.mnt} is not a mountpoint after `kvfs mount`")
         self.mounted = True
+        self.pid = self._daemon_pid()
         return self
 
+    def _daemon_pid(self) -> int | None:
+        pat = re.compile(r" kvfs\[(\d+)\] INFO kvfs\.mount: .* mounted at "
+                         + re.escape(self.mnt) + r" \(")
+        pid = None
+        with contextlib.suppress(OSError), open(self.log, errors="replace") as f:
+            for line in f:
+                m = pat.search(line)
+                if m:
+                    pid = int(m.group(1))
+        return pid if pid is not None and self._daemon_alive(pid) else None
+
+    def _daemon_alive(self, pid: int) -> bool:
+        """Is ``pid`` still our daemon (not a recycled PID)?"""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return self.mnt.encode() in f.read().split(b"\0")
+        except OSError:
+            return False
+
+    def _wait_daemon(self) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        end = time.monotonic() + DAEMON_EXIT_TIMEOUT
+        while self._daemon_alive(pid):
+            if time.monotonic() > end:
+                print(f"warning: mount daemon {pid} still running {DAEMON_EXIT_TIMEOUT}s "
+                      f"after unmount; stopping it (see {self.log})", file=sys.stderr)
+                for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+                    stop = time.monotonic() + grace
+                    while self._daemon_alive(pid) and time.monotonic() < stop:
+                        time.sleep(0.1)
+                    if not self._daemon_alive(pid):
+                        break
+                break
+            time.sleep(0.1)
+        self.pid = None
+
     def __exit__(self, *exc: object) -> None:
+        try:
+            self._unmount()
+        finally:
+            self._wait_daemon()
+
+    def _unmount(self) -> None:
         if not os.path.ismount(self.mnt):
             return
         for _attempt in range(3):

@@ -36,7 +36,7 @@ from etcd_cluster import (
 from mounting import Mount, fsck, is_mounted, kvfs
 
 from kvfs.benchmarks import deploy
-from kvfs.kv.api import prefix_end
+from kvfs.kv.api import Delete, Put, prefix_end
 from kvfs.meta import keys
 from kvfs.volume import open_engine
 
@@ -159,6 +159,61 @@ def inode_keys_left(url: str, ino: int) -> list[bytes]:
     return trio.run(go)
 
 
+class WatchFlood:
+    """Keeps the coherence watch of every mount busy while active.
+
+    A background client commits batches of throw-away directory entries under ``parent``
+    (a directory the mounts know, so each event costs them a kernel invalidation) and
+    deletes them again.  Invalidations then queue up behind the flood, so a mount cannot
+    count on the watch having told it about a change before its next open: what such an
+    open sees comes from the open path itself.  Everything is deleted before it stops."""
+
+    BATCH = 100  # below etcd's default --max-txn-ops (128)
+
+    def __init__(self, url: str, parent: int) -> None:
+        self.url = url
+        self.prefix = keys.dentry(parent, b"flood-")
+        self.stop = threading.Event()
+        self.batches = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def __enter__(self) -> WatchFlood:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while self.batches < 5 and self.error is None:  # the flood is under way
+            assert time.monotonic() < deadline, "watch flood did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "watch flood did not stop"
+        if self.error is not None:
+            raise AssertionError(f"watch flood failed: {self.error!r}")
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._run)
+        except BaseException as e:  # noqa: BLE001 - reported by __exit__
+            self.error = e
+
+    async def _run(self) -> None:
+        kv = await open_engine(self.url)
+        everything = Delete(self.prefix, prefix_end(self.prefix))
+        try:
+            while not self.stop.is_set():
+                puts = [Put(self.prefix + b"%d" % i, b"-") for i in range(self.BATCH)]
+                await kv.commit([], puts)
+                await kv.commit([], [], [everything])
+                self.batches += 1
+        finally:
+            with trio.CancelScope(shield=True):
+                await kv.commit([], [], [everything])
+                await kv.aclose()
+
+
 # -- 1. one tree, two hosts -----------------------------------------------------------------
 
 
@@ -254,31 +309,41 @@ def test_close_to_open(etcd_single: Member, tmp_path: Path) -> None:
     url = volume_url(etcd_single, "c2o")
     kvfs("format", url, "c2o")
     with mounts(url, tmp_path, "a", "b") as (a, b):
-        fa, fb = a.mountpoint / "conf", b.mountpoint / "conf"
+        os.mkdir(a.mountpoint / "d")
+        fa, fb = a.mountpoint / "d" / "conf", b.mountpoint / "d" / "conf"
         current = b"version 0\n" * 100
         fa.write_bytes(current)
         wait_until(lambda: fb.read_bytes() == current, "initial content on B")
         ino = fa.stat().st_ino
-        for i in range(1, 13):
-            with open(fb, "rb") as fh:  # B's kernel now caches attributes and pages
-                assert fh.read() == current, f"round {i}: B lost the previous version"
-            # Alternately much longer and much shorter than the previous version.
-            new = (f"version {i}\n" * (900 if i % 2 else 40 + i)).encode()
-            if i % 3:
-                with open(fa, "r+b") as fh:  # in place: overwrite, then cut
-                    fh.write(new)
-                    fh.truncate()
-            else:
-                with open(fa, "wb") as fh:  # in place: O_TRUNC, then write
-                    fh.write(new)
-            with open(fb, "rb") as fh:  # no wait: the open itself must see the new version
-                got = fh.read()
-            assert got == new, (f"round {i}: B read {len(got)} bytes "
-                                f"({got[:20]!r}...), A wrote {len(new)}")
-            current = new
+        c2o_rounds(fa, fb, current, 8, "plain")  # as it comes
+        with WatchFlood(url, (b.mountpoint / "d").stat().st_ino):  # the watch lagging
+            current = c2o_rounds(fa, fb, fb.read_bytes(), 8, "flood")
+        assert fb.read_bytes() == current
         assert fb.stat().st_ino == ino  # always the same file, rewritten in place
         unmount_all(a, b)
     fsck(url)
+
+
+def c2o_rounds(fa: Path, fb: Path, current: bytes, rounds: int, tag: str) -> bytes:
+    """B reads; A rewrites in place and closes; B's very next open must see it."""
+    for i in range(1, rounds + 1):
+        with open(fb, "rb") as fh:  # B's kernel now caches attributes and pages
+            assert fh.read() == current, f"round {i}: B lost the previous version"
+        # Alternately much longer and much shorter than the previous version.
+        new = (f"{tag} version {i}\n" * (900 if i % 2 else 40 + i)).encode()
+        if i % 3:
+            with open(fa, "r+b") as fh:  # in place: overwrite, then cut
+                fh.write(new)
+                fh.truncate()
+        else:
+            with open(fa, "wb") as fh:  # in place: O_TRUNC, then write
+                fh.write(new)
+        with open(fb, "rb") as fh:  # no wait: the open itself must see the new version
+            got = fh.read()
+        assert got == new, (f"round {i}: B read {len(got)} bytes "
+                            f"({got[:20]!r}...), A wrote {len(new)}")
+        current = new
+    return current
 
 
 # -- 4. open-unlinked across hosts -----------------------------------------------------------

@@ -13,7 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p = sub.add_parser("format", help="create a new volume",
                        description="Create a new volume in a metadata engine.")
     p.add_argument("meta_url", metavar="META_URL",
-                   help="metadata engine: a directory (embedded store) or local:///PATH")
+                   help="metadata engine: a directory (embedded store), local:///PATH, or "
+                        "etcd://HOST:PORT[,HOST:PORT...]/PREFIX[?cacert=&cert=&key=&user=]")
     p.add_argument("name", metavar="NAME", help="volume name")
     p.add_argument("--storage", choices=("kv", "file", "etcd"), default="kv",
                    help="where blocks go: kv (the metadata engine itself, default), file "

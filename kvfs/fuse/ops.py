@@ -40,7 +40,8 @@ def _errors(fn: F) -> F:
             raise
         except FSError as e:
             raise pyfuse3.FUSEError(e.errno) from None
-        except (NoSpace, ObjectStoreFull):
+        except (NoSpace, ObjectStoreFull) as e:
+            log.warning("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(errno.ENOSPC) from None
         except TxnTooLarge as e:
             log.error("%s: %s", fn.__name__, e)
@@ -156,11 +157,11 @@ class KvfsOperations(pyfuse3.Operations):
             mtime=attr.st_mtime_ns if fields.update_mtime else None,
             ctime=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        return self._entry(inode, await self.fs.setattr(inode, ch))
+        return self._entry(inode, await _stale(self.fs.setattr(inode, ch)))
 
     @_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self.fs.readlink(inode)
+        return await _stale(self.fs.readlink(inode))
 
     @_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -259,7 +260,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return await self.fs.opendir(inode)
+        return await _stale(self.fs.opendir(inode))
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -312,11 +313,11 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self.fs.getxattr(inode, name)
+        return await _stale(self.fs.getxattr(inode, name))
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return await self.fs.listxattr(_ctx(ctx), inode)
+        return await _stale(self.fs.listxattr(_ctx(ctx), inode))
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -12,6 +12,10 @@ key                   value (msgpack unless noted)    meaning
 ``C`` name            u64 BE                          counter: ``nextinode``,
                                                       ``nextslice`` (slice and ``G`` ids),
                                                       ``nextsession``
+``C`` name            msgpack int                     usage: ``usedspace``, ``usedinodes``
+                                                      (kvfs.meta.usage)
+``Ccompactor``        u64 BE session id, on its lease which mount compacts history
+                                                      (kvfs.meta.compactor)
 ``A`` ino ``I``       :class:`~kvfs.meta.records.Attr`  inode attributes
 ``A`` ino ``D`` name  [type, child ino]               directory entry
 ``A`` ino ``C`` u32   packed 24-byte slice records    slices of chunk ``u32`` (write order)
@@ -19,12 +23,15 @@ key                   value (msgpack unless noted)    meaning
 ``A`` ino ``X`` name  raw bytes                       extended attribute
 ``A`` ino ``P`` pino  u64 BE count                    hard-link parents (non-directories
                                                       with several links)
-``D`` ino             [size, unix time]               inode awaiting data deletion
+``D`` ino             [size, unix time]               inode awaiting data deletion (on
+                                                      shared engines its attributes stay,
+                                                      nlink 0, until the cleaner runs)
 ``G`` u64 id          packed slice records            slices whose blocks await deletion
 ``SE`` sid            [host, pid, mountpoint,         live session, attached to its lease
                       version, started]
-``SS`` sid ino        b""                             inode unlinked while open in session
-``B`` block name      checksummed block               a data block (KV-blob storage only)
+``SS`` sid ino        b""                             session holds unlinked inode open
+``B`` block name      checksummed block               a data block (storage ``kv`` or
+                                                      ``etcd``)
 ====================  ==============================  =====================================
 
 Invariants: a directory's entries are exactly the ``A dir D *`` keys; any change to them

@@ -14,7 +14,7 @@ and one of them retries -- correct across any number of mounts.
 
 Deletion of data is deferred: the transaction that drops an inode's last link either records
 the inode as *sustained* by this session (it is still open here) or queues it under ``D ino``
-for :mod:`kvfs.meta.cleanup`, which removes chunks and blocks in idempotent steps.
+for :mod:`kvfs.chunk.cleanup`, which removes chunks and blocks in idempotent steps.
 """
 
 from __future__ import annotations

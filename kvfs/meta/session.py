@@ -40,29 +40,36 @@ class SessionInfo:
 class Session:
     """This mount's session (see module docstring)."""
 
-    def __init__(self, kv: KVEngine, sid: int, lease: int) -> None:
+    def __init__(self, kv: KVEngine, sid: int, lease: int, info: bytes, ttl: float) -> None:
         self.kv = kv
         self.sid = sid
         self.lease = lease
+        self.info = info
+        self.ttl = ttl
 
     @classmethod
     async def register(cls, kv: KVEngine, mountpoint: str, ttl: float = SESSION_TTL
                        ) -> Session:
         sid = await IdAllocator(kv, NEXT_SESSION, 1).next()
         lease = await kv.lease_grant(ttl)
-        info = [socket.gethostname(), os.getpid(), mountpoint, __version__, int(time.time())]
-        await kv.commit([], [Put(keys.session(sid), msgpack.packb(info), lease)])
-        return cls(kv, sid, lease)
+        info = msgpack.packb([socket.gethostname(), os.getpid(), mountpoint, __version__,
+                              int(time.time())])
+        await kv.commit([], [Put(keys.session(sid), info, lease)])
+        return cls(kv, sid, lease, info, ttl)
 
     async def keepalive(self, *, interval: float = SESSION_TTL / 3,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew the lease; if it expired (a long outage), register the same session again
+        so its holds on unlinked-but-open files count as live once more."""
         task_status.started()
         while True:
             await trio.sleep(interval)
             try:
                 if not await self.kv.lease_keepalive(self.lease):
-                    log.error("session %d lease expired; sustained inodes may be cleaned",
-                              self.sid)
+                    log.error("session %d lease expired; registering it again", self.sid)
+                    self.lease = await self.kv.lease_grant(self.ttl)
+                    await self.kv.commit([], [Put(keys.session(self.sid), self.info,
+                                                  self.lease)])
             except Exception as exc:  # noqa: BLE001 - keep trying while the engine is away
                 log.warning("session keep-alive failed: %s", exc)
 

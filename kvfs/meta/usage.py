@@ -4,8 +4,8 @@ Every transaction that changes usage records its delta here once it has committe
 (:meth:`~kvfs.kv.txn.Txn.on_commit`); a background task folds the accumulated deltas into
 the shared counters ``C usedspace`` / ``C usedinodes`` about once a second, so the hot
 paths never contend on one counter key.  Figures reported are the stored counters plus
-this mount's unflushed deltas.  A crash loses at most the last second of deltas; the
-counters are statistics, not invariants (``kvfs fsck`` recomputes them).
+this mount's unflushed deltas.  A crash loses at most the last second of deltas: the
+counters are statistics for ``df``, not invariants anything depends on.
 """
 
 from __future__ import annotations
