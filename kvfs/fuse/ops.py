@@ -123,10 +123,11 @@ class KvfsOperations(pyfuse3.Operations):
             ino, a = await self.fs.lookup(parent_inode, name)
         except FSError as e:
             if e.errno == errno.ENOENT:
-                # A negative entry with a zero timeout: the kernel asks again next time.
+                # A negative entry the kernel may cache like a positive one: a name created
+                # elsewhere reaches it through the coherence watch's invalidation.
                 neg = pyfuse3.EntryAttributes()
                 neg.st_ino = 0
-                neg.entry_timeout = 0
+                neg.entry_timeout = self.entry_timeout
                 return neg
             raise
         return self._new_ref(self._entry(ino, a))

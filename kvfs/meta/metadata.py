@@ -110,6 +110,8 @@ class Metadata:
         self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
         self.usage = Usage(kv)
         self.offline = OfflineCache()
+        # Inodes this mount holds open after their last name went (its ``SS`` keys).
+        self.held: set[int] = set()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -163,19 +165,24 @@ class Metadata:
             self._put_attr(t, ino, a)
             t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
             if self.is_open(ino):
-                t.put(keys.sustained(self.session_id, ino), b"")
+                self._hold(t, ino)
             space = file_space(a.size)
             t.on_commit(lambda: self.usage.add(space=-space, inodes=-1))
         elif self.is_open(ino):
             a.nlink = 0
             self._put_attr(t, ino, a)
-            t.put(keys.sustained(self.session_id, ino), b"")
+            self._hold(t, ino)
         else:
             await self._drop_inode(t, ino, a)
+
+    def _hold(self, t: Txn, ino: int) -> None:
+        t.put(keys.sustained(self.session_id, ino), b"")
+        t.on_commit(lambda: self.held.add(ino))
 
     async def hold(self, ino: int) -> None:
         """Record that this mount has ``ino`` open after another mount unlinked it."""
         await self.kv.commit([], [Put(keys.sustained(self.session_id, ino), b"")])
+        self.held.add(ino)
 
     async def _drop_inode(self, t: Txn, ino: int, a: Attr) -> None:
         """Remove an inode nobody can reach any more: a file's data goes to the ``D`` queue
@@ -434,7 +441,7 @@ class Metadata:
             a.nlink = 0
             a.ctime = now_ns()
             self._put_attr(t, ino, a)
-            t.put(keys.sustained(self.session_id, ino), b"")
+            self._hold(t, ino)
         else:
             await self._drop_inode(t, ino, a)
 
@@ -444,6 +451,8 @@ class Metadata:
         sid = self.session_id if session_id is None else session_id
 
         async def fn(t: Txn) -> None:
+            if sid == self.session_id:
+                t.on_commit(lambda: self.held.discard(ino))
             t.delete(keys.sustained(sid, ino))
             raw = await t.get(keys.attr(ino))
             if raw is None:

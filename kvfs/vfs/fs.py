@@ -97,16 +97,9 @@ class FileSystem:
             return
         del self._open[ino]
         self._data.pop(ino, None)
-        attr = await self._peek_attr(ino)
-        if attr is not None and attr.nlink == 0:
+        if ino in self.meta.held:
             await self.meta.release_orphan(ino)
             self.cleaner.poke()
-
-    async def _peek_attr(self, ino: int) -> Attr | None:
-        try:
-            return await self.meta.getattr(ino)
-        except FSError:
-            return None
 
     async def note_orphaned(self, ino: int) -> None:
         """Another mount removed the last name of ``ino``: hold it while it is open here."""
