@@ -94,12 +94,20 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
                     orphan_grace=opts.orphan_grace)
     ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout)
     fuse_opts = set(pyfuse3.default_options)
-    fuse_opts |= {f"fsname={source}", "subtype=kvfs"}
+    # libfuse splits options on commas: an etcd URL with several endpoints needs escaping.
+    fsname = source.replace("\\", "\\\\").replace(",", "\\,")
+    fuse_opts |= {f"fsname={fsname}", "subtype=kvfs"}
     if opts.allow_other:
         fuse_opts.add("allow_other")
     if opts.read_only:
         fuse_opts.add("ro")
-    pyfuse3.init(ops, mountpoint, fuse_opts)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_opts)
+    except RuntimeError as exc:
+        with trio.CancelScope(shield=True):
+            await session.close()
+            await volume.aclose()
+        raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
     mounted = True
     try:
         async with trio.open_nursery() as nursery:

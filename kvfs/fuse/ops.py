@@ -216,7 +216,7 @@ class KvfsOperations(pyfuse3.Operations):
     # -- invalidation (the coherence watcher's way into the kernel) --------------------
 
     async def invalidate_inode(self, ino: int) -> None:
-        if ino not in self.lookups:
+        if ino not in self.lookups and ino != pyfuse3.ROOT_INODE:
             return
         self._told.pop(ino, None)
         try:
