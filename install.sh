@@ -53,6 +53,8 @@ run_tests() {
 	.venv/bin/pytest -q -p no:cacheprovider tests
 	log "running posix-tests/ on a real mount"
 	.venv/bin/python posix-tests/run.py --keep-going
+	log "running posix-tests/ on a real mount of an etcd volume"
+	.venv/bin/python posix-tests/run.py --keep-going --engine etcd
 }
 
 case "$mode" in

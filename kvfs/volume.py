@@ -184,11 +184,12 @@ class Volume:
     own: OwnRevisions = field(default_factory=OwnRevisions)  # this process's commits
     block_engine: KVEngine | None = None  # a separate engine holding blocks (--storage etcd)
 
-    def free_space(self) -> int:
-        """Bytes the storage under this volume can still take (blocking: statvfs)."""
+    def free_space(self) -> int | None:
+        """Bytes the storage under this volume can still take (blocking: statvfs), or None
+        when there is no local figure (an in-memory or remote engine)."""
         path = self.fmt.bucket if self.fmt.storage == "file" else self.data_dir
         if not path:
-            return 1 << 50  # an in-memory or remote engine: no local figure to report
+            return None
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize
 

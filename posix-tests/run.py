@@ -250,9 +250,22 @@ class Mount:
         finally:
             self._wait_daemon()
 
+    def _close_own_fds(self) -> None:
+        """Close descriptors this process still holds on the mount: a check interrupted
+        (timeout, SIGTERM) between open() and the assignment of its result leaks one, and
+        it would keep the mount busy and its daemon alive."""
+        inside = self.mnt + os.sep
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError, ValueError):
+                if os.readlink(f"/proc/self/fd/{name}").startswith(inside):
+                    os.close(int(name))
+
     def _unmount(self) -> None:
         if not os.path.ismount(self.mnt):
             return
+        if os.getcwd().startswith(self.mnt + os.sep):
+            os.chdir("/")
+        self._close_own_fds()
         for _attempt in range(3):
             r = subprocess.run(kvfs_cmd() + ["umount", self.mnt], timeout=180,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -115,7 +115,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             await fs.run_background(nursery)
             if volume.kv.shared:
                 coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups,
-                                      on_orphaned=fs.note_orphaned)
+                                      on_orphaned=fs.note_orphaned,
+                                      hints=volume.meta.hints)
                 await nursery.start(coherence.run)
                 compactor = Compactor(volume.kv, session.sid, session.lease)
                 await nursery.start(compactor.run)

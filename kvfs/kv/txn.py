@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
+from sortedcontainers import SortedDict
 
 from kvfs.kv.api import Compare, Conflict, Delete, KeyValue, KVEngine, Put, prefix_end
 
@@ -27,11 +28,51 @@ T = TypeVar("T")
 _DELETED = object()
 
 
+class ReadHints:
+    """Values and mod revisions this process last saw, offered to transactions as guesses.
+
+    A transaction may read a key from here instead of the engine.  That is safe because a
+    commit compares every key it read with the revision it saw: a stale hint only makes the
+    commit fail, and the retry reads from the engine.  An attempt that used hints and then
+    raises, or ends without writing (nothing would check it), is run again without them.
+    Entries are updated from every committed transaction and dropped when a watch reports
+    the key changed elsewhere.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        # Sorted, so a deleted prefix is dropped without scanning everything.
+        self._items: SortedDict = SortedDict()
+        self._limit = limit
+
+    def get(self, key: bytes) -> tuple[bytes | None, int] | None:
+        hint: tuple[bytes | None, int] | None = self._items.get(key)
+        return hint
+
+    def put(self, key: bytes, value: bytes | None, mod_revision: int) -> None:
+        if len(self._items) >= self._limit and key not in self._items:
+            self._items.clear()  # hints are only guesses: forgetting them all is cheap
+        self._items[key] = (value, mod_revision)
+
+    def drop(self, key: bytes) -> None:
+        self._items.pop(key, None)
+
+    def drop_prefix(self, prefix: bytes) -> None:
+        for k in list(self._items.irange(prefix, prefix_end(prefix), inclusive=(True, False))):
+            del self._items[k]
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 class Txn:
     """One attempt of an optimistic transaction (see module docstring)."""
 
-    def __init__(self, kv: KVEngine) -> None:
+    def __init__(self, kv: KVEngine, hints: ReadHints | None = None, *,
+                 trust_hints: bool = True) -> None:
         self.kv = kv
+        self.hints = hints  # kept up to date with what this attempt reads and commits
+        self.trust_hints = trust_hints  # may reads be answered from them?
+        self.hinted: list[bytes] = []  # keys read from hints rather than the engine
         self._read_revs: dict[bytes, int] = {}
         self._cache: dict[bytes, bytes | None] = {}
         self._writes: dict[bytes, object] = {}  # key -> bytes | _DELETED
@@ -47,19 +88,34 @@ class Txn:
             return None if w is _DELETED else w  # type: ignore[return-value]
         if key in self._cache:
             return self._cache[key]
+        if self._from_hints(key):
+            return self._cache[key]
         kv = await self.kv.get(key)
-        self._read_revs[key] = kv.mod_revision if kv else 0
-        self._cache[key] = kv.value if kv else None
+        self._saw(key, kv)
         return self._cache[key]
 
     async def prefetch(self, *keys: bytes) -> None:
         """Read several keys in one engine round trip (each is guarded as by :meth:`get`)."""
-        want = [k for k in keys if k not in self._writes and k not in self._cache]
+        want = [k for k in keys if k not in self._writes and k not in self._cache
+                and not self._from_hints(k)]
         if not want:
             return
         for k, kv in zip(want, await self.kv.get_many(want), strict=True):
-            self._read_revs[k] = kv.mod_revision if kv else 0
-            self._cache[k] = kv.value if kv else None
+            self._saw(k, kv)
+
+    def _from_hints(self, key: bytes) -> bool:
+        hint = self.hints.get(key) if self.hints is not None and self.trust_hints else None
+        if hint is None:
+            return False
+        self._cache[key], self._read_revs[key] = hint
+        self.hinted.append(key)
+        return True
+
+    def _saw(self, key: bytes, kv: KeyValue | None) -> None:
+        self._read_revs[key] = kv.mod_revision if kv else 0
+        self._cache[key] = kv.value if kv else None
+        if self.hints is not None:
+            self.hints.put(key, self._cache[key], self._read_revs[key])
 
     def guard(self, key: bytes, mod_revision: int) -> None:
         """Require ``key`` to still be at ``mod_revision`` at commit (from an earlier read)."""
@@ -103,20 +159,53 @@ class Txn:
             return True
         res = await self.kv.commit(compares, puts, deletes)  # type: ignore[arg-type]
         self.revision = res.revision
+        if self.hints is not None:
+            self._update_hints(res.succeeded, res.revision)
         return res.succeeded
+
+    @property
+    def writes(self) -> bool:
+        return bool(self._writes or self._prefix_deletes)
+
+    def _update_hints(self, succeeded: bool, revision: int) -> None:
+        hints = self.hints
+        assert hints is not None
+        if not succeeded:
+            for k in self._read_revs:  # some of them changed; we do not know which
+                hints.drop(k)
+            return
+        for p in self._prefix_deletes:
+            hints.drop_prefix(p)
+        for k, v in self._writes.items():
+            if isinstance(v, bytes):
+                hints.put(k, v, revision)
+            else:
+                hints.put(k, None, 0)
 
 
 async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
-                  attempts: int = 50) -> T:
+                  attempts: int = 50, hints: ReadHints | None = None,
+                  trust_hints: bool = True) -> T:
     """Run ``fn`` in a fresh :class:`Txn` until its commit succeeds.
 
     ``fn`` must be safe to repeat: it may run several times, and only its last run's
-    writes take effect.  Exceptions from ``fn`` abort without writing anything.
+    writes take effect.  Exceptions from ``fn`` abort without writing anything.  With
+    ``hints``, reads may be answered from them (see :class:`ReadHints`) unless
+    ``trust_hints`` is False, and they learn from every attempt either way.
     """
     delay = 0.0005
     for _ in range(attempts):
-        txn = Txn(kv)
-        result = await fn(txn)
+        txn = Txn(kv, hints, trust_hints=trust_hints)
+        try:
+            result = await fn(txn)
+        except Exception:
+            if not txn.hinted:
+                raise
+            trust_hints = False  # the failure may come from a stale hint: check it for real
+            continue
+        if txn.hinted and not txn.writes:
+            trust_hints = False  # nothing would verify a read-only answer from hints
+            continue
         if await txn.commit():
             for hook in txn._on_commit:
                 hook()

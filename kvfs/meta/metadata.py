@@ -29,7 +29,7 @@ import msgpack
 from kvfs.chunk.layout import CHUNK_SIZE, Slice, decode_slices, encode_slices
 from kvfs.errors import FSError
 from kvfs.kv.api import KVEngine, Put, prefix_end
-from kvfs.kv.txn import Txn, run_txn
+from kvfs.kv.txn import ReadHints, Txn, run_txn
 from kvfs.meta import keys
 from kvfs.meta.ids import IdAllocator
 from kvfs.meta.keys import ROOT_INO, Ino
@@ -110,6 +110,7 @@ class Metadata:
         self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
         self.usage = Usage(kv)
         self.offline = OfflineCache()
+        self.hints = ReadHints()
         # Inodes this mount holds open after their last name went (its ``SS`` keys).
         self.held: set[int] = set()
 
@@ -241,7 +242,7 @@ class Metadata:
                 self._put_attr(t, ROOT_INO, root)
                 t.put(keys.NEXT_INODE, keys.u64(ROOT_INO + 1))
 
-        await run_txn(self.kv, fn)
+        await run_txn(self.kv, fn, hints=self.hints)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -284,7 +285,8 @@ class Metadata:
             a = None if ino is None else self.offline.cached_attr(ino)
             return None if ino is None or a is None else (Ino(ino), a)
 
-        return await self.offline.through(lambda: run_txn(self.kv, fn), cached)
+        return await self.offline.through(
+            lambda: run_txn(self.kv, fn, hints=self.hints, trust_hints=False), cached)
 
     async def readdir(self, ino: int) -> list[DirEntry]:
         """Every entry of directory ``ino`` (not ``.``/``..``), read in pages."""
@@ -354,7 +356,7 @@ class Metadata:
             t.on_commit(lambda: self.usage.add(inodes=1))
             return Ino(ino), a, True
 
-        return await run_txn(self.kv, fn)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     async def link(self, ino: int, parent: int, name: bytes) -> Attr:
         check_name(name)
@@ -381,7 +383,7 @@ class Metadata:
             self._put_attr(t, parent, pa)
             return a
 
-        return await run_txn(self.kv, fn)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     # -- removing names ----------------------------------------------------------------
 
@@ -405,7 +407,7 @@ class Metadata:
             self._put_attr(t, parent, pa)
             return Ino(ino)
 
-        return await run_txn(self.kv, fn)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     async def rmdir(self, parent: int, name: bytes) -> Ino:
         check_name(name)
@@ -434,7 +436,7 @@ class Metadata:
             self._put_attr(t, parent, pa)
             return Ino(ino)
 
-        return await run_txn(self.kv, fn)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     async def _forget_dir(self, t: Txn, ino: int, a: Attr) -> None:
         if self.is_open(ino):
@@ -462,7 +464,7 @@ class Metadata:
                 return  # shared: already queued; the cleaner waits for the other holders
             await self._drop_inode(t, ino, a)
 
-        await run_txn(self.kv, fn)
+        await run_txn(self.kv, fn, hints=self.hints)
 
     # -- rename ------------------------------------------------------------------------
 
@@ -531,7 +533,7 @@ class Metadata:
                 pa2.mtime = pa2.ctime = now
                 self._put_attr(t, p2, pa2)
 
-        await run_txn(self.kv, fn)
+        await run_txn(self.kv, fn, hints=self.hints)
 
     async def _check_not_ancestor(self, t: Txn, ino: int, start: int) -> None:
         """EINVAL if directory ``ino`` is ``start`` or one of its ancestors."""
@@ -600,7 +602,7 @@ class Metadata:
             self._put_attr(t, ino, a)
             return a
 
-        return await run_txn(self.kv, fn)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     async def truncate(self, ino: int, size: int) -> Attr:
         """Set a regular file's length.  Shrinking hides data past ``size`` at once (a zero
@@ -635,7 +637,7 @@ class Metadata:
             self._put_attr(t, ino, a)
             return a
 
-        return await run_txn(self.kv, fn)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     # -- data --------------------------------------------------------------------------
 
@@ -671,7 +673,7 @@ class Metadata:
                 if dropped:
                     t.put(keys.slice_gc(gc_id), dropped)
 
-            await run_txn(self.kv, step)
+            await run_txn(self.kv, step, hints=self.hints)
 
     async def read_chunk(self, ino: int, index: int) -> list[Slice]:
         async def fresh() -> list[Slice]:
@@ -703,7 +705,7 @@ class Metadata:
             self._put_attr(t, ino, a)
             return a
 
-        return await run_txn(self.kv, fn)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     async def replace_chunk(self, ino: int, index: int, expect: bytes, new: list[Slice]) -> bool:
         """Compaction: swap chunk ``index``'s slices for ``new`` if they are still ``expect``;
@@ -719,6 +721,7 @@ class Metadata:
             t.put(key, encode_slices(new))
             t.put(keys.slice_gc(gc_id), expect)
 
+        self.hints.drop(key)
         try:
             await run_txn(self.kv, fn, attempts=1)
         except Exception:  # noqa: BLE001 - a conflict just means "try again later"
@@ -763,7 +766,7 @@ class Metadata:
             a.ctime = now_ns()
             self._put_attr(t, ino, a)
 
-        await run_txn(self.kv, fn)
+        await run_txn(self.kv, fn, hints=self.hints)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         if not name.startswith(XATTR_NAMESPACES):
@@ -777,4 +780,4 @@ class Metadata:
             a.ctime = now_ns()
             self._put_attr(t, ino, a)
 
-        await run_txn(self.kv, fn)
+        await run_txn(self.kv, fn, hints=self.hints)

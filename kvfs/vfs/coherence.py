@@ -24,6 +24,7 @@ from typing import Protocol
 import trio
 
 from kvfs.kv.api import Compacted, KVEngine, KVError, prefix_end
+from kvfs.kv.txn import ReadHints
 from kvfs.meta import keys
 from kvfs.meta.records import Attr
 
@@ -65,8 +66,10 @@ class Coherence:
 
     def __init__(self, kv: KVEngine, own: OwnRevisions, invalidator: Invalidator,
                  known_inodes: Iterable[int] | None = None,
-                 on_orphaned: Callable[[int], Awaitable[None]] | None = None) -> None:
+                 on_orphaned: Callable[[int], Awaitable[None]] | None = None,
+                 hints: ReadHints | None = None) -> None:
         self.kv = kv
+        self.hints = hints  # transaction read hints: other mounts' changes make them stale
         # Called for every inode another mount left without links (it may be open here).
         self.on_orphaned = on_orphaned
         self.own = own
@@ -87,6 +90,8 @@ class Coherence:
                     self.revision = max(self.revision, batch.revision)
             except Compacted:
                 log.warning("watch fell behind compaction; invalidating every cached inode")
+                if self.hints is not None:
+                    self.hints.clear()
                 self.revision = await self._current_or(self.revision)
                 await self._invalidate_all()
             except KVError as exc:
@@ -107,6 +112,8 @@ class Coherence:
             if ev.mod_revision in self.own:
                 continue
             key = ev.key
+            if self.hints is not None:
+                self.hints.drop(key)
             if len(key) < 10:
                 continue
             ino = keys.key_ino(key)

@@ -37,6 +37,8 @@ from kvfs.meta.records import Attr
 from kvfs.objstore.api import ObjectStoreFull
 
 log = logging.getLogger("kvfs.vfs")
+# statfs capacity of a volume whose storage gives no local free-space figure (etcd, memory).
+NOMINAL_CAPACITY = 1 << 50
 
 
 @dataclass(slots=True)
@@ -66,7 +68,7 @@ class FileSystem:
     """POSIX operations of one mount (see module docstring)."""
 
     def __init__(self, meta: Metadata, slices: SliceStore, *,
-                 free_space: Callable[[], int] = lambda: 1 << 50,
+                 free_space: Callable[[], int | None] = lambda: None,
                  orphan_grace: float = 60.0) -> None:
         self.meta = meta
         self.free_space = free_space  # bytes the storage can still take (blocking call)
@@ -298,8 +300,10 @@ class FileSystem:
         """Used figures are the volume's usage counters; free space is what the storage
         under it has left, so ``df`` shows the volume's own size and the room to grow."""
         usage = self.meta.usage
-        free = await trio.to_thread.run_sync(self.free_space)
         used = usage.used_space
+        free = await trio.to_thread.run_sync(self.free_space)
+        if free is None:  # no local figure: a nominal capacity that fills as files grow
+            free = max(0, NOMINAL_CAPACITY - used)
         free_inodes = (1 << 40) - usage.used_inodes
         return StatFs(4096, (used + free) // 4096, free // 4096,
                       usage.used_inodes + free_inodes, free_inodes)
