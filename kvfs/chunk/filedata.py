@@ -25,6 +25,7 @@ from kvfs.chunk.layout import (
     split_range,
 )
 from kvfs.chunk.slices import SliceStore
+from kvfs.kv.api import Put
 from kvfs.meta import keys
 from kvfs.meta.metadata import Metadata
 from kvfs.meta.records import Attr, now_ns
@@ -34,6 +35,10 @@ log = logging.getLogger("kvfs.data")
 
 # Chunk keys touched by one metadata transaction (each costs a compare and a put).
 _CHUNKS_PER_TXN = 60
+# Writes up to this size, in up to this many pieces, commit their blocks together with
+# their metadata when the blocks live in the metadata engine: one round trip, not two.
+INLINE_BYTES = 256 << 10
+INLINE_PIECES = 16
 
 
 class FileData:
@@ -125,6 +130,14 @@ class FileData:
                 pieces.append((idx, coff, mv[pos:pos + ln]))
                 pos += ln
         recorded: list[tuple[int, Slice]] = [(0, Slice(0, 0, 0, 0, 0))] * len(pieces)
+        total = sum(len(data) for _, _, data in pieces)
+        if total <= INLINE_BYTES and len(pieces) <= INLINE_PIECES:
+            inline = await self._inline(pieces, recorded)
+            if inline is not None:
+                committed = await self.meta.write_slices(self.ino, recorded, end, mtime,
+                                                         inline)
+                self.compact_wanted.update(idx for idx, _ in recorded)
+                return committed
 
         async def upload(i: int, idx: int, coff: int, data: memoryview) -> None:
             sid = await self.meta.slices.next()
@@ -146,6 +159,20 @@ class FileData:
         attr = await self.meta.write_slices(self.ino, batch, end, mtime)
         self.compact_wanted.update(chunks)
         return attr
+
+    async def _inline(self, pieces: list[tuple[int, int, memoryview]],
+                      recorded: list[tuple[int, Slice]]) -> list[Put] | None:
+        """Block writes for ``pieces`` to ride in the metadata transaction, or None when
+        the object store keeps blocks outside the metadata engine."""
+        puts: list[Put] = []
+        for i, (idx, coff, data) in enumerate(pieces):
+            sid = await self.meta.slices.next()
+            more = self.slices.inline_puts(sid, data, self.meta.kv)
+            if more is None:
+                return None
+            puts += more
+            recorded[i] = (idx, Slice(coff, sid, len(data), 0, len(data)))
+        return puts
 
     async def read(self, offset: int, length: int, size: int) -> bytes:
         """Bytes ``[offset, offset+length)`` of a file of length ``size`` (short at EOF)."""

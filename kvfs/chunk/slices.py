@@ -13,6 +13,7 @@ from collections import OrderedDict
 import trio
 
 from kvfs.chunk.layout import block_ranges
+from kvfs.kv.api import KVEngine, Put
 from kvfs.objstore.api import BlockNotFound, ObjectStore, block_name
 
 
@@ -63,6 +64,21 @@ class SliceStore:
         async with trio.open_nursery() as nursery:
             for name, start, end in blocks:
                 nursery.start_soon(put, name, start, end)
+
+    def inline_puts(self, slice_id: int, data: bytes | memoryview,
+                    engine: KVEngine) -> list[Put] | None:
+        """The KV writes storing slice ``slice_id`` inside a transaction of ``engine``, or
+        None if the store keeps blocks elsewhere (see ObjectStore.inline_puts)."""
+        mv = memoryview(data)
+        puts: list[Put] = []
+        for name, start, end in self._blocks(slice_id, len(mv)):
+            block = bytes(mv[start:end])
+            more = self.store.inline_puts(name, block, engine)
+            if more is None:
+                return None
+            puts += more
+            self._remember(name, block)
+        return puts
 
     async def _block(self, name: str) -> bytes:
         data = self._cache.get(name)

@@ -218,6 +218,10 @@ class KVEngine(abc.ABC):
         """A human-readable name for logs and ``kvfs status`` (no secrets)."""
         return type(self).__name__
 
+    def base(self) -> KVEngine:
+        """The engine itself, beneath any wrappers (wrappers return their inner base)."""
+        return self
+
 
 def prefix_end(prefix: bytes) -> bytes:
     """The smallest key greater than every key starting with ``prefix`` (etcd's range_end)."""

@@ -69,3 +69,6 @@ class RecordingEngine(KVEngine):
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def base(self) -> KVEngine:
+        return self.inner.base()

@@ -79,6 +79,7 @@ class Txn:
         self._leases: dict[bytes, int] = {}
         self._on_commit: list[Callable[[], None]] = []
         self._prefix_deletes: list[bytes] = []
+        self._unhinted: set[bytes] = set()
         self.revision = 0  # set after a successful commit
 
     async def get(self, key: bytes) -> bytes | None:
@@ -126,10 +127,14 @@ class Txn:
         res = await self.kv.range(prefix, prefix_end(prefix), limit=limit)
         return res.kvs
 
-    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
+    def put(self, key: bytes, value: bytes, lease: int = 0, *, hint: bool = True) -> None:
+        """Write ``key``; ``hint=False`` keeps the value out of the read hints (data
+        blocks: large, and never read back through a transaction)."""
         self._writes[key] = value
         if lease:
             self._leases[key] = lease
+        if not hint:
+            self._unhinted.add(key)
 
     def delete(self, key: bytes) -> None:
         self._writes[key] = _DELETED
@@ -177,6 +182,8 @@ class Txn:
         for p in self._prefix_deletes:
             hints.drop_prefix(p)
         for k, v in self._writes.items():
+            if k in self._unhinted:
+                continue
             if isinstance(v, bytes):
                 hints.put(k, v, revision)
             else:

@@ -354,6 +354,8 @@ class Metadata:
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
             t.on_commit(lambda: self.usage.add(inodes=1))
+            # A new inode has no data yet: say so, so its first write need not ask.
+            t.on_commit(lambda: self.hints.put(keys.chunk(ino, 0), None, 0))
             return Ino(ino), a, True
 
         return await run_txn(self.kv, fn, hints=self.hints)
@@ -686,10 +688,13 @@ class Metadata:
                                           lambda: self.offline.cached_chunk(ino, index))
 
     async def write_slices(self, ino: int, slices: list[tuple[int, Slice]], end: int,
-                           mtime: int) -> Attr:
-        """Record written slices ``(chunk index, slice)`` and grow the file to ``end``."""
+                           mtime: int, blocks: list[Put] | None = None) -> Attr:
+        """Record written slices ``(chunk index, slice)`` and grow the file to ``end``;
+        ``blocks`` are block writes committed in the same transaction (small writes)."""
 
         async def fn(t: Txn) -> Attr:
+            for p in blocks or ():
+                t.put(p.key, p.value, hint=False)
             per_chunk: dict[int, list[Slice]] = {}
             for idx, s in slices:
                 per_chunk.setdefault(idx, []).append(s)

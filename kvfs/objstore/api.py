@@ -21,6 +21,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
+from kvfs.kv.api import KVEngine, Put
+
 
 class ObjectStoreError(Exception):
     """Base of all errors raised by an object store (maps to EIO)."""
@@ -53,6 +55,12 @@ class ObjectStore(abc.ABC):
     @property
     def max_block_bytes(self) -> int | None:
         """The largest block ``put`` accepts, or None when there is no practical limit."""
+        return None
+
+    def inline_puts(self, name: str, data: bytes, engine: KVEngine) -> list[Put] | None:
+        """The KV writes that store this block inside a transaction of ``engine``, or None
+        when this store does not keep its blocks in that engine.  Lets small writes commit
+        their data and their metadata in one round trip."""
         return None
 
     @abc.abstractmethod

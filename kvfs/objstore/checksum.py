@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import xxhash
 
+from kvfs.kv.api import KVEngine, Put
 from kvfs.objstore.api import BlockCorrupt, ObjectStore
 
 MAGIC = b"KVB1"
@@ -60,6 +61,9 @@ class ChecksummedStore(ObjectStore):
     def max_block_bytes(self) -> int | None:
         inner = self.inner.max_block_bytes
         return None if inner is None else max(0, inner - HEADER_SIZE)
+
+    def inline_puts(self, name: str, data: bytes, engine: KVEngine) -> list[Put] | None:
+        return self.inner.inline_puts(name, seal(data), engine)
 
     async def put(self, name: str, data: bytes) -> None:
         await self.inner.put(name, seal(data))

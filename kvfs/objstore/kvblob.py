@@ -52,6 +52,11 @@ class KVBlobStore(ObjectStore):
             raise ObjectStoreError("invalid block name ''")
         return self.prefix + name.encode()
 
+    def inline_puts(self, name: str, data: bytes, engine: KVEngine) -> list[Put] | None:
+        if engine.base() is not self.kv.base():
+            return None
+        return [Put(self._key(name), bytes(data))]
+
     async def put(self, name: str, data: bytes) -> None:
         key = self._key(name)
         lim = self.kv.limits
