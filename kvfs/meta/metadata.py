@@ -45,6 +45,7 @@ RENAME_EXCHANGE = 2
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
+SECURITY_CAPABILITY = b"security.capability"
 # Chunk indexes are 32-bit in keys, so files end before 2**32 chunks of 64 MiB.
 MAX_FILE_SIZE = (1 << 32) * CHUNK_SIZE
 # Deleting a big file moves this many chunk keys per transaction (two ops each).
@@ -246,16 +247,27 @@ class Metadata:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def getattr(self, ino: int) -> Attr:
-        async def fresh() -> Attr:
+    async def getattr(self, ino: int, *, fresh: bool = False) -> Attr:
+        """``ino``'s attributes.  Unless ``fresh``, this mount's read hints may answer
+        (kept current by its own commits and, on shared engines, by the watch), as the
+        kernel's own attribute cache would; ``fresh`` always asks the engine (open)."""
+        if not fresh and not self.offline.offline:
+            hint = self.hints.get(keys.attr(ino))
+            if hint is not None:
+                if hint[0] is None:
+                    raise FSError(errno.ENOENT, f"inode {ino}")
+                return Attr.decode(hint[0])
+
+        async def fetch() -> Attr:
             raw = await self.kv.get(keys.attr(ino))
             if raw is None:
                 raise FSError(errno.ENOENT, f"inode {ino}")
             a = Attr.decode(raw.value)
             self.offline.remember_attr(ino, a)
+            self.hints.put(raw.key, raw.value, raw.mod_revision)
             return a
 
-        return await self.offline.through(fresh, lambda: self.offline.cached_attr(ino))
+        return await self.offline.through(fetch, lambda: self.offline.cached_attr(ino))
 
     async def getattrs(self, inos: list[int]) -> list[Attr | None]:
         """Attributes of several inodes in one engine round trip (None: gone)."""
@@ -354,8 +366,9 @@ class Metadata:
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
             t.on_commit(lambda: self.usage.add(inodes=1))
-            # A new inode has no data yet: say so, so its first write need not ask.
+            # A new inode has no data or capabilities yet: say so, so writes need not ask.
             t.on_commit(lambda: self.hints.put(keys.chunk(ino, 0), None, 0))
+            t.on_commit(lambda: self.hints.put(keys.xattr(ino, SECURITY_CAPABILITY), None, 0))
             return Ino(ino), a, True
 
         return await run_txn(self.kv, fn, hints=self.hints)
@@ -738,9 +751,20 @@ class Metadata:
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         if not name.startswith(XATTR_NAMESPACES):
             raise FSError(errno.EOPNOTSUPP, "unknown xattr namespace")
-        raw = await self.kv.get(keys.xattr(ino, name))
+        key = keys.xattr(ino, name)
+        if name == SECURITY_CAPABILITY:
+            # The kernel asks for this before every write(2); answer from the read hints
+            # when we can (a file created here is known to have none).
+            hint = self.hints.get(key)
+            if hint is not None:
+                if hint[0] is None:
+                    raise FSError(errno.ENODATA)
+                return hint[0]
+        raw = await self.kv.get(key)
         if raw is None:
             await self.getattr(ino)
+            if name == SECURITY_CAPABILITY:
+                self.hints.put(key, None, 0)
             raise FSError(errno.ENODATA)
         return raw.value
 

@@ -190,7 +190,7 @@ class FileSystem:
     async def open_with_attr(self, ino: int, flags: int) -> tuple[int, Attr]:
         """Open ``ino``; also return its attributes as read from the engine just now
         (close-to-open: whatever caches hold, an open sees the latest committed state)."""
-        attr = await self.meta.getattr(ino)
+        attr = await self.meta.getattr(ino, fresh=True)
         if attr.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
             raise FSError(errno.EISDIR)
         fh = self._new_handle(ino, flags)
