@@ -134,9 +134,9 @@ class FileData:
         if total <= INLINE_BYTES and len(pieces) <= INLINE_PIECES:
             inline = await self._inline(pieces, recorded)
             if inline is not None:
-                committed = await self.meta.write_slices(self.ino, recorded, end, mtime,
-                                                         inline)
-                self.compact_wanted.update(idx for idx, _ in recorded)
+                committed, crowded = await self.meta.write_slices(self.ino, recorded, end,
+                                                                  mtime, inline)
+                self.compact_wanted.update(crowded)
                 return committed
 
         async def upload(i: int, idx: int, coff: int, data: memoryview) -> None:
@@ -147,17 +147,17 @@ class FileData:
         async with trio.open_nursery() as nursery:
             for i, (idx, coff, data) in enumerate(pieces):
                 nursery.start_soon(upload, i, idx, coff, data)
-        attr: Attr | None = None
         batch: list[tuple[int, Slice]] = []
         chunks: set[int] = set()
         for idx, s in recorded:
             if idx not in chunks and len(chunks) >= _CHUNKS_PER_TXN:
-                attr = await self.meta.write_slices(self.ino, batch, end, mtime)
+                _, crowded = await self.meta.write_slices(self.ino, batch, end, mtime)
+                self.compact_wanted.update(crowded)
                 batch, chunks = [], set()
             batch.append((idx, s))
             chunks.add(idx)
-        attr = await self.meta.write_slices(self.ino, batch, end, mtime)
-        self.compact_wanted.update(chunks)
+        attr, crowded = await self.meta.write_slices(self.ino, batch, end, mtime)
+        self.compact_wanted.update(crowded)
         return attr
 
     async def _inline(self, pieces: list[tuple[int, int, memoryview]],
@@ -207,13 +207,15 @@ class FileData:
             return bytes(out)
         raise AssertionError("unreachable")
 
-    async def compact(self, size: int) -> None:
-        """Rewrite fragmented chunks touched by recent flushes as one slice each.
+    async def compact(self, size: int) -> bool:
+        """Rewrite fragmented chunks found by recent flushes as one slice each; True if any
+        chunk was rewritten (its old slices then await the cleaner).
 
         ``size`` (the length when compaction was asked for) is not trusted for clipping;
         see below.
         """
         wanted, self.compact_wanted = self.compact_wanted, set()
+        rewrote = False
         for idx in sorted(wanted):
             raw = await self.meta.kv.get(keys.chunk(self.ino, idx))
             if raw is None:
@@ -244,4 +246,7 @@ class FileData:
                 if data:
                     await self.slices.delete(sid, len(data))
                 log.debug("compaction of inode %d chunk %d raced a write", self.ino, idx)
+            else:
+                rewrote = True
+        return rewrote
 

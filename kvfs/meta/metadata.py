@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import msgpack
 
-from kvfs.chunk.layout import CHUNK_SIZE, Slice, decode_slices, encode_slices
+from kvfs.chunk.layout import (
+    CHUNK_SIZE,
+    Slice,
+    decode_slices,
+    encode_slices,
+    needs_compaction,
+)
 from kvfs.errors import FSError
 from kvfs.kv.api import KVEngine, Put, prefix_end
 from kvfs.kv.txn import ReadHints, Txn, run_txn
@@ -701,11 +707,14 @@ class Metadata:
                                           lambda: self.offline.cached_chunk(ino, index))
 
     async def write_slices(self, ino: int, slices: list[tuple[int, Slice]], end: int,
-                           mtime: int, blocks: list[Put] | None = None) -> Attr:
+                           mtime: int, blocks: list[Put] | None = None
+                           ) -> tuple[Attr, list[int]]:
         """Record written slices ``(chunk index, slice)`` and grow the file to ``end``;
-        ``blocks`` are block writes committed in the same transaction (small writes)."""
+        ``blocks`` are block writes committed in the same transaction (small writes).
+        Returns the new attributes and the chunks now fragmented enough to compact."""
 
-        async def fn(t: Txn) -> Attr:
+        async def fn(t: Txn) -> tuple[Attr, list[int]]:
+            crowded: list[int] = []
             for p in blocks or ():
                 t.put(p.key, p.value, hint=False)
             per_chunk: dict[int, list[Slice]] = {}
@@ -716,12 +725,14 @@ class Metadata:
             for idx, ss in per_chunk.items():
                 raw = await t.get(keys.chunk(ino, idx)) or b""
                 t.put(keys.chunk(ino, idx), raw + encode_slices(ss))
+                if needs_compaction(decode_slices(raw) + ss):
+                    crowded.append(idx)
             delta = file_space(max(a.size, end)) - file_space(a.size)
             t.on_commit(lambda: self.usage.add(space=delta))
             a.size = max(a.size, end)
             a.mtime = a.ctime = mtime
             self._put_attr(t, ino, a)
-            return a
+            return a, crowded
 
         return await run_txn(self.kv, fn, hints=self.hints)
 

@@ -355,10 +355,10 @@ class FileSystem:
                 ino = next(iter(self._compact_pending))
                 data, size = self._compact_pending.pop(ino)
                 try:
-                    await data.compact(size)
+                    if await data.compact(size):
+                        self.cleaner.poke()
                 except Exception:  # noqa: BLE001 - compaction is an optimisation; retry later
                     log.exception("compaction of inode %d failed", ino)
-                self.cleaner.poke()
 
     async def run_background(self, nursery: trio.Nursery) -> None:
         """Start the cleaner and the compactor as children of ``nursery``."""
