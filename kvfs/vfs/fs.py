@@ -38,7 +38,7 @@ from kvfs.objstore.api import ObjectStoreFull
 
 log = logging.getLogger("kvfs.vfs")
 # statfs capacity of a volume whose storage gives no local free-space figure (etcd, memory).
-NOMINAL_CAPACITY = 1 << 50
+NOMINAL_CAPACITY = 1 << 63  # above any usage sparse files up to MAX_FILE_SIZE can add
 
 
 @dataclass(slots=True)
