@@ -356,9 +356,28 @@ class EtcdEngine(KVEngine):
                     return CommitResult(False, await self.current_revision())
                 raise
         if ambiguous and not resp.succeeded:
+            return await self._settle_ambiguous(puts, deletes, resp.header.revision)
+        return CommitResult(resp.succeeded, resp.header.revision)
+
+    async def _settle_ambiguous(self, puts: Sequence[Put], deletes: Sequence[Delete],
+                                revision: int) -> CommitResult:
+        """A commit was resent after its connection broke, and the resend's compares
+        failed: either another writer got in between, or the first send was applied.
+        Its writes tell which -- every put value in place (and every deleted key gone)
+        means it was applied; anything else is an ordinary conflict to retry."""
+        single = [d.key for d in deletes if d.range_end is None]
+        if not puts and not single:
             raise EngineUnavailable(f"{self._where()}: connection lost during a commit and "
                                     "its outcome is unknown")
-        return CommitResult(resp.succeeded, resp.header.revision)
+        got = await self.get_many([p.key for p in puts] + single)
+        put_state, del_state = got[:len(puts)], got[len(puts):]
+        applied = all(g is not None and g.value == p.value for g, p in zip(put_state, puts,
+                                                                               strict=True))
+        applied = applied and all(g is None for g in del_state)
+        if applied:
+            revs = [g.mod_revision for g in put_state if g is not None]
+            return CommitResult(True, max(revs) if revs else revision)
+        return CommitResult(False, revision)
 
     async def watch(self, start: bytes, end: bytes,
                     start_revision: int) -> AsyncIterator[WatchBatch]:

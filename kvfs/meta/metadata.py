@@ -273,7 +273,27 @@ class Metadata:
             self.hints.put(raw.key, raw.value, raw.mod_revision)
             return a
 
-        return await self.offline.through(fetch, lambda: self.offline.cached_attr(ino))
+        return await self.offline.through(fetch, lambda: self._last_known_attr(ino))
+
+    # While the engine is unreachable, the last-known state comes from the offline cache
+    # (what was read) or else the read hints (what this mount wrote or read in transactions).
+
+    def _last_known_attr(self, ino: int) -> Attr | None:
+        a = self.offline.cached_attr(ino)
+        if a is None:
+            hint = self.hints.get(keys.attr(ino))
+            if hint is not None and hint[0] is not None:
+                a = Attr.decode(hint[0])
+        return a
+
+    def _last_known_chunk(self, ino: int, index: int) -> list[Slice] | None:
+        slices = self.offline.cached_chunk(ino, index)
+        if slices is None:
+            hint, attr_hint = self.hints.get(keys.chunk(ino, index)), self.hints.get(
+                keys.attr(ino))
+            if hint is not None and attr_hint is not None:  # both from our own view
+                slices = decode_slices(hint[0]) if hint[0] is not None else []
+        return slices
 
     async def getattrs(self, inos: list[int]) -> list[Attr | None]:
         """Attributes of several inodes in one engine round trip (None: gone)."""
@@ -300,7 +320,10 @@ class Metadata:
 
         def cached() -> tuple[Ino, Attr] | None:
             ino = self.offline.entries.get((parent, name))
-            a = None if ino is None else self.offline.cached_attr(ino)
+            if ino is None:
+                hint = self.hints.get(keys.dentry(parent, name))
+                ino = decode_dentry(hint[0])[1] if hint is not None and hint[0] else None
+            a = None if ino is None else self._last_known_attr(ino)
             return None if ino is None or a is None else (Ino(ino), a)
 
         return await self.offline.through(
@@ -704,7 +727,7 @@ class Metadata:
             return slices
 
         return await self.offline.through(fresh,
-                                          lambda: self.offline.cached_chunk(ino, index))
+                                          lambda: self._last_known_chunk(ino, index))
 
     async def write_slices(self, ino: int, slices: list[tuple[int, Slice]], end: int,
                            mtime: int, blocks: list[Put] | None = None
