@@ -78,9 +78,10 @@ class Coherence:
         self.revision = 0  # every change up to here has been applied
         self._caught_up = trio.Event()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        self.revision = await self.kv.current_revision()
+    async def run(self, *, since: int | None = None,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch from revision ``since`` + 1 (default: the engine's current revision)."""
+        self.revision = await self.kv.current_revision() if since is None else since
         task_status.started()
         start, end = keys.INODE_PREFIX, prefix_end(keys.INODE_PREFIX)
         while True:
