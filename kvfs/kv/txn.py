@@ -149,10 +149,6 @@ class Txn:
         """Call ``fn`` once this attempt has committed (never for an attempt that retries)."""
         self._on_commit.append(fn)
 
-    @property
-    def write_count(self) -> int:
-        return len(self._writes) + len(self._prefix_deletes)
-
     async def commit(self) -> bool:
         compares = [Compare(k, r) for k, r in self._read_revs.items()]
         puts = [Put(k, v, self._leases.get(k, 0))  # type: ignore[arg-type]

@@ -133,9 +133,6 @@ def sustained(sid: int, ino: int) -> bytes:
     return SUSTAINED_PREFIX + _U64.pack(sid) + _U64.pack(ino)
 
 
-def sustained_prefix(sid: int) -> bytes:
-    return SUSTAINED_PREFIX + _U64.pack(sid)
-
 
 def key_ino(key: bytes) -> int:
     """The inode number of any ``A``/``D`` key."""

@@ -431,17 +431,21 @@ class Metadata:
 
     # -- removing names ----------------------------------------------------------------
 
+    async def _named_child(self, t: Txn, parent: int, name: bytes) -> tuple[Attr, int, Attr]:
+        """The attributes of directory ``parent``, and the inode and attributes ``name``
+        in it names (ENOENT if none), read in as few round trips as possible."""
+        await t.prefetch(keys.attr(parent), keys.dentry(parent, name))
+        pa = await self._dir_attr(t, parent)
+        ent = await self._entry(t, parent, name)
+        if ent is None:
+            raise FSError(errno.ENOENT)
+        return pa, ent[1], await self._attr(t, ent[1])
+
     async def unlink(self, parent: int, name: bytes) -> Ino:
         check_name(name)
 
         async def fn(t: Txn) -> Ino:
-            await t.prefetch(keys.attr(parent), keys.dentry(parent, name))
-            pa = await self._dir_attr(t, parent)
-            ent = await self._entry(t, parent, name)
-            if ent is None:
-                raise FSError(errno.ENOENT)
-            ino = ent[1]
-            a = await self._attr(t, ino)
+            pa, ino, a = await self._named_child(t, parent, name)
             if a.is_dir:
                 raise FSError(errno.EISDIR)
             now = now_ns()
@@ -461,13 +465,7 @@ class Metadata:
             raise FSError(errno.ENOTEMPTY)
 
         async def fn(t: Txn) -> Ino:
-            await t.prefetch(keys.attr(parent), keys.dentry(parent, name))
-            pa = await self._dir_attr(t, parent)
-            ent = await self._entry(t, parent, name)
-            if ent is None:
-                raise FSError(errno.ENOENT)
-            ino = ent[1]
-            a = await self._attr(t, ino)
+            pa, ino, a = await self._named_child(t, parent, name)
             if not a.is_dir:
                 raise FSError(errno.ENOTDIR)
             if not await self._is_empty(t, ino):

@@ -48,9 +48,6 @@ class _LRU(Generic[K, V]):
         if len(self.items) > self.limit:
             self.items.popitem(last=False)
 
-    def drop(self, key: K) -> None:
-        self.items.pop(key, None)
-
 
 def _sig(a: Attr) -> tuple[int, int, int]:
     return a.ctime, a.mtime, a.size

@@ -61,12 +61,6 @@ class Attr:
             raise ValueError(f"unknown inode record version {v[0]}")
         return cls(*v[1:11])
 
-    def touch(self, *, mtime: bool = True, ctime: bool = True, at: int | None = None) -> None:
-        t = now_ns() if at is None else at
-        if mtime:
-            self.mtime = t
-        if ctime:
-            self.ctime = t
 
 
 def encode_dentry(ftype: int, ino: int) -> bytes:

@@ -76,7 +76,6 @@ class Coherence:
         self.invalidator = invalidator
         self.known_inodes = known_inodes
         self.revision = 0  # every change up to here has been applied
-        self._caught_up = trio.Event()
 
     async def run(self, *, since: int | None = None,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
