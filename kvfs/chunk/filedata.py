@@ -55,7 +55,6 @@ class FileData:
         self._pending_end = 0
         self._mtime = 0
         self._flush_lock = trio.Lock()
-        self.error: BaseException | None = None
         self.compact_wanted: set[int] = set()
 
     @property
@@ -99,8 +98,8 @@ class FileData:
     async def flush(self) -> Attr | None:
         """Make every buffered write durable; the new attributes, or None if clean.
 
-        A failure is remembered in :attr:`error` (reported by fsync/close) and the data stays
-        buffered so a later flush can retry it.
+        On failure the data stays buffered, so a later write, fsync or close retries it: a
+        descriptor whose fsync failed during an outage works again once the engine is back.
         """
         async with self._flush_lock:
             if not self._pending:
@@ -110,13 +109,14 @@ class FileData:
             end, mtime = self._pending_end, self._mtime
             try:
                 attr = await self._commit(segs, end, mtime)
-            except BaseException as exc:
-                self._pending = segs + self._pending
+            except BaseException:
+                # The failed attempt's exception (its traceback) may keep views of these
+                # buffers alive, and a bytearray with live views cannot grow: buffer fresh
+                # copies, so the next write can extend them.
+                self._pending = [(off, bytearray(buf)) for off, buf in segs] + self._pending
                 self._pending_bytes += nbytes
                 self._pending_end = max(self._pending_end, end)
-                self.error = exc
                 raise
-            self.error = None
             if not self._pending:
                 self._pending_end = 0
             return attr
