@@ -8,8 +8,10 @@ installed these tests fail with a clear message -- they never skip.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -282,6 +284,52 @@ async def test_unreachable_cluster_is_engine_unavailable() -> None:
     assert "\n" not in msg and "unreachable for 2 s" in msg and str(ports[1]) in msg
     with pytest.raises(KVError):  # open_engine does not hide engine errors
         await open_engine(url)
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """host:port of a listener that never answers, as a host behind a partition: its
+    accept queue is full, so the kernel drops every further SYN and connects hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        fillers.append(c)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()
+
+
+async def test_silent_endpoint_is_unreachable_not_a_tls_failure() -> None:
+    """A partitioned endpoint is retried until the URL's timeout, then reported as
+    unreachable -- a plain-text URL never fails as a "TLS handshake"."""
+    with silent_endpoint() as dead:
+        t0 = time.monotonic()
+        with pytest.raises(EngineUnavailable) as info:
+            await EtcdEngine.open(f"etcd://{dead}/vol?timeout=3")
+        assert time.monotonic() - t0 >= 3
+        msg = str(info.value)
+        assert "unreachable for 3 s" in msg and "TLS" not in msg, msg
+
+
+async def test_failover_past_a_silent_endpoint(etcd_single: Member) -> None:
+    with silent_endpoint() as dead:
+        url = f"etcd://{dead},{etcd_single.endpoint}/{unique_prefix('silent')}?timeout=6"
+        for i in range(10):
+            kv = await EtcdEngine.open(url)
+            try:
+                await put(kv, b"k", str(i).encode())
+                assert kv.current_endpoint == etcd_single.endpoint
+            finally:
+                await kv.aclose()
 
 
 async def test_member_down_after_open_gives_engine_unavailable(etcd_procs: EtcdProcesses

@@ -17,9 +17,11 @@ Responsibilities and invariants:
   :class:`EngineUnavailable`.  A commit is only re-sent when the failure shows it was never
   delivered, or when re-sending cannot double-apply it: if a re-sent commit's compares fail
   after an ambiguous failure, the outcome is unknown and :class:`EngineUnavailable` says so.
-* **Errors** map to :mod:`kvfs.kv.api`: NOSPACE → :class:`NoSpace`, oversized or duplicate
-  transactions → :class:`TxnTooLarge`, authentication and TLS problems →
-  :class:`EngineAuthError`; all messages are one line and never contain the password.
+* **Errors** are classified once, by status code, in :mod:`kvfs.kv.etcd_errors`, and map
+  to :mod:`kvfs.kv.api`: NOSPACE → :class:`NoSpace`, oversized or duplicate transactions →
+  :class:`TxnTooLarge`, authentication and TLS problems → :class:`EngineAuthError`; an
+  unreachable endpoint (refused, or silent behind a partition) is always retried and
+  failed over.  All messages are one line and never contain the password.
 * grpc calls are awaited through :func:`~kvfs.kv.etcd_bridge.await_future` (no thread per
   call); each watch uses one thread (:class:`~kvfs.kv.etcd_bridge.WatchStream`).
 """
@@ -62,21 +64,24 @@ from kvfs.kv.etcd_bridge import (
     rpc_details,
     run_first_response,
 )
+from kvfs.kv.etcd_errors import Failure, classify
 from kvfs.kv.etcd_url import EtcdURL, parse_etcd_url
 
 __all__ = ["EngineAuthError", "EtcdEngine", "EtcdURL", "parse_etcd_url"]
 
-_SC = grpc.StatusCode
-_TRANSIENT = (_SC.UNAVAILABLE, _SC.DEADLINE_EXCEEDED)
-# Failures that prove the request never reached etcd's state machine.
-_UNDELIVERED = ("failed to connect", "connection refused", "no leader", "dns resolution",
-                "name resolution", "too many requests", "not ready", "empty address list")
-_TLS_WORDS = ("ssl", "tls", "tsi_", "handshake", "certificate", "verification")
 _PAGE = 1000
 
 
 class EngineAuthError(KVError):
     """etcd refused our credentials (user/password, client certificate or TLS trust)."""
+
+
+class LeaseNotFound(KVError):
+    """etcd does not know the lease (it expired or was revoked)."""
+
+
+class AuthNotEnabled(KVError):
+    """A password was given but the cluster does not use authentication."""
 
 
 class _Ambiguous(Exception):
@@ -173,22 +178,30 @@ class EtcdEngine(KVEngine):
     def _where(self) -> str:
         return f"etcd at {','.join(self.url.endpoints)}"
 
-    def _map_error(self, exc: grpc.RpcError) -> KVError:
+    def _classify(self, exc: grpc.RpcError) -> tuple[Failure, str]:
         code, details = rpc_details(exc)
-        low = details.lower()
+        return classify(code, details, tls=self.url.tls), details
+
+    def _map_error(self, failure: Failure, details: str, endpoint: str) -> KVError:
+        """The :mod:`kvfs.kv.api` error for a failure that is not retried."""
         where = self._where()
-        if "database space exceeded" in low or "nospace" in low:
+        if failure is Failure.NO_SPACE:
             return NoSpace(f"{where}: database space exceeded (NOSPACE alarm; compact, "
                            "defragment and `etcdctl alarm disarm`)")
-        if ("too many operations" in low or "request is too large" in low
-                or "larger than max" in low or "duplicate key" in low):
+        if failure is Failure.TOO_LARGE:
             return TxnTooLarge(f"{where}: {one_line(details)}")
-        if "compacted" in low:
+        if failure is Failure.COMPACTED:
             return Compacted(0, 0)
-        if (code in (_SC.UNAUTHENTICATED, _SC.PERMISSION_DENIED) or "auth" in low
-                or "user name" in low or "permission denied" in low):
+        if failure is Failure.LEASE_NOT_FOUND:
+            return LeaseNotFound(f"{where}: {one_line(details)}")
+        if failure is Failure.TLS:
+            return EngineAuthError(f"{where}: TLS handshake with {endpoint} failed: "
+                                   f"{one_line(details, 200)}")
+        if failure in (Failure.AUTH, Failure.AUTH_TOKEN_EXPIRED):
             return EngineAuthError(f"{where}: authentication failed: {one_line(details)}")
-        return KVError(f"{where}: {code.name}: {one_line(details)}")
+        if failure is Failure.AUTH_NOT_ENABLED:
+            return AuthNotEnabled(f"{where}: {one_line(details)}")
+        return KVError(f"{where}: {one_line(details)}")
 
     def _unavailable(self, last: str) -> EngineUnavailable:
         msg = f"{self._where()}: unreachable for {self.url.timeout:g} s"
@@ -219,24 +232,20 @@ class EtcdEngine(KVEngine):
             try:
                 return await make(stubs, min(remaining, self._per_try), md)
             except grpc.RpcError as exc:
-                code, details = rpc_details(exc)
-                low = details.lower()
+                failure, details = self._classify(exc)
                 if self._closed:
                     raise KVError(f"{self._where()}: engine is closed") from None
-                if ("invalid auth token" in low and authenticated
+                if (failure is Failure.AUTH_TOKEN_EXPIRED and authenticated
                         and self._password is not None and not reauthed):
                     reauthed = True
                     await self._authenticate(deadline)
                     continue
-                if code not in _TRANSIENT and "too many requests" not in low:
-                    raise self._map_error(exc) from None
-                if any(w in low for w in _TLS_WORDS):
-                    raise EngineAuthError(f"{self._where()}: TLS handshake with "
-                                          f"{self.url.endpoints[index]} failed: "
-                                          f"{one_line(details, 200)}") from None
+                if not failure.transient:
+                    raise self._map_error(failure, details,
+                                          self.url.endpoints[index]) from None
                 last = details
                 self._chans.rotate(index)
-                if mutation and not any(w in low for w in _UNDELIVERED):
+                if mutation and failure is Failure.MAYBE_SENT:
                     raise _Ambiguous(details) from None
                 failures += 1
                 if failures % len(self.url.endpoints) == 0:
@@ -256,10 +265,10 @@ class EtcdEngine(KVEngine):
         try:
             resp = await self._unary("auth", "Authenticate", req, authenticated=False,
                                      deadline=deadline)
+        except AuthNotEnabled:
+            self._metadata = None
+            return
         except KVError as exc:
-            if "authentication is not enabled" in str(exc):
-                self._metadata = None
-                return
             if isinstance(exc, EngineUnavailable):
                 raise
             raise EngineAuthError(f"{self._where()}: authentication as user "
@@ -351,10 +360,8 @@ class EtcdEngine(KVEngine):
                 break
             except _Ambiguous:
                 ambiguous = True
-            except KVError as exc:
-                if "lease not found" in str(exc):
-                    return CommitResult(False, await self.current_revision())
-                raise
+            except LeaseNotFound:
+                return CommitResult(False, await self.current_revision())
         if ambiguous and not resp.succeeded:
             return await self._settle_ambiguous(puts, deletes, resp.header.revision)
         return CommitResult(resp.succeeded, resp.header.revision)
@@ -414,9 +421,9 @@ class EtcdEngine(KVEngine):
                 raise KVError(f"{self._where()}: engine is closed")
             details = ""
             if isinstance(error, grpc.RpcError):
-                code, details = rpc_details(error)
-                if code not in _TRANSIENT:
-                    raise self._map_error(error)
+                failure, details = self._classify(error)
+                if not failure.transient:
+                    raise self._map_error(failure, details, self.url.endpoints[index])
             # The stream broke (member gone): resume from next_rev on the next endpoint.
             self._chans.rotate(index)
             if trio.current_time() >= deadline:
@@ -452,18 +459,15 @@ class EtcdEngine(KVEngine):
 
         try:
             resp = await self._call(make)
-        except KVError as exc:
-            if "lease not found" in str(exc):
-                return False
-            raise
+        except LeaseNotFound:
+            return False
         return resp is not None and resp.TTL > 0
 
     async def lease_revoke(self, lease: int) -> None:
         try:
             await self._unary("lease", "LeaseRevoke", etcdrpc.LeaseRevokeRequest(ID=lease))
-        except KVError as exc:
-            if "lease not found" not in str(exc):
-                raise
+        except LeaseNotFound:
+            pass
 
     async def compact(self, revision: int) -> None:
         revision = min(revision, await self.current_revision())
