@@ -24,6 +24,7 @@ from kvfs.chunk.slices import SliceStore
 from kvfs.kv.api import Delete, prefix_end
 from kvfs.meta import keys
 from kvfs.meta.metadata import Metadata
+from kvfs.outage import log_failure
 
 log = logging.getLogger("kvfs.cleanup")
 
@@ -52,7 +53,7 @@ class Cleaner:
             try:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - keep the mount alive; retry next round
-                log.exception("cleanup round failed; retrying later")
+                log_failure(log, "cleanup round failed (retrying later)")
             with trio.move_on_after(self.interval):
                 await self._wake.wait()
             self._wake = trio.Event()

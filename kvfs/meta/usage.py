@@ -17,6 +17,7 @@ import trio
 
 from kvfs.kv.api import KVEngine
 from kvfs.kv.txn import Txn, run_txn
+from kvfs.outage import log_failure
 
 log = logging.getLogger("kvfs.usage")
 USED_SPACE = b"Cusedspace"
@@ -74,6 +75,6 @@ class Usage:
         while True:
             try:
                 await self.flush()
-            except Exception as exc:  # noqa: BLE001 - counters can wait for the engine
-                log.warning("could not update usage counters: %s", exc)
+            except Exception:  # noqa: BLE001 - counters can wait for the engine
+                log_failure(log, "could not update usage counters")
             await trio.sleep(interval)

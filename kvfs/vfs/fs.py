@@ -35,6 +35,7 @@ from kvfs.meta.keys import Ino
 from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.objstore.api import ObjectStoreFull
+from kvfs.outage import log_failure
 
 log = logging.getLogger("kvfs.vfs")
 # statfs capacity of a volume whose storage gives no local free-space figure (etcd, memory).
@@ -358,7 +359,7 @@ class FileSystem:
                     if await data.compact(size):
                         self.cleaner.poke()
                 except Exception:  # noqa: BLE001 - compaction is an optimisation; retry later
-                    log.exception("compaction of inode %d failed", ino)
+                    log_failure(log, "compaction of inode %d failed", ino)
 
     async def run_background(self, nursery: trio.Nursery) -> None:
         """Start the cleaner and the compactor as children of ``nursery``."""
