@@ -28,6 +28,13 @@ T = TypeVar("T")
 _DELETED = object()
 
 
+class Retry(Exception):
+    """Raised by a transaction function whose reads do not fit together -- they were taken
+    at different revisions, and something changed in between (an entry read first names an
+    inode whose attributes, read next, are gone).  :func:`run_txn` runs the function again,
+    exactly as after a failed commit."""
+
+
 class ReadHints:
     """Values and mod revisions this process last saw, offered to transactions as guesses.
 
@@ -201,6 +208,11 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
         txn = Txn(kv, hints, trust_hints=trust_hints)
         try:
             result = await fn(txn)
+        except Retry:
+            trust_hints = trust_hints and not txn.hinted
+            await trio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 0.05)
+            continue
         except Exception:
             if not txn.hinted:
                 raise

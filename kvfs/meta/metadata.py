@@ -35,11 +35,11 @@ from kvfs.chunk.layout import (
 )
 from kvfs.errors import FSError
 from kvfs.kv.api import KVEngine, Put, prefix_end
-from kvfs.kv.txn import ReadHints, Txn, run_txn
+from kvfs.kv.txn import ReadHints, Retry, Txn, run_txn
 from kvfs.meta import keys
 from kvfs.meta.ids import IdAllocator
 from kvfs.meta.keys import ROOT_INO, Ino
-from kvfs.meta.offline import OfflineCache
+from kvfs.meta.offline import LRU, OfflineCache
 from kvfs.meta.records import Attr, decode_dentry, encode_dentry, ftype_of, now_ns
 from kvfs.meta.usage import Usage, file_space
 
@@ -54,6 +54,7 @@ XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
 SECURITY_CAPABILITY = b"security.capability"
 # Chunk indexes are 32-bit in keys, so files end before 2**32 chunks of 64 MiB.
 MAX_FILE_SIZE = (1 << 32) * CHUNK_SIZE
+_FTYPE_SYMLINK = ftype_of(stat.S_IFLNK)
 # Deleting a big file moves this many chunk keys per transaction (two ops each).
 _CHUNKS_PER_STEP = 50
 
@@ -117,6 +118,10 @@ class Metadata:
         self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
         self.usage = Usage(kv)
         self.offline = OfflineCache()
+        # A symlink's target never changes, so one read serves every later readlink of
+        # its inode -- even after another mount removed it, as a local filesystem serves
+        # a path walk that already holds the inode -- and during outages.
+        self.symlink_targets: LRU[int, bytes] = LRU(100_000)
         self.hints = ReadHints()
         # Inodes this mount holds open after their last name went (its ``SS`` keys).
         self.held: set[int] = set()
@@ -313,6 +318,11 @@ class Metadata:
             if ent is None:
                 await self._dir_attr(t, parent)  # ENOTDIR beats ENOENT
                 raise FSError(errno.ENOENT)
+            if ent[0] == _FTYPE_SYMLINK:  # the kernel reads the target next: fetch it now
+                await t.prefetch(keys.attr(ent[1]), keys.symlink(ent[1]))
+                target = await t.get(keys.symlink(ent[1]))
+                if target is not None:
+                    self.symlink_targets.put(ent[1], target)
             a = await self._attr(t, ent[1])
             self.offline.entries.put((parent, name), ent[1])
             self.offline.remember_attr(ent[1], a)
@@ -345,11 +355,18 @@ class Metadata:
             start = res.kvs[-1].key + b"\0"
 
     async def readlink(self, ino: int) -> bytes:
-        raw = await self.kv.get(keys.symlink(ino))
-        if raw is None:
-            a = await self.getattr(ino)
-            raise FSError(errno.EINVAL if not a.is_symlink else errno.EIO)
-        return raw.value
+        known = self.symlink_targets.get(ino)
+        if known is not None:
+            return known
+        # Target and attributes at one revision: a symlink removed by another mount is
+        # gone (ENOENT) rather than a symlink without a target.
+        link, attr = await self.kv.get_many([keys.symlink(ino), keys.attr(ino)])
+        if link is not None:
+            self.symlink_targets.put(ino, link.value)
+            return link.value
+        if attr is None:
+            raise FSError(errno.ENOENT, f"inode {ino}")
+        raise FSError(errno.EINVAL if not Attr.decode(attr.value).is_symlink else errno.EIO)
 
     # -- creating names ----------------------------------------------------------------
 
@@ -358,8 +375,9 @@ class Metadata:
                      ) -> tuple[Ino, Attr, bool]:
         """Create a node of any type.  Returns (ino, attr, created).
 
-        ``exclusive=False`` (open with O_CREAT but not O_EXCL) returns an existing entry
-        instead of failing with EEXIST.
+        ``exclusive=False`` (open with O_CREAT but not O_EXCL) returns an existing entry,
+        of whatever type, instead of failing with EEXIST; what to make of a non-file is the
+        caller's business.
         """
         check_name(name)
         if target is not None and (not target or len(target) > 4095):
@@ -375,7 +393,12 @@ class Metadata:
             if ent is not None:
                 if exclusive:
                     raise FSError(errno.EEXIST)
-                return Ino(ent[1]), await self._attr(t, ent[1]), False
+                raw = await t.get(keys.attr(ent[1]))
+                if raw is None or not Attr.decode(raw).nlink:
+                    # Read after the entry, at a later revision: the name was removed in
+                    # between, so it may be free now.  Look again.
+                    raise Retry
+                return Ino(ent[1]), Attr.decode(raw), False
             now = now_ns()
             is_dir = stat.S_ISDIR(mode)
             gid = ctx.gid
@@ -390,6 +413,7 @@ class Metadata:
             t.put(keys.dentry(parent, name), encode_dentry(ftype_of(m), ino))
             if target is not None:
                 t.put(keys.symlink(ino), target)
+                t.on_commit(lambda: self.symlink_targets.put(ino, target))
             if is_dir:
                 pa.nlink += 1
             pa.mtime = pa.ctime = now

@@ -31,7 +31,9 @@ V = TypeVar("V")
 T = TypeVar("T")
 
 
-class _LRU(Generic[K, V]):
+class LRU(Generic[K, V]):
+    """A mapping bounded to ``limit`` items; the least recently used goes first."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.items: OrderedDict[K, V] = OrderedDict()
@@ -57,10 +59,10 @@ class OfflineCache:
     """See module docstring."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self.attrs: _LRU[int, Attr] = _LRU(limit)
-        self.entries: _LRU[tuple[int, bytes], int] = _LRU(limit)
-        self.chunks: _LRU[tuple[int, int], tuple[tuple[int, int, int], list[Slice]]] = \
-            _LRU(limit // 10)
+        self.attrs: LRU[int, Attr] = LRU(limit)
+        self.entries: LRU[tuple[int, bytes], int] = LRU(limit)
+        self.chunks: LRU[tuple[int, int], tuple[tuple[int, int, int], list[Slice]]] = \
+            LRU(limit // 10)
         self.offline = False
 
     async def through(self, fresh: Callable[[], Awaitable[T]],

@@ -40,6 +40,8 @@ from kvfs.outage import log_failure
 log = logging.getLogger("kvfs.vfs")
 # statfs capacity of a volume whose storage gives no local free-space figure (etcd, memory).
 NOMINAL_CAPACITY = 1 << 63  # above any usage sparse files up to MAX_FILE_SIZE can add
+# A kernel path walk restarted by ESTALE comes back within this many seconds.
+_WALK_RETRY_WINDOW = 1.0
 
 
 @dataclass(slots=True)
@@ -65,6 +67,15 @@ class StatFs:
     name_max: int = 255
 
 
+def _access_wanted(flags: int) -> int:
+    """The access(2) mode an open with ``flags`` needs."""
+    acc = flags & os.O_ACCMODE
+    want = os.R_OK if acc in (os.O_RDONLY, os.O_RDWR) else 0
+    if acc in (os.O_WRONLY, os.O_RDWR) or flags & os.O_TRUNC:
+        want |= os.W_OK
+    return want
+
+
 class FileSystem:
     """POSIX operations of one mount (see module docstring)."""
 
@@ -84,6 +95,9 @@ class FileSystem:
         # inode -> (its data, file length) awaiting background compaction
         self._compact_pending: dict[int, tuple[FileData, int]] = {}
         self._compact_wake = trio.Event()
+        # (parent, name) -> when a create of it answered ESTALE, and whether the name was
+        # looked up since (see _create_found_special)
+        self._walks_restarted: dict[tuple[int, bytes], tuple[float, bool]] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -119,6 +133,9 @@ class FileSystem:
     # -- attributes and names ----------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> tuple[Ino, Attr]:
+        restarted = self._walks_restarted.get((parent, name))
+        if restarted is not None:  # the restarted walk's fresh lookup
+            self._walks_restarted[(parent, name)] = (restarted[0], True)
         ino, attr = await self.meta.lookup(parent, name)
         return ino, self._overlay(ino, attr)
 
@@ -207,10 +224,37 @@ class FileSystem:
                      flags: int) -> tuple[int, Ino, Attr]:
         ino, attr, created = await self.meta.create(
             ctx, parent, name, stat.S_IFREG | (mode & 0o7777), exclusive=bool(flags & os.O_EXCL))
+        if not created:
+            # The kernel asks to create only a name it believed absent: another mount made
+            # it meanwhile.  Answer as open(2) of that name would.
+            if attr.is_dir:
+                raise FSError(errno.EISDIR)
+            if not attr.is_reg:
+                raise FSError(self._create_found_special(parent, name))
+            # The kernel checked write permission on the directory, not on this file.
+            await self.access(ctx, ino, _access_wanted(flags))
         fh = self._new_handle(ino, flags)
         if not created and flags & os.O_TRUNC and attr.size:
             attr = await self.setattr(ino, SetAttr(size=0))
         return fh, ino, attr
+
+    def _create_found_special(self, parent: int, name: bytes) -> int:
+        """The errno for a create that found a symlink, FIFO, socket or device.
+
+        Only the kernel's path walk can follow a symlink or open a device, and ESTALE
+        makes it walk the path once more, looking every name up afresh.  If that second
+        walk races again -- its lookup found no name, its create finds one -- the kernel
+        would hand ESTALE to the application: say EEXIST instead.
+        """
+        now = trio.current_time()
+        if len(self._walks_restarted) > 1000:
+            self._walks_restarted = {k: v for k, v in self._walks_restarted.items()
+                                     if now - v[0] < _WALK_RETRY_WINDOW}
+        last = self._walks_restarted.pop((parent, name), None)
+        if last is not None and last[1] and now - last[0] < _WALK_RETRY_WINDOW:
+            return errno.EEXIST
+        self._walks_restarted[(parent, name)] = (now, False)
+        return errno.ESTALE
 
     def _handle(self, fh: int) -> FileHandle:
         h = self._files.get(fh)
