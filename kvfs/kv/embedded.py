@@ -370,8 +370,19 @@ class EmbeddedEngine(LocalEngine):
 
 
 def _make_dir(path: str) -> None:
-    """Create the store directory, making its entry in the parent durable."""
+    """Create the store directory and any missing parents, each entry durable in its parent.
+
+    Syncing only the last parent is not enough: a power cut could then take a new
+    intermediate directory, and the whole store with it.
+    """
     if os.path.isdir(path):
         return
-    os.makedirs(path, exist_ok=True)
-    fsync_dir(os.path.dirname(path))
+    parent = os.path.dirname(path)
+    if parent != path:
+        _make_dir(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:  # created meanwhile by someone else
+        if not os.path.isdir(path):
+            raise
+    fsync_dir(parent)
