@@ -2,20 +2,24 @@
 
 The cleaner is driven against an engine that fails every scan: an outage of the engine or
 the store (as its own error, or wrapped by a store) gives one warning line per round, while
-an exception nobody expects still gets its traceback.
+an exception nobody expects still gets its traceback.  A FUSE request that meets a store
+outage is logged the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import AsyncIterator
 
+import pyfuse3
 import pytest
 import trio
 import trio.testing
 from fsapi import open_test_fs
 
 from kvfs.chunk.cleanup import Cleaner
+from kvfs.fuse.ops import _errors
 from kvfs.kv.api import EngineUnavailable, NoSpace, RangeResult
 from kvfs.kv.local import MemoryEngine
 from kvfs.objstore.api import ObjectStoreError, ObjectStoreFull
@@ -96,3 +100,20 @@ def test_what_counts_as_an_outage() -> None:
     assert not is_outage(_wrapped(KeyError("x")))
     assert not is_outage(KeyError("x"))
     assert not is_outage(None)
+
+
+async def test_request_that_meets_a_store_outage_logs_one_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    error = OUTAGES["store-unreachable"]
+
+    @_errors
+    async def read() -> None:
+        raise error
+
+    with caplog.at_level(logging.INFO, logger="kvfs.fuse"), \
+            pytest.raises(pyfuse3.FUSEError) as info:
+        await read()
+    assert info.value.errno == errno.EIO
+    records = [r for r in caplog.records if r.name == "kvfs.fuse"]
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in records] == [
+        (logging.ERROR, f"read failed: {error}", None)]

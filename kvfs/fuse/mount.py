@@ -20,6 +20,7 @@ import trio
 from kvfs.fuse.ops import KvfsOperations
 from kvfs.meta.compactor import Compactor
 from kvfs.meta.session import Session
+from kvfs.outage import log_failure
 from kvfs.vfs.coherence import Coherence
 from kvfs.vfs.fs import FileSystem
 from kvfs.volume import Volume
@@ -133,7 +134,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
                 await fs.flush_all()
                 await volume.meta.usage.flush()
             except Exception:  # noqa: BLE001 - report and still unmount
-                log.exception("flushing buffered writes at unmount failed")
+                log_failure(log, "flushing buffered writes at unmount failed",
+                            level=logging.ERROR)
             pyfuse3.close(unmount=mounted)
             try:
                 await session.close()

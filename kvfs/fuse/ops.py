@@ -24,6 +24,7 @@ from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
 from kvfs.meta.metadata import Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.objstore.api import BlockCorrupt, ObjectStoreFull
+from kvfs.outage import log_failure
 from kvfs.vfs.fs import FileSystem
 
 log = logging.getLogger("kvfs.fuse")
@@ -50,7 +51,7 @@ def _errors(fn: F) -> F:
             log.error("%s: %s", fn.__name__, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:
-            log.exception("%s failed", fn.__name__)
+            log_failure(log, "%s failed", fn.__name__, level=logging.ERROR)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
