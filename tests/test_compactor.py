@@ -5,13 +5,14 @@ from __future__ import annotations
 from kvfs.kv.api import Put
 from kvfs.kv.local import MemoryEngine
 from kvfs.meta.compactor import Compactor
+from kvfs.meta.session import Session
 
 
 async def test_only_the_holder_compacts_and_only_old_history() -> None:
     kv = MemoryEngine()
     lease_a, lease_b = await kv.lease_grant(60), await kv.lease_grant(60)
-    a = Compactor(kv, 1, lease_a, retain=100)
-    b = Compactor(kv, 2, lease_b, retain=100)
+    a = Compactor(kv, Session(kv, 1, lease_a, b"", 60), retain=100)
+    b = Compactor(kv, Session(kv, 2, lease_b, b"", 60), retain=100)
     for i in range(5):
         await kv.commit([], [Put(b"k", b"%d" % i)])
     await a.step(0.0)

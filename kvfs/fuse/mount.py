@@ -19,7 +19,7 @@ import trio
 
 from kvfs.fuse.ops import KvfsOperations
 from kvfs.meta.compactor import Compactor
-from kvfs.meta.session import Session
+from kvfs.meta.session import SESSION_TTL, Session
 from kvfs.outage import log_failure
 from kvfs.vfs.coherence import Coherence
 from kvfs.vfs.fs import FileSystem
@@ -44,6 +44,10 @@ class MountOptions:
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     orphan_grace: float = 60.0
+    # Shared engines: the session lease TTL (a dead mount's roles move after it), and how
+    # much revision history the compactor keeps (sampled every tenth of it, at most 60 s).
+    session_ttl: float = SESSION_TTL
+    compact_retain: float = 600.0
 
     @classmethod
     def parse(cls, items: list[str]) -> MountOptions:
@@ -55,11 +59,15 @@ class MountOptions:
                     opts.allow_other = True
                 elif key == "ro":
                     opts.read_only = True
-                elif key in ("attr_timeout", "entry_timeout", "orphan_grace"):
+                elif key in ("attr_timeout", "entry_timeout", "orphan_grace", "session_ttl",
+                             "compact_retain"):
                     try:
-                        setattr(opts, key, float(value))
+                        seconds = float(value)
                     except ValueError:
                         raise MountError(f"option {key} needs a number of seconds") from None
+                    if key in ("session_ttl", "compact_retain") and not 0 < seconds < 1e6:
+                        raise MountError(f"option {key} needs a positive number of seconds")
+                    setattr(opts, key, seconds)
                 elif key in _GENERIC:
                     continue
                 else:
@@ -89,7 +97,8 @@ def check_mountpoint(path: str) -> str:
 async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions,
                 ready: Callable[[], None] | None = None) -> None:
     """Mount ``volume`` at ``mountpoint`` and serve it until unmounted or signalled."""
-    session = await Session.register(volume.kv, mountpoint)
+    session = await Session.register(volume.kv, mountpoint, opts.session_ttl,
+                                     held=volume.meta.held)
     volume.meta.session_id = session.sid
     fs = FileSystem(volume.meta, volume.slices, free_space=volume.free_space,
                     orphan_grace=opts.orphan_grace)
@@ -119,7 +128,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
                                       on_orphaned=fs.note_orphaned,
                                       hints=volume.meta.hints)
                 await nursery.start(coherence.run)
-                compactor = Compactor(volume.kv, session.sid, session.lease)
+                compactor = Compactor(volume.kv, session, retain=opts.compact_retain,
+                                      interval=min(60.0, opts.compact_retain / 10))
                 await nursery.start(compactor.run)
             nursery.start_soon(_on_signal)
             log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,

@@ -9,6 +9,11 @@ behind by less than ``retain`` can always resume; one that falls further behind 
 ``Compacted`` and its mount invalidates everything it cached (see kvfs.vfs.coherence).
 Compaction only drops history: etcd's disk space comes back after ``etcdctl defrag``
 (docs/operations.md).
+
+The lease is read from the :class:`~kvfs.meta.session.Session` at every claim, never
+copied: a session whose lease expired (a pause or outage past its TTL) registers again on a
+new lease, and a claim made with the dead one would fail for good -- etcd refuses a put on
+an unknown lease, which the engines report as a failed compare.  A failed claim logs why.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import trio
 
 from kvfs.kv.api import Compare, KVEngine, KVError, Put
 from kvfs.meta.keys import u64
+from kvfs.meta.session import Session
 
 log = logging.getLogger("kvfs.compactor")
 COMPACTOR = b"Ccompactor"
@@ -29,11 +35,10 @@ COMPACTOR = b"Ccompactor"
 class Compactor:
     """See module docstring."""
 
-    def __init__(self, kv: KVEngine, session_id: int, lease: int, *,
+    def __init__(self, kv: KVEngine, session: Session, *,
                  retain: float = 600.0, interval: float = 60.0) -> None:
         self.kv = kv
-        self.session_id = session_id
-        self.lease = lease
+        self.session = session
         self.retain = retain
         self.interval = interval
         self._samples: deque[tuple[float, int]] = deque()
@@ -41,12 +46,24 @@ class Compactor:
 
     async def is_holder(self) -> bool:
         """Take the compactor role if nobody holds it; True if this mount holds it."""
+        me = u64(self.session.sid)
         cur = await self.kv.get(COMPACTOR)
-        if cur is None:
-            res = await self.kv.commit([Compare(COMPACTOR, 0)],
-                                       [Put(COMPACTOR, u64(self.session_id), self.lease)])
-            return res.succeeded
-        return cur.value == u64(self.session_id)
+        if cur is not None:
+            return cur.value == me
+        lease = self.session.lease
+        res = await self.kv.commit([Compare(COMPACTOR, 0)], [Put(COMPACTOR, me, lease)])
+        if res.succeeded:
+            log.info("session %d took the compactor role", self.session.sid)
+            return True
+        # Either another mount claimed the role first, or our lease is gone.
+        cur = await self.kv.get(COMPACTOR)
+        if cur is not None:
+            log.debug("compactor role taken by another mount first")
+        else:
+            log.warning("could not take the compactor role: lease %x of session %d is not "
+                        "alive (expired?); retrying once the session registers again",
+                        lease, self.session.sid)
+        return cur is not None and cur.value == me
 
     async def step(self, now: float) -> None:
         """Take one sample and compact if this mount is the holder."""
