@@ -28,7 +28,7 @@ from kvfs.meta.metadata import Metadata
 from kvfs.objstore.api import ObjectStore
 from kvfs.objstore.checksum import ChecksummedStore
 from kvfs.objstore.kvblob import KVBlobStore
-from kvfs.objstore.localdir import LocalDirStore
+from kvfs.objstore.localdir import LocalDirStore, make_dirs
 from kvfs.vfs.coherence import OwnRevisions
 
 FORMAT_VERSION = 1
@@ -163,7 +163,7 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
     fmt = VolumeFormat(name, old.uuid if old else str(uuid.uuid4()), block_size, storage,
                        bucket, FORMAT_VERSION, old.created if old else int(time.time()))
     if storage == "file":
-        os.makedirs(bucket, exist_ok=True)
+        make_dirs(bucket)  # durably: a power cut must not take the bucket
     from kvfs.kv.api import Put
 
     await kv.commit([], [Put(keys.SETTING, fmt.encode())])

@@ -5,9 +5,10 @@ Layout: the block ``chunks/0/1/1234_0_4194304`` is the file ``<root>/chunks/0/1/
 Invariants:
   * ``put`` is atomic and durable: data goes to a temporary file in the block's directory,
     is fsync'd, renamed over the final name, and the directory is fsync'd.  Directories
-    created on the way are fsync'd in their parent, so a block that ``put`` acknowledged
-    survives a crash; a crash mid-put leaves at most a stray ``.tmp-*`` file, which
-    :meth:`LocalDirStore.list` never reports.
+    created on the way, the root and its missing parents included, are fsync'd in their
+    parent, so a block that ``put`` acknowledged survives a crash or a power cut; a crash
+    mid-put leaves at most a stray ``.tmp-*`` file, which :meth:`LocalDirStore.list` never
+    reports.
   * Names are validated: no absolute paths, empty, ``.`` or ``..`` components, and no
     component starting with ``.`` (reserved for temporary files), so a name can never
     escape the root.
@@ -47,6 +48,25 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str) -> None:
+    """Create directory ``path`` and any missing parents, each new entry fsync'd in its parent.
+
+    The parent of ``path`` itself is fsync'd even if ``path`` already existed: whoever made
+    it may not have synced it.  Without this a power cut can take the whole bucket with
+    every block that was acknowledged in it.
+    """
+    parent = os.path.dirname(path)
+    if not os.path.isdir(path):
+        if parent != path and not os.path.isdir(parent):
+            make_dirs(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:  # created meanwhile by someone else
+            if not os.path.isdir(path):
+                raise
+    _fsync_dir(parent)
+
+
 def _os_error(op: str, name: str, exc: OSError) -> ObjectStoreError:
     cls = ObjectStoreFull if exc.errno in _NOSPACE else ObjectStoreError
     err = cls(f"{op} of block {name!r} failed: {exc}")
@@ -65,9 +85,7 @@ class LocalDirStore(ObjectStore):
         with other components, or get a private one allowing 16 threads.
         """
         self.root = os.path.abspath(os.fspath(root))
-        if not os.path.isdir(self.root):
-            os.makedirs(self.root, exist_ok=True)
-            _fsync_dir(os.path.dirname(self.root))
+        make_dirs(self.root)
         self.limiter = limiter if limiter is not None else trio.CapacityLimiter(16)
         self._synced_dirs: set[str] = {self.root}
 
