@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Awaitable
+from types import SimpleNamespace
+from typing import cast
 
+import pyfuse3
+import pytest
 from fsapi import ROOT, USER, mkdir, mkfile, raises_errno, read_all
 
+from kvfs.fuse.ops import KvfsOperations
 from kvfs.meta.metadata import Ctx
 from kvfs.vfs.fs import FileSystem
 
@@ -66,3 +72,26 @@ async def test_readlink_of_a_symlink_removed_meanwhile(fs: FileSystem) -> None:
     assert await fs.readlink(ino) == b"somewhere"
     with raises_errno(errno.ENOENT):
         await other.readlink(ino)
+
+
+def _caller(pid: int) -> pyfuse3.RequestContext:
+    return cast(pyfuse3.RequestContext, SimpleNamespace(pid=pid, uid=0, gid=0))
+
+
+async def _fuse_errno(op: Awaitable[object]) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await op
+    return info.value.errno
+
+
+async def test_a_walk_is_restarted_once(fs: FileSystem) -> None:
+    """An inode the kernel holds but the volume lost gets ESTALE, so the kernel walks the
+    path again; if the restarted walk of that process meets a vanished inode too, ESTALE
+    would reach the application, so it gets ENOENT."""
+    ops = KvfsOperations(fs)
+    gone = [await mkdir(fs, ROOT, name) for name in (b"d1", b"d2", b"d3")]
+    for name in (b"d1", b"d2", b"d3"):
+        await fs.rmdir(ROOT, name)
+    assert await _fuse_errno(ops.getattr(gone[0], _caller(7))) == errno.ESTALE
+    assert await _fuse_errno(ops.getattr(gone[1], _caller(7))) == errno.ENOENT
+    assert await _fuse_errno(ops.opendir(gone[2], _caller(8))) == errno.ESTALE

@@ -28,6 +28,9 @@ from kvfs.outage import log_failure
 from kvfs.vfs.fs import FileSystem
 
 log = logging.getLogger("kvfs.fuse")
+# The kernel restarts a path walk that met ESTALE at once (well within this many seconds),
+# and only once.
+_RESTARTED_WALK = 1.0
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 T = TypeVar("T")
 
@@ -57,18 +60,6 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-async def _stale(op: Awaitable[T]) -> T:
-    """An operation on an inode the kernel still holds but the volume no longer has --
-    another mount replaced or removed it -- fails with ESTALE, so the kernel looks the
-    path up again instead of reporting ENOENT for a name that exists."""
-    try:
-        return await op
-    except FSError as e:
-        if e.errno == errno.ENOENT:
-            raise FSError(errno.ESTALE) from None
-        raise
-
-
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
     return Ctx(ctx.uid, ctx.gid, ctx.pid)
 
@@ -90,6 +81,32 @@ class KvfsOperations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}
         # What the kernel was last told about each inode (ctime, mtime, size).
         self._told: dict[int, tuple[int, int, int]] = {}
+        # pid -> when a request of it last got ESTALE (see _stale)
+        self._stale_at: dict[int, float] = {}
+
+    async def _stale(self, ctx: pyfuse3.RequestContext, op: Awaitable[T]) -> T:
+        """Run ``op`` on an inode the kernel holds; if the volume no longer has it --
+        another mount replaced or removed it -- fail with ESTALE, so the kernel looks the
+        path up again instead of reporting ENOENT for a name that may exist.
+
+        The kernel restarts a walk only once: if the same process meets a vanished inode
+        again right away (the restarted walk raced too), ESTALE would reach it, so it gets
+        ENOENT instead -- the name it used is gone, as a local filesystem would say.
+        """
+        try:
+            return await op
+        except FSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            now = trio.current_time()
+            if len(self._stale_at) > 1000:
+                self._stale_at = {p: t for p, t in self._stale_at.items()
+                                  if now - t < _RESTARTED_WALK}
+            last = self._stale_at.pop(ctx.pid, None)
+            if last is not None and now - last < _RESTARTED_WALK:
+                raise
+            self._stale_at[ctx.pid] = now
+            raise FSError(errno.ESTALE) from None
 
     def _new_ref(self, e: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
         """Count a reply that gives the kernel a reference to an inode."""
@@ -144,7 +161,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(inode, await _stale(self.fs.getattr(inode)))
+        return self._entry(inode, await self._stale(ctx, self.fs.getattr(inode)))
 
     @_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -159,11 +176,11 @@ class KvfsOperations(pyfuse3.Operations):
             mtime=attr.st_mtime_ns if fields.update_mtime else None,
             ctime=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        return self._entry(inode, await _stale(self.fs.setattr(inode, ch)))
+        return self._entry(inode, await self._stale(ctx, self.fs.setattr(inode, ch)))
 
     @_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return await _stale(self.fs.readlink(inode))
+        return await self._stale(ctx, self.fs.readlink(inode))
 
     @_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -203,7 +220,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        fh, a = await _stale(self.fs.open_with_attr(inode, flags))
+        fh, a = await self._stale(ctx, self.fs.open_with_attr(inode, flags))
         sig = (a.ctime, a.mtime, a.size)
         unchanged = self._told.get(inode) == sig
         if inode in self._told and not unchanged:
@@ -262,7 +279,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return await _stale(self.fs.opendir(inode))
+        return await self._stale(ctx, self.fs.opendir(inode))
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -315,11 +332,11 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return await _stale(self.fs.getxattr(inode, name))
+        return await self._stale(ctx, self.fs.getxattr(inode, name))
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return await _stale(self.fs.listxattr(_ctx(ctx), inode))
+        return await self._stale(ctx, self.fs.listxattr(_ctx(ctx), inode))
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
