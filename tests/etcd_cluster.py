@@ -63,11 +63,19 @@ class Member:
     tls: dict[str, Path] | None = None  # cacert, cert, key of the server
     extra: list[str] = field(default_factory=list)
     cluster: str = ""  # --initial-cluster; "" for a single member
+    # More local addresses to serve clients on, besides 127.0.0.1: a veth address that a
+    # network namespace reaches (tests/nemesis.py), so a "remote host" can be cut off.
+    client_hosts: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    def endpoint_on(self, host: str) -> str:
+        """The client endpoint on one of :attr:`client_hosts`."""
+        assert host in self.client_hosts, host
+        return f"{host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -79,8 +87,11 @@ class Member:
         return f"{scheme}://127.0.0.1:{self.client_port}"
 
     def args(self) -> list[str]:
+        scheme = "https" if self.tls else "http"
+        listen = [self.client_url] + [f"{scheme}://{h}:{self.client_port}"
+                                      for h in self.client_hosts]
         args = [ETCD, "--name", self.name, "--data-dir", str(self.data_dir / "data"),
-                "--listen-client-urls", self.client_url,
+                "--listen-client-urls", ",".join(listen),
                 "--advertise-client-urls", self.client_url,
                 "--listen-peer-urls", self.peer_url,
                 "--initial-advertise-peer-urls", self.peer_url,
@@ -157,13 +168,14 @@ class EtcdProcesses:
 
     def member(self, name: str, *, tls: dict[str, Path] | None = None,
                extra: list[str] | None = None, start: bool = True,
-               fast: bool = True) -> Member:
-        """A single-member cluster.  ``fast`` shortens raft timing so that 1 s leases work."""
+               fast: bool = True, client_hosts: tuple[str, ...] = ()) -> Member:
+        """A single-member cluster.  ``fast`` shortens raft timing so that 1 s leases work;
+        ``client_hosts`` are more local addresses it serves clients on."""
         require_etcd()
         d = scratch_dir(name)
         self.dirs.append(d)
         timing = ["--heartbeat-interval", "10", "--election-timeout", "100"] if fast else []
-        m = Member(name, d, tls=tls, extra=timing + (extra or []))
+        m = Member(name, d, tls=tls, extra=timing + (extra or []), client_hosts=client_hosts)
         self.members.append(m)
         if start:
             m.start()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 KVFS = [sys.executable, "-m", "kvfs.cli.main"]
@@ -38,14 +39,17 @@ def is_mounted(mp: Path) -> bool:
 class Mount:
     """A kvfs daemon serving ``url`` at ``mountpoint`` in the foreground of a subprocess."""
 
-    def __init__(self, url: str, mountpoint: Path, *options: str, log: Path | None = None):
+    def __init__(self, url: str, mountpoint: Path, *options: str, log: Path | None = None,
+                 wrap: Sequence[str] = ()):
+        """``wrap`` prefixes the daemon's command line: ``nsenter --net=...`` runs it in a
+        network namespace of its own (tests/nemesis.py) while its mount stays visible here."""
         require_fuse()
         self.url = url
         self.mountpoint = mountpoint
         mountpoint.mkdir(parents=True, exist_ok=True)
         self.log_path = log or mountpoint.parent / f"{mountpoint.name}.log"
         self._log = open(self.log_path, "ab")
-        cmd = [*KVFS, "mount", url, str(mountpoint)]
+        cmd = [*wrap, *KVFS, "mount", url, str(mountpoint)]
         for o in options:
             cmd += ["-o", o]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)

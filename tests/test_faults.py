@@ -1,0 +1,233 @@
+"""Fault-injection scenarios: three real mounts of one etcd volume under a nemesis.
+
+Mounts ``a`` and ``b`` reach etcd on 127.0.0.1; mount ``c``'s daemon runs in a network
+namespace of its own and reaches etcd over a veth pair, so it can be partitioned
+(tests/nemesis.py).  On every mount run the workloads of tests/workloads.py: random
+operations on names all mounts share, an append-and-fsync logger, and a reader of files
+read before the run.  Meanwhile the nemesis injects one kind of fault per scenario (or all
+kinds, ``mixed``): etcd killed with -9 and restarted, etcd paused and continued, mount
+``c`` partitioned from etcd, a mount daemon paused past its session lease TTL.
+
+Checks after the faults stop:
+
+* every workload makes progress again on every mount (the same logger descriptor included);
+* no EIO outside an outage window that disturbs that mount (plus ``GRACE`` seconds to
+  reconnect), no ESTALE ever, no wrong byte from a cached file, no error at all from the
+  cached-file reader, not even during an outage;
+* every acknowledged log record is in its file, with no torn or duplicated record;
+* the trees seen through the three mounts are identical once the watch has settled
+  (names, types, modes, link counts, sizes, content hashes, symlink targets, xattrs);
+* every daemon unmounts cleanly, and ``kvfs fsck`` finds nothing.
+
+The report (printed; shown by pytest on failure or with ``-s``) gives the seed, the faults
+injected, operation and error counts, and each unexpected error with its mount, operation,
+time and the nearest fault window.
+
+Short by default (``KVFS_FAULT_SECONDS``, 15 s of faults per scenario), for CI.  The long
+run, on demand::
+
+    KVFS_FAULT_SECONDS=600 .venv/bin/pytest -q -s tests/test_faults.py -k mixed
+
+``KVFS_FAULT_SEED=N`` repeats a run's random choices (operations, faults, their lengths);
+the interleaving with the daemons of course differs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from etcd_cluster import EtcdProcesses, Member, etcd_procs, unique_prefix
+from mounting import Mount, kvfs
+from nemesis import (
+    EtcdKill,
+    EtcdPause,
+    EtcdRestart,
+    Fault,
+    MountPause,
+    Nemesis,
+    NetNamespace,
+    Partition,
+    Timeline,
+)
+from workloads import (
+    AppendLogger,
+    CachedReader,
+    RandomOps,
+    Worker,
+    check_log,
+    judge,
+    make_read_set,
+    tree,
+    tree_diff,
+)
+
+pytestmark = pytest.mark.mount
+
+__all__ = ["etcd_procs"]  # fixtures used by this module
+
+SECONDS = float(os.environ.get("KVFS_FAULT_SECONDS", "15"))
+SEED = int(os.environ.get("KVFS_FAULT_SEED", "0")) or random.randrange(1, 2**31)
+TTL = 3  # session lease TTL of the mounts (seconds), so a pause outlives it quickly
+TIMEOUT = 3  # the URL's timeout=: how long an unreachable etcd is retried before EIO
+GRACE = 2.0  # seconds after a heal in which clients may still be reconnecting
+MOUNTS = ("a", "b", "c")  # c runs in its own network namespace
+OPTIONS = f"session_ttl={TTL}"
+
+
+@dataclass
+class Rig:
+    url: str
+    member: Member
+    netns: NetNamespace
+    mounts: dict[str, Mount]
+
+
+@contextmanager
+def rig(procs: EtcdProcesses, base: Path, tag: str) -> Iterator[Rig]:
+    """A fresh etcd member, a formatted volume and the three mounts; all torn down after."""
+    netns = NetNamespace()
+    try:
+        member = procs.member(f"faults-{tag}", client_hosts=(netns.host_addr,))
+        try:
+            prefix = unique_prefix(tag)
+            url = f"etcd://{member.endpoint}/{prefix}?timeout={TIMEOUT}"
+            url_c = f"etcd://{member.endpoint_on(netns.host_addr)}/{prefix}?timeout={TIMEOUT}"
+            kvfs("format", url, tag)
+            mounts: dict[str, Mount] = {}
+            try:
+                for name in MOUNTS:
+                    if name == "c":
+                        mounts[name] = Mount(url_c, base / name, OPTIONS, wrap=netns.wrap)
+                    else:
+                        mounts[name] = Mount(url, base / name, OPTIONS)
+                yield Rig(url, member, netns, mounts)
+            finally:
+                for m in mounts.values():
+                    m.cleanup()
+        finally:
+            member.kill()
+    finally:
+        netns.delete()
+
+
+SCENARIOS: dict[str, Callable[[Rig], list[Fault]]] = {
+    "etcd-kill": lambda r: [EtcdKill(r.member)],
+    "etcd-pause": lambda r: [EtcdPause(r.member)],
+    "partition": lambda r: [Partition("c", r.netns)],
+    "mount-pause": lambda r: [MountPause(n, m, TTL) for n, m in r.mounts.items()],
+    "mixed": lambda r: [EtcdKill(r.member), EtcdPause(r.member), EtcdRestart(r.member),
+                        Partition("c", r.netns),
+                        *(MountPause(n, m, TTL) for n, m in r.mounts.items())],
+}
+
+
+def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``pred`` until it holds or ``timeout`` passes (a hang bound, not a measure)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_faults(scenario: str, etcd_procs: EtcdProcesses, tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    print(f"\n[{scenario}] seed {SEED} (KVFS_FAULT_SEED={SEED} repeats the choices), "
+          f"{SECONDS:g} s of faults")
+    problems: list[str] = []
+    with rig(etcd_procs, tmp_path, scenario.replace("-", "")) as r:
+        a = r.mounts["a"].mountpoint
+        for d in ("ops", "log", "ro"):
+            os.mkdir(a / d)
+        files = make_read_set(a / "ro", rng)
+        for m in r.mounts.values():
+            ro = m.mountpoint / "ro"
+
+            def listed(ro: Path = ro) -> bool:
+                return sorted(os.listdir(ro)) == sorted(files)
+
+            assert wait_for(listed, 30), f"the read set did not show on {m.mountpoint}"
+        workers: list[Worker] = []
+        loggers: list[AppendLogger] = []
+        for i, (name, m) in enumerate(r.mounts.items()):
+            logger = AppendLogger(name, m.mountpoint / "log", SEED + 10 * i + 1)
+            loggers.append(logger)
+            workers += [RandomOps(name, m.mountpoint / "ops", SEED + 10 * i), logger,
+                        CachedReader(name, m.mountpoint / "ro", SEED + 10 * i + 2, files)]
+
+        timeline = Timeline()
+        nemesis = Nemesis(SCENARIOS[scenario](r), timeline, rng)
+        for w in workers:
+            w.start()
+        nemesis.start()
+        try:
+            time.sleep(SECONDS)
+        finally:
+            nemesis.stop()
+        healed = time.monotonic()
+
+        # Every workload works again on every mount, the loggers on their old descriptors.
+        if not wait_for(lambda: all(w.successes_since(healed) >= 5 for w in workers), 120):
+            problems += [f"mount {w.mount}: {w.workload} made no progress after the faults "
+                         f"(in {w.current[0] if w.current else '-'} since "
+                         f"+{(w.current[1] if w.current else 0) - timeline.t0:.1f}s)"
+                         for w in workers if w.successes_since(healed) < 5]
+        for w in workers:
+            w.stopping.set()
+        for w in workers:
+            w.join(120)
+            if w.is_alive():
+                problems.append(f"mount {w.mount}: {w.workload} hung in {w.current}")
+        for logger in loggers:
+            failed = logger.close()
+            if failed is not None:
+                logger.ops.append(failed)
+
+        verdict = judge(workers, timeline, GRACE)
+        problems += verdict.unexpected
+        for logger in loggers:
+            m = r.mounts[logger.mount]
+            problems += check_log(logger.mount, (m.mountpoint / "log" / logger.path.name)
+                                  .read_bytes(), logger.acked)
+
+        trees: dict[str, dict[str, tuple[object, ...]]] = {}
+
+        def agree() -> bool:
+            for n, m in r.mounts.items():
+                trees[n] = tree(m.mountpoint)
+            return trees["a"] == trees["b"] == trees["c"]
+
+        if not wait_for(agree, 60):
+            for n in ("b", "c"):
+                problems += [f"trees of a and {n} differ: {d}"
+                             for d in tree_diff(trees["a"], trees[n])]
+        for m in r.mounts.values():
+            try:
+                m.unmount()
+            except AssertionError as e:
+                problems.append(f"unmount of {m.mountpoint}: {e}")
+        fsck_res = kvfs("fsck", r.url, check=False)
+        if fsck_res.returncode:
+            problems.append(f"fsck: {fsck_res.stdout}{fsck_res.stderr}")
+
+    acked = sum(len(lg.acked) for lg in loggers)
+    print(f"[{scenario}] faults injected: {timeline.counts()}; {verdict.ops} operations, "
+          f"{acked} log records acknowledged, {len(trees.get('a', {}))} entries in the "
+          f"tree; EIO in outage windows: {verdict.excused}; EIO in flight across a daemon "
+          f"stall: {len(verdict.stalled)}; unexpected: {len(verdict.unexpected)}")
+    print(f"[{scenario}] failed operations: {dict(sorted(verdict.failed_ops.items()))}")
+    for p in verdict.stalled[:5]:
+        print(f"[{scenario}] stalled: {p}")
+    for p in problems[:40]:
+        print(f"[{scenario}] PROBLEM {p}")
+    assert not problems, (f"{len(problems)} problems (seed {SEED}), first: "
+                          + "\n".join(problems[:15]))
