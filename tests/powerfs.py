@@ -41,9 +41,10 @@ arrives without the rest of them, which then reads as zeros.  A random prefix of
 unsynced namespace changes (each create, mkdir, unlink, rmdir or rename whole, in order, as
 a metadata journal would replay them) reaches the durable directory tables.  Names and
 contents are independent: a name can survive while its data does not.  Writes are not
-reordered within a file (a real disk may persist a later sector before an earlier one; the
-model stops at the prefix), and the unsynced changes of a file that was unlinked and closed
-are simply lost.
+reordered within a file: a disk may persist a later sector before an earlier one, but for
+an append ext4 (ordered) and XFS make the new size durable only after the data it covers, so
+an appended file shows a prefix; holes followed by data need preallocated or overwritten
+space.  The unsynced changes of a file that was unlinked and closed are simply lost.
 
 Not supported, as nothing under test needs them: hard links, symlinks, device nodes,
 extended attributes, ``RENAME_EXCHANGE``.  ``flock`` needs nothing: pyfuse3 has no lock
