@@ -15,6 +15,7 @@ Checks after the faults stop:
   reconnect), no ESTALE ever, no wrong byte from a cached file, no error at all from the
   cached-file reader, not even during an outage;
 * every acknowledged log record is in its file, with no torn or duplicated record;
+* once every file is closed, no session holds an unlinked file (``SS`` keys);
 * the trees seen through the three mounts are identical once the watch has settled
   (names, types, modes, link counts, sizes, content hashes, symlink targets, xattrs);
 * every daemon unmounts cleanly, and ``kvfs fsck`` finds nothing.
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 from etcd_cluster import EtcdProcesses, Member, etcd_procs, unique_prefix
 from mounting import Mount, kvfs
 from nemesis import (
@@ -67,6 +69,10 @@ from workloads import (
     tree,
     tree_diff,
 )
+
+from kvfs.kv.api import prefix_end
+from kvfs.meta import keys
+from kvfs.volume import open_engine
 
 pytestmark = pytest.mark.mount
 
@@ -126,6 +132,20 @@ SCENARIOS: dict[str, Callable[[Rig], list[Fault]]] = {
                         Partition("c", r.netns),
                         *(MountPause(n, m, TTL) for n, m in r.mounts.items())],
 }
+
+
+def holds_left(url: str) -> list[tuple[int, int]]:
+    """(session, inode) of every ``SS`` hold in the volume."""
+
+    async def go() -> list[tuple[int, int]]:
+        kv = await open_engine(url)
+        try:
+            res = await kv.range(keys.SUSTAINED_PREFIX, prefix_end(keys.SUSTAINED_PREFIX))
+            return [(keys.read_u64(x.key, 2), keys.read_u64(x.key, 10)) for x in res.kvs]
+        finally:
+            await kv.aclose()
+
+    return trio.run(go)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
@@ -191,6 +211,11 @@ def test_faults(scenario: str, etcd_procs: EtcdProcesses, tmp_path: Path) -> Non
             failed = logger.close()
             if failed is not None:
                 logger.ops.append(failed)
+
+        # Every file is closed now, so no session may still hold an unlinked one.
+        if not wait_for(lambda: not holds_left(r.url), 30):
+            problems.append(f"holds (SS keys) left after every file was closed: "
+                            f"{holds_left(r.url)[:10]}")
 
         verdict = judge(workers, timeline, GRACE)
         problems += verdict.unexpected

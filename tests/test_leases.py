@@ -229,3 +229,45 @@ async def test_holds_on_open_unlinked_files_come_back_with_the_session(
     finally:
         await vol_b.aclose()
         await vol_a.aclose()
+
+
+async def test_a_hold_taken_while_the_last_handle_closes_is_released(
+        etcd_single: Member) -> None:
+    """The watch tells a mount that another mount unlinked a file it has open, and the
+    mount writes its hold; if its last handle closes while that write is on the wire, the
+    close must still release the hold, or the file's data stays until the mount ends."""
+    url = f"etcd://{etcd_single.endpoint}/{unique_prefix('lhrace')}"
+    kv = await open_engine(url)
+    await format_volume(kv, "lhrace")
+    vol_a = await open_volume(url, kv=kv, session_id=1)
+    vol_b = await open_volume(url, session_id=2)
+    try:
+        fs_a = FileSystem(vol_a.meta, vol_a.slices)
+        fs_b = FileSystem(vol_b.meta, vol_b.slices)
+        fh, ino, _ = await fs_a.create(Ctx(0, 0), ROOT, b"f", 0o644, os.O_CREAT | os.O_WRONLY)
+        await fs_b.unlink(ROOT, b"f")
+
+        # Hold A's write of its SS key until A's last close has run.
+        commit = vol_a.meta.kv.commit
+        on_wire, closed = trio.Event(), trio.Event()
+
+        async def gated(compares: Sequence[Compare], puts: Sequence[Put],
+                        deletes: Sequence[Delete] = ()) -> CommitResult:
+            if any(p.key.startswith(keys.SUSTAINED_PREFIX) for p in puts):
+                on_wire.set()
+                await closed.wait()
+            return await commit(compares, puts, deletes)
+
+        vol_a.meta.kv.commit = gated  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs_a.note_orphaned, ino)  # what A's watch does
+            await on_wire.wait()
+            await fs_a.release(fh)
+            closed.set()
+        assert not fs_a.is_open(ino)
+        res = await kv.range(keys.SUSTAINED_PREFIX, prefix_end(keys.SUSTAINED_PREFIX))
+        assert res.kvs == [], "A closed the file but still holds it"
+        assert ino not in vol_a.meta.held
+    finally:
+        await vol_b.aclose()
+        await vol_a.aclose()
