@@ -22,7 +22,7 @@ install_system() {
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends \
 		fuse3 libfuse3-dev pkg-config gcc python3-venv attr procps psmisc \
-		etcd-server etcd-client >/dev/null
+		etcd-server etcd-client iproute2 >/dev/null
 }
 
 install_python() {

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="run as a daemon; return once the mount is live")
     p.add_argument("-o", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, ro, attr_timeout=S, entry_timeout=S, "
-                        "orphan_grace=S")
+                        "orphan_grace=S, session_ttl=S, compact_retain=S")
     p.add_argument("--log", metavar="FILE", help="log file of a background mount")
     return p
 
