@@ -60,6 +60,16 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# FUSE ABI: a readdirplus record is a fuse_entry_out and a fuse_dirent header (152 bytes),
+# then the name, padded to a multiple of 8 bytes.
+_DIRENTPLUS_HEADER = 152
+_MIN_DIRENTPLUS = 160
+
+
+def _direntplus_size(name: bytes) -> int:
+    return (_DIRENTPLUS_HEADER + len(name) + 7) & ~7
+
+
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
     return Ctx(ctx.uid, ctx.gid, ctx.pid)
 
@@ -83,6 +93,10 @@ class KvfsOperations(pyfuse3.Operations):
         self._told: dict[int, tuple[int, int, int]] = {}
         # pid -> when a request of it last got ESTALE (see _stale)
         self._stale_at: dict[int, float] = {}
+        # Bytes a readdir reply is expected to hold, per open directory handle, and for a
+        # new handle (the last size learned): see readdir.
+        self._dir_room: dict[int, int] = {}
+        self._room_guess = 4096
 
     async def _stale(self, ctx: pyfuse3.RequestContext, op: Awaitable[T]) -> T:
         """Run ``op`` on an inode the kernel holds; if the volume no longer has it --
@@ -283,26 +297,51 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = await self.fs.readdir(fh, start_id)
-        for i in range(0, len(entries), 128):
-            if not await self._readdir_batch(entries[i:i + 128], token):
-                break
+        """Fill one kernel readdir buffer from position ``start_id``.
 
-    async def _readdir_batch(self, batch: list[tuple[int, DirEntry]],
-                             token: pyfuse3.ReaddirToken) -> bool:
-        attrs = await self.fs.getattrs([ent.ino for _, ent in batch])
-        for (next_id, ent), a in zip(batch, attrs, strict=True):
-            if a is None:
-                continue  # removed since the listing was taken
-            e = self._entry(ent.ino, a)
-            if not pyfuse3.readdir_reply(token, ent.name, e, next_id):
-                return False
-            if ent.name not in (b".", b".."):
-                self._new_ref(e)  # a readdirplus entry is a lookup
-        return True
+        Attributes are fetched (one engine round trip per batch) only for the entries the
+        buffer is expected to take: those within this handle's estimate of its size, plus
+        one more to learn whether it is bigger.  A refused entry teaches the estimate; a
+        batch that all fits doubles it.  So a call costs about the entries it returns.
+        """
+        room = self._dir_room.get(fh, self._room_guess)
+        used = 0  # bytes of the buffer filled so far
+        pos = start_id
+        while True:
+            # Every record takes at least _MIN_DIRENTPLUS bytes: no more entries than this
+            # can fit in what is left, plus the one that tells whether the estimate is low.
+            ahead = max(0, room - used) // _MIN_DIRENTPLUS + 1
+            batch: list[tuple[int, DirEntry]] = []
+            end = used
+            for item in await self.fs.readdir(fh, pos, ahead):
+                batch.append(item)
+                end += _direntplus_size(item[1].name)
+                if end > room:
+                    break
+            if not batch:
+                return  # end of the directory
+            attrs = await self.fs.getattrs([ent.ino for _, ent in batch])
+            for (next_id, ent), a in zip(batch, attrs, strict=True):
+                if a is None:
+                    continue  # removed since the listing was taken
+                e = self._entry(ent.ino, a)
+                size = _direntplus_size(ent.name)
+                if not pyfuse3.readdir_reply(token, ent.name, e, next_id):
+                    # The buffer holds less than used + size bytes.
+                    self._dir_room[fh] = self._room_guess = max(_MIN_DIRENTPLUS,
+                                                                used + size - 1)
+                    return
+                used += size
+                if ent.name not in (b".", b".."):
+                    self._new_ref(e)  # a readdirplus entry is a lookup
+            if end <= room:
+                return  # the directory ended before the estimate was reached
+            pos = batch[-1][0]
+            room = max(room, used) * 2  # everything fit: the buffer is bigger than thought
 
     @_errors
     async def releasedir(self, fh: int) -> None:
+        self._dir_room.pop(fh, None)
         await self.fs.releasedir(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -318,11 +318,15 @@ class FileSystem:
         self._inc_open(ino)
         return fh
 
-    async def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
-        """Entries from position ``start`` as (next position, entry).
+    async def readdir(self, fh: int, start: int,
+                      limit: int | None = None) -> list[tuple[int, DirEntry]]:
+        """Up to ``limit`` entries (all that are left if None) from position ``start``, as
+        (next position, entry).
 
         Position 0 (a fresh or rewound stream) takes a new snapshot of the directory, so
-        one pass neither repeats nor skips an entry however the directory changes.
+        one pass neither repeats nor skips an entry however the directory changes.  Any
+        other position indexes that snapshot: a call costs only the entries it returns, so
+        a listing fetched piece by piece is linear in the directory's size.
         """
         h = self._dirs.get(fh)
         if h is None:
@@ -332,7 +336,8 @@ class FileSystem:
             dots = [DirEntry(b".", Ino(h.ino), stat.S_IFDIR >> 12),
                     DirEntry(b"..", Ino(attr.parent or h.ino), stat.S_IFDIR >> 12)]
             h.entries = dots + await self.meta.readdir(h.ino)
-        return [(i + 1, e) for i, e in enumerate(h.entries[start:], start)]
+        stop = len(h.entries) if limit is None else min(len(h.entries), start + limit)
+        return [(i + 1, h.entries[i]) for i in range(start, stop)]
 
     async def releasedir(self, fh: int) -> None:
         h = self._dirs.pop(fh, None)
