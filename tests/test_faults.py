@@ -13,7 +13,9 @@ Checks after the faults stop:
 * every workload makes progress again on every mount (the same logger descriptor included);
 * no EIO outside an outage window that disturbs that mount (plus ``GRACE`` seconds to
   reconnect), no ESTALE ever, no wrong byte from a cached file, no error at all from the
-  cached-file reader, not even during an outage;
+  cached-file reader, not even during an outage.  A paused daemon is not an outage; only a
+  request it had in flight when it stopped may fail, since its deadline passes during the
+  pause (counted and printed apart);
 * every acknowledged log record is in its file, with no torn or duplicated record;
 * once every file is closed, no session holds an unlinked file (``SS`` keys);
 * the trees seen through the three mounts are identical once the watch has settled
