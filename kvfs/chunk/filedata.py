@@ -55,16 +55,24 @@ class FileData:
         self._pending_end = 0
         self._mtime = 0
         self._flush_lock = trio.Lock()
+        self._flushing = False  # a flush has taken buffered writes and not yet committed
         self.compact_wanted: set[int] = set()
 
     @property
     def dirty(self) -> bool:
+        """Writes are buffered (a flush has something to do)."""
         return bool(self._pending)
 
     @property
+    def unsettled(self) -> bool:
+        """Acknowledged writes the engine may not show yet: buffered, or being committed
+        by a flush (another descriptor's close may be flushing them right now)."""
+        return bool(self._pending) or self._flushing
+
+    @property
     def pending_end(self) -> int:
-        """The file length implied by buffered writes (0 when clean)."""
-        return self._pending_end if self._pending else 0
+        """The file length implied by unsettled writes (0 when settled)."""
+        return self._pending_end if self.unsettled else 0
 
     @property
     def pending_mtime(self) -> int:
@@ -107,6 +115,7 @@ class FileData:
             segs, self._pending = self._pending, []
             nbytes, self._pending_bytes = self._pending_bytes, 0
             end, mtime = self._pending_end, self._mtime
+            self._flushing = True
             try:
                 attr = await self._commit(segs, end, mtime)
             except BaseException:
@@ -117,6 +126,8 @@ class FileData:
                 self._pending_bytes += nbytes
                 self._pending_end = max(self._pending_end, end)
                 raise
+            finally:
+                self._flushing = False
             if not self._pending:
                 self._pending_end = 0
             return attr
@@ -176,8 +187,8 @@ class FileData:
 
     async def read(self, offset: int, length: int, size: int) -> bytes:
         """Bytes ``[offset, offset+length)`` of a file of length ``size`` (short at EOF)."""
-        if self._pending:
-            await self.flush()
+        if self.unsettled:
+            await self.flush()  # waits for a flush in progress too
         end = min(offset + length, size)
         if end <= offset:
             return b""

@@ -56,9 +56,29 @@ class ReadHints:
         return hint
 
     def put(self, key: bytes, value: bytes | None, mod_revision: int) -> None:
+        """Record ``key``'s state after this process's own commit (``None``: deleted)."""
         if len(self._items) >= self._limit and key not in self._items:
             self._items.clear()  # hints are only guesses: forgetting them all is cheap
         self._items[key] = (value, mod_revision)
+
+    def learn(self, key: bytes, value: bytes | None, mod_revision: int) -> None:
+        """Record what a read returned, unless it may be older than what is known: a read
+        sent before one of this process's commits can be answered after it, and must not
+        bring the older value back (``Metadata.getattr`` answers from hints, and an
+        O_APPEND write takes its offset from that answer).
+
+        A present value replaces one of a lower or equal mod revision.  Absence says
+        nothing about its age, so a read that contradicts the hint (absent against
+        present, or present against absent) drops it rather than guess.
+        """
+        cur: tuple[bytes | None, int] | None = self._items.get(key)
+        if cur is None:
+            self.put(key, value, mod_revision)
+        elif value is not None and cur[0] is not None:
+            if mod_revision >= cur[1]:
+                self._items[key] = (value, mod_revision)
+        elif (value is None) != (cur[0] is None):
+            del self._items[key]
 
     def drop(self, key: bytes) -> None:
         self._items.pop(key, None)
@@ -123,7 +143,7 @@ class Txn:
         self._read_revs[key] = kv.mod_revision if kv else 0
         self._cache[key] = kv.value if kv else None
         if self.hints is not None:
-            self.hints.put(key, self._cache[key], self._read_revs[key])
+            self.hints.learn(key, self._cache[key], self._read_revs[key])
 
     def guard(self, key: bytes, mod_revision: int) -> None:
         """Require ``key`` to still be at ``mod_revision`` at commit (from an earlier read)."""

@@ -275,7 +275,7 @@ class Metadata:
                 raise FSError(errno.ENOENT, f"inode {ino}")
             a = Attr.decode(raw.value)
             self.offline.remember_attr(ino, a)
-            self.hints.put(raw.key, raw.value, raw.mod_revision)
+            self.hints.learn(raw.key, raw.value, raw.mod_revision)
             return a
 
         return await self.offline.through(fetch, lambda: self._last_known_attr(ino))
@@ -820,7 +820,7 @@ class Metadata:
         if raw is None:
             await self.getattr(ino)
             if name == SECURITY_CAPABILITY:
-                self.hints.put(key, None, 0)
+                self.hints.learn(key, None, 0)
             raise FSError(errno.ENODATA)
         return raw.value
 

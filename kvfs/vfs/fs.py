@@ -11,7 +11,8 @@ Invariants:
     :meth:`release` hands it to the cleaner when the count drops to zero.
   * ``_data[ino]`` exists exactly while a file handle of ``ino`` is open; all handles of
     one inode share it, so they see each other's buffered writes.
-  * Attributes returned for an inode with buffered writes include their length and mtime.
+  * Attributes returned for an inode with unsettled writes (buffered, or being committed by
+    a flush) include their length and mtime.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class FileSystem:
 
     def _overlay(self, ino: int, attr: Attr) -> Attr:
         data = self._data.get(ino)
-        if data is not None and data.dirty:
+        if data is not None and data.unsettled:
             attr.size = max(attr.size, data.pending_end)
             attr.mtime = attr.ctime = max(attr.mtime, data.pending_mtime)
         return attr
