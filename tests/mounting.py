@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from kvfs.fuse import mounttab
+
 KVFS = [sys.executable, "-m", "kvfs.cli.main"]
 
 
@@ -31,9 +33,8 @@ def require_fuse() -> None:
 
 
 def is_mounted(mp: Path) -> bool:
-    mp_s = str(mp)
-    with open("/proc/self/mounts", encoding="utf-8") as f:
-        return any(line.split()[1] == mp_s for line in f)
+    """Whether something is mounted at ``mp`` (a canonical path, as tmp_path gives)."""
+    return mounttab.find(str(mp)) is not None
 
 
 class Mount:

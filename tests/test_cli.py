@@ -123,3 +123,25 @@ def test_background_mount_returns_when_live(volume: Path, tmp_path: Path) -> Non
         (mp / "x").write_text("hi")
     finally:
         kvfs("umount", str(mp))
+
+
+@pytest.mark.mount
+def test_mount_over_files_says_so(volume: Path, tmp_path: Path) -> None:
+    """Mounting over a non-empty directory proceeds (as mount(8) and libfuse 3 do) and
+    warns in one line that its files are hidden; ``-o nonempty`` says it is intended."""
+    mp = tmp_path / "etc-nginx"
+    mp.mkdir()
+    (mp / "nginx.conf").write_text("local")
+    for opts, warned in (([], True), (["-o", "nonempty"], False)):
+        res = kvfs("mount", "-d", "--log", str(tmp_path / "log"), *opts, str(volume), str(mp))
+        try:
+            assert os.path.ismount(mp)
+            assert not (mp / "nginx.conf").exists()  # hidden under the mount
+            lines = [ln for ln in res.stderr.splitlines() if "not empty" in ln]
+            if warned:
+                assert len(lines) == 1 and str(mp) in lines[0], res.stderr
+            else:
+                assert lines == [], res.stderr
+        finally:
+            kvfs("umount", str(mp))
+        assert (mp / "nginx.conf").read_text() == "local"

@@ -47,7 +47,7 @@ async def _mount(url: str, mp: str, opts: MountOptions, ready: object) -> None:
 
 def run(args: argparse.Namespace) -> int:
     opts = MountOptions.parse(args.o)
-    mp = check_mountpoint(args.mountpoint)
+    mp = check_mountpoint(args.mountpoint, nonempty=opts.nonempty)
     if not args.background:
         trio.run(_mount, args.meta_url, mp, opts, None)
         return 0

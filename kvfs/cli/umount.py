@@ -1,4 +1,9 @@
-"""``kvfs umount MOUNTPOINT``: unmount a kvfs mount; its daemon flushes and exits."""
+"""``kvfs umount MOUNTPOINT``: unmount a kvfs mount; its daemon flushes and exits.
+
+MOUNTPOINT is looked up in the mount table as given (made absolute) first, so unmounting a
+mount whose daemon hangs never touches it; only a path not found that way is resolved
+through symlinks, as the kernel records mountpoints by their canonical path.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import os
 import subprocess
 
+from kvfs.fuse import mounttab
 from kvfs.fuse.mount import MountError
 
 
@@ -16,19 +22,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     return p
 
 
-def is_kvfs_mount(mp: str) -> bool:
-    with open("/proc/self/mounts", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == mp and fields[2].startswith("fuse.kvfs"):
-                return True
-    return False
+def kvfs_mount_at(path: str) -> str | None:
+    """The canonical mountpoint of the kvfs mount at ``path``, or None if there is none."""
+    mp = os.path.abspath(path)
+    entry = mounttab.find(mp)
+    if entry is None:
+        mp = os.path.realpath(path)
+        entry = mounttab.find(mp)
+    return mp if entry is not None and entry.is_kvfs else None
 
 
 def run(args: argparse.Namespace) -> int:
-    mp = os.path.abspath(args.mountpoint)
-    if not is_kvfs_mount(mp):
-        raise MountError(f"{mp} is not a kvfs mount")
+    mp = kvfs_mount_at(args.mountpoint)
+    if mp is None:
+        raise MountError(f"{os.path.abspath(args.mountpoint)} is not a kvfs mount")
     cmd = ["fusermount3", "-u"] + (["-z"] if args.lazy else []) + [mp]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:

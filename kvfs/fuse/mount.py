@@ -41,6 +41,7 @@ class MountError(Exception):
 class MountOptions:
     allow_other: bool = os.geteuid() == 0
     read_only: bool = False
+    nonempty: bool = False  # mounting over files is intended: no warning
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     orphan_grace: float = 60.0
@@ -59,6 +60,8 @@ class MountOptions:
                     opts.allow_other = True
                 elif key == "ro":
                     opts.read_only = True
+                elif key == "nonempty":
+                    opts.nonempty = True
                 elif key in ("attr_timeout", "entry_timeout", "orphan_grace", "session_ttl",
                              "compact_retain"):
                     try:
@@ -75,9 +78,12 @@ class MountOptions:
         return opts
 
 
-def check_mountpoint(path: str) -> str:
-    """The absolute mountpoint, or MountError if it cannot take a new mount."""
-    mp = os.path.abspath(path)
+def check_mountpoint(path: str, *, nonempty: bool = False) -> str:
+    """The canonical mountpoint (symlinks resolved, as the mount table will name it), or
+    MountError if it cannot take a new mount.  A directory with files in it can, but they
+    are hidden while the mount lasts: say so in one line, unless ``nonempty`` (the
+    ``-o nonempty`` of libfuse 2) says the caller knows."""
+    mp = os.path.realpath(path)
     try:
         st = os.stat(mp)
     except FileNotFoundError:
@@ -91,6 +97,11 @@ def check_mountpoint(path: str) -> str:
         raise MountError(f"mountpoint {mp} is not a directory")
     if os.path.ismount(mp):
         raise MountError(f"{mp} is already a mountpoint")
+    if not nonempty:
+        with os.scandir(mp) as entries:
+            if next(entries, None) is not None:
+                log.warning("mountpoint %s is not empty: its files are hidden while kvfs is "
+                            "mounted there", mp)
     return mp
 
 
