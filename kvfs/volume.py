@@ -125,11 +125,18 @@ async def make_store(fmt: VolumeFormat, kv: KVEngine) -> tuple[ObjectStore, KVEn
 
 
 async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket: str = "",
-                        block_kib: int | None = None, force: bool = False) -> VolumeFormat:
+                        block_kib: int | None = None, force: bool = False,
+                        root_mode: int | None = None,
+                        root_owner: tuple[int, int] | None = None) -> VolumeFormat:
     """Write a new volume's format record and root directory.
 
+    The root is made as mkfs makes one: ``root_mode`` 0755 and owned by the formatting
+    process's effective uid and gid unless ``root_owner`` names others.  A volume that
+    several hosts mount with ``allow_other`` must not let every local user write at its top.
+
     Refuses an already formatted engine unless ``force`` (which only rewrites the format
-    record's changeable fields -- it never erases data).
+    record's changeable fields -- it never erases data; the root's mode and owner are not
+    among them: chmod and chown it on a mount).
     """
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise VolumeError(f"invalid volume name {name!r} (letters, digits, - _ . only)")
@@ -158,6 +165,9 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
     if old is not None and not force:
         raise VolumeError(f"already formatted as volume {old.name!r} (use --force to "
                           "update its settings)")
+    if old is not None and (root_mode is not None or root_owner is not None):
+        raise VolumeError("the root's mode and owner are set when a volume is created; "
+                          "change them with chmod and chown on a mount")
     if old is not None and (old.storage != storage or old.block_size != block_size):
         raise VolumeError("--force cannot change storage or block size of a volume with data")
     fmt = VolumeFormat(name, old.uuid if old else str(uuid.uuid4()), block_size, storage,
@@ -167,7 +177,8 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
     from kvfs.kv.api import Put
 
     await kv.commit([], [Put(keys.SETTING, fmt.encode())])
-    await Metadata(kv).init_root()
+    uid, gid = root_owner if root_owner is not None else (os.geteuid(), os.getegid())
+    await Metadata(kv).init_root(uid, gid, 0o755 if root_mode is None else root_mode)
     return fmt
 
 

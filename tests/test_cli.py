@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+import trio
 from mounting import Mount, kvfs
+
+from kvfs.meta.keys import ROOT_INO
+from kvfs.volume import open_volume
 
 
 def tree_digest(root: Path) -> str:
@@ -145,3 +152,62 @@ def test_mount_over_files_says_so(volume: Path, tmp_path: Path) -> None:
         finally:
             kvfs("umount", str(mp))
         assert (mp / "nginx.conf").read_text() == "local"
+
+
+def _root_attr(store: Path) -> tuple[int, int, int]:
+    async def go() -> tuple[int, int, int]:
+        vol = await open_volume(str(store))
+        try:
+            a = await vol.meta.getattr(ROOT_INO)
+        finally:
+            await vol.aclose()
+        return a.mode, a.uid, a.gid
+
+    return trio.run(go)
+
+
+def test_root_made_as_mkfs_makes_it(volume: Path, tmp_path: Path) -> None:
+    # Before: drwxrwxrwx, so with allow_other any local user could write at the top.
+    assert _root_attr(volume) == (stat.S_IFDIR | 0o755, os.geteuid(), os.getegid())
+    store = tmp_path / "shared"
+    kvfs("format", str(store), "shared", "--root-mode", "1770", "--root-owner", "nobody:33")
+    assert _root_attr(store) == (stat.S_IFDIR | 0o1770, 65534, 33)
+    before = tree_digest(store)
+    assert_one_line_error(kvfs("format", str(store), "shared", "--force", "--root-mode", "700",
+                               check=False), "chmod")
+    assert tree_digest(store) == before
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--root-mode", "0955", ["--root-mode", "octal"]),
+    ("--root-mode", "17777", ["--root-mode", "7777"]),
+    ("--root-mode", "rwx", ["--root-mode"]),
+    ("--root-owner", "1000", ["--root-owner", "UID:GID"]),
+    ("--root-owner", ":5", ["--root-owner"]),
+    ("--root-owner", "no-such-user-here:0", ["no user"]),
+    ("--root-owner", "0:no-such-group-here", ["no group"]),
+    ("--root-owner", "4294967295:0", ["--root-owner"]),
+])
+def test_format_bad_root_options(tmp_path: Path, option: str, value: str,
+                                 words: list[str]) -> None:
+    store = tmp_path / "s"
+    assert_one_line_error(kvfs("format", str(store), "v", option, value, check=False), *words)
+    assert not store.exists()
+
+
+@pytest.mark.mount
+def test_other_users_cannot_write_at_the_top(volume: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:  # pytest's tmp_path is closed to others
+        os.chmod(tmp, 0o755)
+        m = Mount(str(volume), Path(tmp) / "mnt")  # allow_other: the default as root
+        try:
+            (m.mountpoint / "sub").mkdir()
+            os.chmod(m.mountpoint / "sub", 0o777)
+            nobody = {"user": 65534, "group": 65534, "capture_output": True, "text": True}
+            res = subprocess.run(["touch", str(m.mountpoint / "sub" / "f")], **nobody)  # type: ignore[call-overload]
+            assert res.returncode == 0, res.stderr  # the mount is reachable ...
+            res = subprocess.run(["touch", str(m.mountpoint / "top")], **nobody)  # type: ignore[call-overload]
+            assert res.returncode != 0 and "Permission denied" in res.stderr, res  # ... its top not
+            m.unmount()
+        finally:
+            m.cleanup()

@@ -1,12 +1,20 @@
-"""``kvfs format META_URL NAME``: create a volume (format record and root directory)."""
+"""``kvfs format META_URL NAME``: create a volume (format record and root directory).
+
+``--root-mode`` and ``--root-owner`` are parsed and checked before the engine is opened,
+so bad values change nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import grp
+import pwd
 
 import trio
 
-from kvfs.volume import format_volume, open_engine
+from kvfs.volume import VolumeError, format_volume, open_engine
+
+ID_NONE = 0xFFFFFFFF  # (uid_t)-1 means "no change" to chown: never an owner
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -23,17 +31,54 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="the directory (file) or etcd://HOST:PORT[,...]/PREFIX (etcd)")
     p.add_argument("--block-size", type=int, metavar="KiB",
                    help="block size in KiB (default 4096 for file, 1024 for kv and etcd)")
+    p.add_argument("--root-mode", metavar="MODE",
+                   help="permissions of the root directory, in octal (default 0755)")
+    p.add_argument("--root-owner", metavar="UID:GID",
+                   help="owner and group of the root directory, as numbers or names "
+                        "(default: the user running this command)")
     p.add_argument("--force", action="store_true",
                    help="update the settings of an existing volume (never erases data)")
     return p
 
 
+def parse_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise VolumeError(f"invalid --root-mode {text!r} (an octal mode such as 0755)") from None
+    if not 0 <= mode <= 0o7777:
+        raise VolumeError(f"invalid --root-mode {text!r} (an octal mode up to 7777)")
+    return mode
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    """``UID:GID``, each a number or a name known to this host."""
+    user, sep, group = text.partition(":")
+    if not sep or not user or not group:
+        raise VolumeError(f"invalid --root-owner {text!r} (UID:GID, numbers or names)")
+    try:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise VolumeError(f"invalid --root-owner {text!r}: no user {user!r}") from None
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise VolumeError(f"invalid --root-owner {text!r}: no group {group!r}") from None
+    if uid >= ID_NONE or gid >= ID_NONE:
+        raise VolumeError(f"invalid --root-owner {text!r} (ids up to {ID_NONE - 1})")
+    return uid, gid
+
+
 def run(args: argparse.Namespace) -> int:
+    root_mode = None if args.root_mode is None else parse_mode(args.root_mode)
+    root_owner = None if args.root_owner is None else parse_owner(args.root_owner)
+
     async def go() -> None:
         kv = await open_engine(args.meta_url, create=True)
         try:
             fmt = await format_volume(kv, args.name, storage=args.storage, bucket=args.bucket,
-                                      block_kib=args.block_size, force=args.force)
+                                      block_kib=args.block_size, force=args.force,
+                                      root_mode=root_mode, root_owner=root_owner)
         finally:
             await kv.aclose()
         print(f"formatted volume {fmt.name} (uuid {fmt.uuid}, storage {fmt.storage}, "

@@ -245,9 +245,12 @@ class Metadata:
 
     # -- volume --------------------------------------------------------------------------
 
-    async def init_root(self, uid: int = 0, gid: int = 0) -> None:
+    async def init_root(self, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
+        """Create the root directory (owned by ``uid:gid``, permissions ``mode``) unless
+        the volume has one."""
         now = now_ns()
-        root = Attr(stat.S_IFDIR | 0o777, uid, gid, now, now, now, 2, 0, 0, ROOT_INO)
+        root = Attr(stat.S_IFDIR | (mode & 0o7777), uid, gid, now, now, now, 2, 0, 0,
+                    ROOT_INO)
 
         async def fn(t: Txn) -> None:
             if await t.get(keys.attr(ROOT_INO)) is None:
