@@ -29,9 +29,15 @@ contents, sizes and entries -- is *volatile* and lives in this process.
 
 A **cut** (write ``cut`` to ``MOUNTPOINT/.powerfs-ctl``) drops every volatile change at once;
 from then on every request fails with EIO, as if the device were gone.  The write returns
-only once the cut is done, so the caller knows exactly when the power went.  Restarting
-powerfs on the same ``BACKING_DIR`` shows the durable state alone; inodes no durable name
-reaches are removed then, as fsck would.
+only once the cut is done, so the caller knows exactly when the power went.  Reading the
+control file answers ``on`` until then.  Restarting powerfs on the same ``BACKING_DIR``
+shows the durable state alone; inodes no durable name reaches are removed then, as fsck
+would.
+
+``cut ... at-sync N`` arms the cut instead: the power goes as the N-th ``fsync``,
+``fdatasync`` or directory fsync from now arrives, before it does anything (it fails with
+EIO).  Those are the moments where the most is pending and where a program's durability
+protocol is most exposed; a cut at a random time mostly finds nothing unsynced.
 
 ``cut torn SEED`` cuts like a disk that had already written back part of what was pending
 (seeded, so a failure can be replayed): for each file, a random prefix of its unsynced
@@ -215,6 +221,7 @@ class PowerOps(pyfuse3.Operations):
         self.dir_synced: dict[int, int] = {}  # directory -> ns seq its durable table covers
         self._ns_seq = 0
         self.dead = False
+        self.armed: tuple[int, int | None] | None = None  # (syncs to go, torn seed)
         self.removed_at_start = self._load()
         self.next_ino = max(self.nodes) + 1
 
@@ -343,17 +350,29 @@ class PowerOps(pyfuse3.Operations):
 
     # -- the power cut -------------------------------------------------------------------
 
-    def cut(self, torn_seed: int | None) -> str:
+    def cut(self, torn_seed: int | None, when: str = "now") -> None:
         """Lose every volatile change (or, torn, all but a random part); the device is gone."""
-        summary = "dropped every unsynced change"
+        summary = "every unsynced change dropped"
         if torn_seed is not None:
             summary = self._persist_torn(random.Random(torn_seed))
         self.dead = True
+        self.armed = None
         self.nodes.clear()
         self.file_handles.clear()
         self.dir_handles.clear()
         self.ns_log.clear()
-        return summary
+        print(f"powerfs: power cut {when} ({summary})", file=sys.stderr, flush=True)
+
+    def _sync_point(self, what: str) -> None:
+        """A sync request arrives: an armed cut whose count runs out happens now, instead."""
+        if self.armed is None:
+            return
+        left, seed = self.armed
+        if left > 1:
+            self.armed = (left - 1, seed)
+            return
+        self.cut(seed, f"at {what}")
+        raise _fail(errno.EIO)
 
     def _persist_torn(self, rng: random.Random) -> str:
         torn_files = 0
@@ -547,7 +566,7 @@ class PowerOps(pyfuse3.Operations):
         fh = self._fh()
         if inode == CTL_INO:
             self.file_handles[fh] = None
-            return pyfuse3.FileInfo(fh=fh)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)  # reads must reach us, size or not
         node = self._node(inode)
         if node.is_dir:
             raise _fail(errno.EISDIR)
@@ -568,6 +587,9 @@ class PowerOps(pyfuse3.Operations):
         return node
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self._check()
+        if fh in self.file_handles and self.file_handles[fh] is None:
+            return b"on\n"[off:off + size]
         return self._read(self._handle(fh), off, size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -581,18 +603,25 @@ class PowerOps(pyfuse3.Operations):
         return len(buf)
 
     def _control(self, buf: bytes) -> int:
+        """``cut [torn SEED] [at-sync N]`` (see the module docstring)."""
         words = buf.decode("ascii", "replace").split()
-        if words == ["cut"]:
-            summary = self.cut(None)
-        elif len(words) == 3 and words[:2] == ["cut", "torn"] and words[2].isdigit():
-            summary = self.cut(int(words[2]))
-        else:
+        seed = at_sync = None
+        if words[-2:-1] == ["at-sync"] and words[-1].isdigit() and int(words[-1]) > 0:
+            at_sync = int(words[-1])
+            del words[-2:]
+        if len(words) == 3 and words[:2] == ["cut", "torn"] and words[2].isdigit():
+            seed = int(words[2])
+        elif words != ["cut"]:
             raise _fail(errno.EINVAL)
-        print(f"powerfs: power cut ({summary})", file=sys.stderr, flush=True)
+        if at_sync is None:
+            self.cut(seed)
+        else:
+            self.armed = (at_sync, seed)
         return len(buf)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         node = self._handle(fh)
+        self._sync_point(f"fsync of inode {node.ino}")
         self.disk.apply(node.ino, node.pending)
         node.pending.clear()
 
@@ -641,6 +670,7 @@ class PowerOps(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         self._check()
         node, _ = self.dir_handles[fh]
+        self._sync_point(f"fsyncdir of inode {node.ino}")
         assert node.entries is not None
         self.disk.write_table(node.ino, {name: self.nodes[ino].entry()
                                          for name, ino in node.entries.items()})
@@ -722,14 +752,27 @@ class PowerFS:
                 raise AssertionError("powerfs did not come up within 60 s")
             time.sleep(0.02)
 
-    def cut(self, torn_seed: int | None = None) -> None:
-        """Cut the power; returns once every unsynced change is gone."""
+    def cut(self, torn_seed: int | None = None, *, at_sync: int | None = None) -> None:
+        """Cut the power; returns once every unsynced change is gone.  With ``at_sync``
+        only arm the cut: it happens as the ``at_sync``-th sync request from now arrives."""
         cmd = "cut" if torn_seed is None else f"cut torn {torn_seed}"
+        if at_sync is not None:
+            cmd += f" at-sync {at_sync}"
         fd = os.open(self.mountpoint / CTL_NAME.decode(), os.O_WRONLY)
         try:
             os.write(fd, cmd.encode())
         finally:
             os.close(fd)
+
+    def is_on(self) -> bool:
+        """Whether the power is still on (an armed cut has not happened yet)."""
+        try:
+            with open(self.mountpoint / CTL_NAME.decode(), "rb") as f:
+                return f.read() == b"on\n"
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            return False
 
     def stop(self) -> None:
         """Unmount and wait for the process (nothing may still use the mount)."""

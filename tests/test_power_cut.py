@@ -13,10 +13,12 @@ writes and records what was acknowledged:
   segment rotation and the deletion of covered segments happen in almost every cycle.
 
 Each cut is either strict (every unsynced change lost) or torn (part of them kept, the last
-write torn; see powerfs).  Then: kill -9 whatever used the store, clear its mount, restart
-powerfs, and check that the store opens (a torn tail is cut off, never a refusal), every
-acknowledged change is there, nothing acknowledged as removed came back, and ``kvfs fsck``
-is clean.  The operation in flight at the cut may have happened or not, nothing else.
+write torn; see powerfs), and comes either at once or as one of the next sync requests
+arrives -- where the most is pending, and a torn cut can tear a log's last batch.  Then:
+kill -9 whatever used the store, clear its mount, restart powerfs, and check that the store
+opens (a torn tail is cut off, never a refusal), every acknowledged change is there, nothing
+acknowledged as removed came back, and ``kvfs fsck`` is clean.  The operation in flight at
+the cut may have happened or not, nothing else.
 
 ``KVFS_POWER_CUTS`` is the number of cuts, shared among the three scenarios (default 15, under
 a minute).  ``KVFS_POWER_SEED`` fixes every random choice of a run -- the workloads, when the
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from mounting import Mount, fsck, kvfs
+from mounting import Mount, kvfs
 from powerfs import PowerFS
 
 from kvfs.kv.api import StoreCorrupt
@@ -198,6 +200,40 @@ def test_powerfs_torn_cut_keeps_a_prefix_of_the_writes(power: PowerFS) -> None:
         sizes.add(len(got))
     # Not all or nothing: seeds keep different amounts (the seeds are fixed, so is this).
     assert len(sizes) > 4, sizes
+
+
+def test_powerfs_armed_cut_strikes_at_a_sync(power: PowerFS) -> None:
+    root = power.mountpoint
+    power.cut(at_sync=3)
+    _write(root / "a", b"a", sync=True)  # sync 1
+    _fsync_dir(root)  # sync 2
+    assert power.is_on()
+    with pytest.raises(OSError) as e:
+        _write(root / "b", b"b", sync=True)  # sync 3: the power goes instead
+    assert e.value.errno == errno.EIO
+    assert not power.is_on()
+    power.restart()
+    assert os.listdir(root) == ["a"]
+    assert (root / "a").read_bytes() == b"a"
+
+
+def _cut_power(power: PowerFS, rng: random.Random) -> str:
+    """Cut the power, strict or torn, at once or as one of the next syncs arrives (where
+    most is pending); returns how."""
+    torn = rng.randrange(1 << 32) if rng.random() < 0.5 else None
+    kind = "strict" if torn is None else "torn"
+    if rng.random() < 0.25:
+        power.cut(torn)
+        return f"{kind}, at once"
+    n = rng.randint(1, 30)
+    power.cut(torn, at_sync=n)
+    deadline = time.monotonic() + 60
+    while power.is_on():
+        if time.monotonic() > deadline:  # the workload stopped syncing: cut it short
+            power.cut(torn)
+            return f"{kind}, at once (sync {n} never came)"
+        time.sleep(0.05)
+    return f"{kind}, at sync {n}"
 
 
 # -- workloads through kvfs -----------------------------------------------------------------
@@ -359,13 +395,14 @@ class Ledger:
 
 
 class _Workload:
-    """A workload script in a subprocess, its report going to a local file: a pipe left
-    unread would fill up and stall the workload exactly when the power is cut."""
+    """A workload script in a subprocess, its report going to a local file (a pipe left
+    unread would fill up and stall the workload exactly when the power is cut), its errors
+    to another next to it."""
 
     def __init__(self, args: list[str], out: Path) -> None:
         self.out = out
-        with open(out, "wb") as f:
-            self.proc = subprocess.Popen([sys.executable, "-c", *args], stdout=f)
+        with open(out, "wb") as f, open(out.with_suffix(".err"), "ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", *args], stdout=f, stderr=err)
 
     def output(self) -> str:
         """Wait for the workload to end and read its report."""
@@ -373,10 +410,19 @@ class _Workload:
         return self.out.read_text()
 
 
+def _fsck(store: Path) -> int:
+    """Run ``kvfs fsck`` on the store, the first to open it after a cut: assert it is clean
+    and return how many torn log tails its recovery cut off."""
+    res = kvfs("fsck", str(store), check=False)
+    assert res.returncode == 0, f"fsck found problems:\n{res.stdout}{res.stderr}"
+    return res.stderr.count("torn tail")
+
+
 def _power_cut_loop(power: PowerFS, tmp_path: Path, store: Path, cuts: int,
                     rng: random.Random) -> Ledger:
     """Mount, check, write until the power goes, kill the daemon, power on, fsck; repeat."""
     ledger = Ledger()
+    torn_tails = 0
     mnt = tmp_path / "mnt"
     for cycle in range(cuts + 1):
         where = f"after cut {cycle}" if cycle else "fresh volume"
@@ -389,20 +435,22 @@ def _power_cut_loop(power: PowerFS, tmp_path: Path, store: Path, cuts: int,
             writer = _Workload([WRITER, str(m.mountpoint), str(rng.randrange(1 << 32)),
                                 str(cycle)], tmp_path / "writer.out")
             time.sleep(rng.uniform(0.2, 2.0))
-            torn = rng.randrange(1 << 32) if rng.random() < 0.5 else None
-            power.cut(torn)
+            how = _cut_power(power, rng)
             # Stop the workload first: once the dead mount is cleared, its paths would lead
-            # into the local directory underneath.
+            # into the local directory underneath (and while it exits it keeps the mount
+            # busy).
             writer.proc.kill()
+            report = writer.output()
             m.kill9()
-            ledger.record(writer.output())
-            print(f"cut {cycle + 1}: {'torn' if torn is not None else 'strict'}, "
-                  f"{ledger.operations} operations acknowledged so far")
+            ledger.record(report)
+            print(f"cut {cycle + 1}: {how}; {ledger.operations} operations acknowledged so far")
         finally:
             m.cleanup()
         power.restart()
-        fsck(str(store))
-    fsck(str(store))
+        torn_tails += _fsck(store)
+    _fsck(store)
+    print(f"{cuts} cuts, {ledger.operations} operations acknowledged, {torn_tails} torn log "
+          f"tails cut off")
     return ledger
 
 
@@ -469,7 +517,8 @@ async def _engine_contents(path: str) -> dict[str, tuple[int, str]]:
         await engine.aclose()
 
 
-def test_power_cuts_embedded_engine_snapshots(power: PowerFS, tmp_path: Path) -> None:
+def test_power_cuts_embedded_engine_snapshots(power: PowerFS, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     rng = _rng("engine")
     path = str(power.mountpoint / "store")
     acked: dict[str, tuple[int, str]] = {}
@@ -477,8 +526,7 @@ def test_power_cuts_embedded_engine_snapshots(power: PowerFS, tmp_path: Path) ->
         writer = _Workload([ENGINE_WRITER, path, str(rng.randrange(1 << 32))],
                            tmp_path / "writer.out")
         time.sleep(rng.uniform(0.5, 2.0))
-        torn = rng.randrange(1 << 32) if rng.random() < 0.5 else None
-        power.cut(torn)
+        how = _cut_power(power, rng)
         writer.proc.kill()
         out = writer.output()
         begun: dict[str, tuple[str, tuple[int, str] | None]] = {}
@@ -504,5 +552,7 @@ def test_power_cuts_embedded_engine_snapshots(power: PowerFS, tmp_path: Path) ->
             assert found.get(key) in allowed, (f"after cut {cut + 1}: {key} is "
                                                f"{found.get(key)}, allowed: {allowed}")
         acked = found  # what the in-flight commits left is the new baseline
-        print(f"cut {cut + 1}: {'torn' if torn is not None else 'strict'}, {len(acked)} keys")
+        print(f"cut {cut + 1}: {how}; {len(acked)} keys")
+    torn_tails = sum("torn tail" in r.getMessage() for r in caplog.records)
+    print(f"{_cuts(2)} cuts, {torn_tails} torn log tails cut off")
     assert acked, "no commit was ever acknowledged"
