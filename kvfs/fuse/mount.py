@@ -134,6 +134,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
         async with trio.open_nursery() as nursery:
             await nursery.start(session.keepalive)
             await fs.run_background(nursery)
+            await nursery.start(ops.drop_moved_directories)
             if volume.kv.shared:
                 coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups,
                                       on_orphaned=fs.note_orphaned,

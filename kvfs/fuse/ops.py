@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import os
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -93,6 +95,11 @@ class KvfsOperations(pyfuse3.Operations):
         self._told: dict[int, tuple[int, int, int]] = {}
         # pid -> when a request of it last got ESTALE (see _stale)
         self._stale_at: dict[int, float] = {}
+        # Where the kernel was last told each directory it may hold is (see _place_dir),
+        # and the old names to drop when one turns up elsewhere.
+        self._dir_at: dict[int, tuple[int, bytes]] = {}
+        self._moved_send, self._moved_dirs = trio.open_memory_channel[tuple[int, bytes]](
+            math.inf)
         # Bytes a readdir reply is expected to hold, per open directory handle, and for a
         # new handle (the last size learned): see readdir.
         self._dir_room: dict[int, int] = {}
@@ -121,6 +128,31 @@ class KvfsOperations(pyfuse3.Operations):
                 raise
             self._stale_at[ctx.pid] = now
             raise FSError(errno.ESTALE) from None
+
+    def _place_dir(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes) -> None:
+        """Note that the kernel now knows directory ``e`` as ``name`` in ``parent``.
+
+        A directory has one dentry.  When another mount moved one and this mount's lookup
+        finds it under its new name before the watch has dropped the old one, the kernel
+        must move its dentry, and cannot while a rename holds the rename lock -- the
+        rename gets ESTALE, and so does its retry if the old dentry is still there.  So
+        the old name is dropped at once, in the background (the rename holds the locks
+        the invalidation needs until its first attempt fails; the retry then finds it
+        gone).
+        """
+        if not stat.S_ISDIR(e.st_mode):
+            return
+        old = self._dir_at.get(e.st_ino)
+        self._dir_at[e.st_ino] = (parent, name)
+        if old is not None and old != (parent, name):
+            self._moved_send.send_nowait(old)
+
+    async def drop_moved_directories(self, *, task_status: trio.TaskStatus[None]
+                                     = trio.TASK_STATUS_IGNORED) -> None:
+        """Background task: drop the kernel's old names of directories found moved."""
+        task_status.started()
+        async for parent, name in self._moved_dirs:
+            await self.invalidate_entry(parent, name)
 
     def _new_ref(self, e: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
         """Count a reply that gives the kernel a reference to an inode."""
@@ -162,7 +194,9 @@ class KvfsOperations(pyfuse3.Operations):
                 neg.entry_timeout = self.entry_timeout
                 return neg
             raise
-        return self._new_ref(self._entry(ino, a))
+        entry = self._entry(ino, a)
+        self._place_dir(parent_inode, name, entry)
+        return self._new_ref(entry)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -172,6 +206,7 @@ class KvfsOperations(pyfuse3.Operations):
             else:
                 self.lookups.pop(ino, None)
                 self._told.pop(ino, None)
+                self._dir_at.pop(ino, None)
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -205,7 +240,9 @@ class KvfsOperations(pyfuse3.Operations):
     @_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._new_ref(self._entry(*await self.fs.mkdir(_ctx(ctx), parent_inode, name, mode)))
+        e = self._entry(*await self.fs.mkdir(_ctx(ctx), parent_inode, name, mode))
+        self._place_dir(parent_inode, name, e)
+        return self._new_ref(e)
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -333,6 +370,7 @@ class KvfsOperations(pyfuse3.Operations):
                     return
                 used += size
                 if ent.name not in (b".", b".."):
+                    self._place_dir(self.fs.dir_ino(fh), ent.name, e)
                     self._new_ref(e)  # a readdirplus entry is a lookup
             if end <= room:
                 return  # the directory ended before the estimate was reached

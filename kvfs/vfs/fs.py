@@ -340,6 +340,13 @@ class FileSystem:
         stop = len(h.entries) if limit is None else min(len(h.entries), start + limit)
         return [(i + 1, h.entries[i]) for i in range(start, stop)]
 
+    def dir_ino(self, fh: int) -> int:
+        """The directory open as handle ``fh``."""
+        h = self._dirs.get(fh)
+        if h is None:
+            raise FSError(errno.EBADF)
+        return h.ino
+
     async def releasedir(self, fh: int) -> None:
         h = self._dirs.pop(fh, None)
         if h is not None:
