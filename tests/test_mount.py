@@ -90,6 +90,16 @@ def test_large_sparse_file_and_truncate(mounted: Mount) -> None:
         assert fh.read(10) == b"xxxxx" + bytes(5)
 
 
+def test_df_counts_data_written_not_file_lengths(mounted: Mount) -> None:
+    # Before: a 1-byte write at 256 PiB showed the volume 100% full.
+    with open(mounted.mountpoint / "sparse", "wb") as fh:
+        fh.seek((1 << 58) - 1)
+        fh.write(b"x")
+    st = os.statvfs(mounted.mountpoint)
+    assert (st.f_blocks - st.f_bfree) * st.f_frsize < 1 << 20
+    assert st.f_bavail > st.f_blocks // 2
+
+
 def test_unlinked_open_file_stays_usable(mounted: Mount) -> None:
     f = mounted.mountpoint / "gone"
     with open(f, "w+b") as fh:

@@ -41,7 +41,7 @@ from kvfs.meta.ids import IdAllocator
 from kvfs.meta.keys import ROOT_INO, Ino
 from kvfs.meta.offline import LRU, OfflineCache
 from kvfs.meta.records import Attr, decode_dentry, encode_dentry, ftype_of, now_ns
-from kvfs.meta.usage import Usage, file_space
+from kvfs.meta.usage import Usage, slice_space
 
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
@@ -179,8 +179,7 @@ class Metadata:
             t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
             if self.is_open(ino):
                 self._hold(t, ino)
-            space = file_space(a.size)
-            t.on_commit(lambda: self.usage.add(space=-space, inodes=-1))
+            t.on_commit(lambda: self.usage.add(inodes=-1))
         elif self.is_open(ino):
             a.nlink = 0
             self._put_attr(t, ino, a)
@@ -205,8 +204,8 @@ class Metadata:
             t.put(keys.delfile(ino), msgpack.packb([a.size, now_ns() // 10**9]))
         else:
             await self._delete_inode_keys(t, ino)
-        space = file_space(a.size) if a.is_reg else 0
-        t.on_commit(lambda: self.usage.add(space=-space, inodes=-1))
+        # Its data keeps counting as used until the cleaner moves its chunks to the GC queue.
+        t.on_commit(lambda: self.usage.add(inodes=-1))
 
     @staticmethod
     async def _delete_inode_keys(t: Txn, ino: int) -> None:
@@ -698,8 +697,6 @@ class Metadata:
                     hole = Slice(pos=off, id=0, size=CHUNK_SIZE - off, off=0,
                                  len=CHUNK_SIZE - off)
                     t.put(keys.chunk(ino, last), raw + encode_slices([hole]))
-            delta = file_space(size) - file_space(a.size)
-            t.on_commit(lambda: self.usage.add(space=delta))
             # Linux moves mtime and ctime on every truncate, even to the same length.
             a.size = size
             a.mtime = a.ctime = now_ns()
@@ -741,6 +738,8 @@ class Metadata:
                         t.delete(key)
                 if dropped:
                     t.put(keys.slice_gc(gc_id), dropped)
+                    freed = slice_space(decode_slices(dropped))
+                    t.on_commit(lambda: self.usage.add(space=-freed))
 
             await run_txn(self.kv, step, hints=self.hints)
 
@@ -760,6 +759,7 @@ class Metadata:
         """Record written slices ``(chunk index, slice)`` and grow the file to ``end``;
         ``blocks`` are block writes committed in the same transaction (small writes).
         Returns the new attributes and the chunks now fragmented enough to compact."""
+        space = slice_space(s for _, s in slices)
 
         async def fn(t: Txn) -> tuple[Attr, list[int]]:
             crowded: list[int] = []
@@ -775,8 +775,7 @@ class Metadata:
                 t.put(keys.chunk(ino, idx), raw + encode_slices(ss))
                 if needs_compaction(decode_slices(raw) + ss):
                     crowded.append(idx)
-            delta = file_space(max(a.size, end)) - file_space(a.size)
-            t.on_commit(lambda: self.usage.add(space=delta))
+            t.on_commit(lambda: self.usage.add(space=space))
             a.size = max(a.size, end)
             a.mtime = a.ctime = mtime
             self._put_attr(t, ino, a)
@@ -792,11 +791,13 @@ class Metadata:
         cur = await self.kv.get(key)
         if cur is None or cur.value != expect:
             return False
+        delta = slice_space(new) - slice_space(decode_slices(expect))
 
         async def fn(t: Txn) -> None:
             t.guard(key, cur.mod_revision)
             t.put(key, encode_slices(new))
             t.put(keys.slice_gc(gc_id), expect)
+            t.on_commit(lambda: self.usage.add(space=delta))
 
         self.hints.drop(key)
         try:

@@ -1,20 +1,35 @@
-"""Volume usage counters for statfs: bytes held by files and the number of inodes.
+"""Volume usage counters for statfs: bytes of file data stored and the number of inodes.
 
-Every transaction that changes usage records its delta here once it has committed
-(:meth:`~kvfs.kv.txn.Txn.on_commit`); a background task folds the accumulated deltas into
-the shared counters ``C usedspace`` / ``C usedinodes`` about once a second, so the hot
-paths never contend on one counter key.  Figures reported are the stored counters plus
-this mount's unflushed deltas.  A crash loses at most the last second of deltas: the
-counters are statistics for ``df``, not invariants anything depends on.
+What the counters count:
+
+* ``C usedspace`` -- the data files hold in the object store: the length of every slice
+  record in a chunk key (``A ino C index``), each rounded up to 4 KiB, holes (id 0) not
+  at all.  kvfs stores each slice object through exactly one record, so this is the bytes
+  written and not yet given back, whatever the files' lengths: a 1-byte write at offset
+  256 PiB counts 4 KiB.  Overwritten bytes count until compaction rewrites their chunk;
+  a truncated or deleted file's bytes count until its chunks go to the slice GC queue.
+* ``C usedinodes`` -- inodes not yet removed.  One stops counting when its last name goes
+  (on a single-process engine, at its last close if it is still open then).
+
+Every transaction that changes them records its delta here once it has committed
+(:meth:`~kvfs.kv.txn.Txn.on_commit`): writing slices adds their space, compaction adds
+the new slice's and takes the old slices', and moving chunks to the GC queue (truncate,
+deletion) takes theirs.  A background task folds the accumulated deltas into the shared
+counters about once a second, so the hot paths never contend on one counter key.
+Figures reported are the stored counters plus this mount's unflushed deltas.  A crash
+loses at most the last second of deltas: the counters are statistics for ``df``, not
+invariants anything depends on.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import msgpack
 import trio
 
+from kvfs.chunk.layout import Slice
 from kvfs.kv.api import KVEngine
 from kvfs.kv.txn import Txn, run_txn
 from kvfs.outage import log_failure
@@ -25,9 +40,9 @@ USED_INODES = b"Cusedinodes"
 _UNIT = 4096
 
 
-def file_space(size: int) -> int:
-    """Space charged for a file of ``size`` bytes (whole 4 KiB units)."""
-    return (size + _UNIT - 1) // _UNIT * _UNIT
+def slice_space(slices: Iterable[Slice]) -> int:
+    """Space charged for slice records: each record's length in whole 4 KiB units."""
+    return sum((s.len + _UNIT - 1) // _UNIT * _UNIT for s in slices if s.id)
 
 
 class Usage:

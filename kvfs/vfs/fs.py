@@ -39,8 +39,9 @@ from kvfs.objstore.api import ObjectStoreFull
 from kvfs.outage import log_failure
 
 log = logging.getLogger("kvfs.vfs")
-# statfs capacity of a volume whose storage gives no local free-space figure (etcd, memory).
-NOMINAL_CAPACITY = 1 << 63  # above any usage sparse files up to MAX_FILE_SIZE can add
+# statfs capacity of a volume whose storage gives no local free-space figure (etcd, memory):
+# 1 PiB, far above what such an engine holds (usage counts data written, not file lengths).
+NOMINAL_CAPACITY = 1 << 50
 # A kernel path walk restarted by ESTALE comes back within this many seconds.
 _WALK_RETRY_WINDOW = 1.0
 
@@ -355,8 +356,9 @@ class FileSystem:
     # -- misc --------------------------------------------------------------------------
 
     async def statfs(self) -> StatFs:
-        """Used figures are the volume's usage counters; free space is what the storage
-        under it has left, so ``df`` shows the volume's own size and the room to grow."""
+        """Used figures are the volume's usage counters (data written, not file lengths:
+        see :mod:`kvfs.meta.usage`); free space is what the storage under it has left, so
+        ``df`` shows the volume's own size and the room to grow."""
         usage = self.meta.usage
         used = usage.used_space
         free = await trio.to_thread.run_sync(self.free_space)
