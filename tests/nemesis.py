@@ -162,6 +162,17 @@ class Fault(abc.ABC):
         """The fault holds while the body runs; healed on exit."""
 
 
+def _heal(member: Member) -> None:
+    """Wait until ``member`` serves again; if it does not, say why (its log's tail).  A
+    restart replays the write-ahead log, which takes long after heavy traffic."""
+    try:
+        member.wait_healthy(180)
+    except RuntimeError as e:
+        log = member.data_dir / "etcd.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+        raise RuntimeError(f"{e}; the end of {log}:\n{tail}") from None
+
+
 class EtcdKill(Fault):
     kind = "etcd-kill"
 
@@ -176,7 +187,7 @@ class EtcdKill(Fault):
             yield
         finally:
             self.member.start()
-            self.member.wait_healthy(60)
+            _heal(self.member)
 
 
 class EtcdPause(Fault):
@@ -195,7 +206,7 @@ class EtcdPause(Fault):
             yield
         finally:
             os.kill(pid, signal.SIGCONT)
-            self.member.wait_healthy(60)
+            _heal(self.member)
 
 
 class EtcdRestart(Fault):
@@ -212,7 +223,7 @@ class EtcdRestart(Fault):
             yield
         finally:
             self.member.start()
-            self.member.wait_healthy(60)
+            _heal(self.member)
 
 
 class MountPause(Fault):
@@ -335,7 +346,8 @@ class NetNamespace:
 
 class Nemesis:
     """Injects random faults from ``faults`` until stopped, one at a time, separated by
-    quiet periods drawn from ``quiet``; records each in ``timeline``."""
+    quiet periods drawn from ``quiet``; records each in ``timeline``.  Each kind of fault
+    is drawn equally often, then one fault of that kind (a target)."""
 
     def __init__(self, faults: Sequence[Fault], timeline: Timeline, rng: random.Random, *,
                  quiet: tuple[float, float] = (2.0, 5.0)) -> None:
@@ -351,7 +363,7 @@ class Nemesis:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 180) -> None:
+    def stop(self, timeout: float = 300) -> None:
         """Stop after the current fault is healed; re-raise whatever broke the nemesis."""
         self._stop.set()
         self._thread.join(timeout)
@@ -362,7 +374,9 @@ class Nemesis:
     def _main(self) -> None:
         try:
             while not self._stop.wait(self.rng.uniform(*self.quiet)):
-                fault = self.rng.choice(self.faults)
+                # Each kind of fault equally often, whatever the number of its targets.
+                kind = self.rng.choice(sorted({f.kind for f in self.faults}))
+                fault = self.rng.choice([f for f in self.faults if f.kind == kind])
                 hold = self.rng.uniform(*fault.hold)
                 with self.timeline.window(fault), fault.injected():
                     # Hold the fault in full even when asked to stop: a shorter hold would
