@@ -68,6 +68,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -75,6 +76,7 @@ from typing import NamedTuple
 import msgpack
 import pyfuse3
 import trio
+from pyfuse3 import FUSEError
 
 ROOT = pyfuse3.ROOT_INODE
 CTL_NAME = b".powerfs-ctl"
@@ -117,6 +119,8 @@ class NsChange:
 
 @dataclass(slots=True)
 class Node:
+    """An inode as it is now (the volatile view), with what the kernel holds of it."""
+
     ino: int
     mode: int
     uid: int
@@ -201,10 +205,6 @@ class Disk:
         return removed
 
 
-def _fail(err: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(err)
-
-
 class PowerOps(pyfuse3.Operations):
     """The filesystem: volatile state over a :class:`Disk` (see the module docstring)."""
 
@@ -252,18 +252,18 @@ class PowerOps(pyfuse3.Operations):
 
     def _check(self) -> None:
         if self.dead:
-            raise _fail(errno.EIO)
+            raise FUSEError(errno.EIO)
 
     def _node(self, ino: int) -> Node:
         node = self.nodes.get(ino)
         if node is None:
-            raise _fail(errno.ENOENT)
+            raise FUSEError(errno.ENOENT)
         return node
 
     def _dir(self, ino: int) -> tuple[Node, dict[bytes, int]]:
         node = self._node(ino)
         if node.entries is None:
-            raise _fail(errno.ENOTDIR)
+            raise FUSEError(errno.ENOTDIR)
         return node, node.entries
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -316,9 +316,9 @@ class PowerOps(pyfuse3.Operations):
 
     def _new_name(self, entries: dict[bytes, int], parent: int, name: bytes) -> None:
         if len(name) > 255:
-            raise _fail(errno.ENAMETOOLONG)
+            raise FUSEError(errno.ENAMETOOLONG)
         if name in entries or (parent == ROOT and name == CTL_NAME):
-            raise _fail(errno.EEXIST)
+            raise FUSEError(errno.EEXIST)
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -372,7 +372,7 @@ class PowerOps(pyfuse3.Operations):
             self.armed = (left - 1, seed)
             return
         self.cut(seed, f"at {what}")
-        raise _fail(errno.EIO)
+        raise FUSEError(errno.EIO)
 
     def _persist_torn(self, rng: random.Random) -> str:
         torn_files = 0
@@ -417,10 +417,10 @@ class PowerOps(pyfuse3.Operations):
             return self._ctl_attrs()
         ino = entries.get(name)
         if ino is None:
-            raise _fail(errno.ENOENT)
+            raise FUSEError(errno.ENOENT)
         return self._ref(self.nodes[ino])
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, n in inode_list:
             node = self.nodes.get(ino)
             if node is not None:
@@ -442,7 +442,7 @@ class PowerOps(pyfuse3.Operations):
         node = self._node(inode)
         if fields.update_size:
             if node.is_dir:
-                raise _fail(errno.EISDIR)
+                raise FUSEError(errno.EISDIR)
             self._truncate(node, attr.st_size)
         if fields.update_mode:
             node.mode = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
@@ -501,14 +501,14 @@ class PowerOps(pyfuse3.Operations):
         _, entries = self._dir(parent_inode)
         ino = entries.get(name)
         if ino is None:
-            raise _fail(errno.ENOENT)
+            raise FUSEError(errno.ENOENT)
         node = self.nodes[ino]
         if want_dir and not node.is_dir:
-            raise _fail(errno.ENOTDIR)
+            raise FUSEError(errno.ENOTDIR)
         if not want_dir and node.is_dir:
-            raise _fail(errno.EISDIR)
+            raise FUSEError(errno.EISDIR)
         if node.entries:
-            raise _fail(errno.ENOTEMPTY)
+            raise FUSEError(errno.ENOTEMPTY)
         del entries[name]
         self._log_ns([(parent_inode, name, None)])
         node.nlink -= 1
@@ -525,31 +525,31 @@ class PowerOps(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         self._check()
         if flags & ~pyfuse3.RENAME_NOREPLACE:
-            raise _fail(errno.EINVAL)
+            raise FUSEError(errno.EINVAL)
         _, src_entries = self._dir(parent_inode_old)
         _, dst_entries = self._dir(parent_inode_new)
         ino = src_entries.get(name_old)
         if ino is None:
-            raise _fail(errno.ENOENT)
+            raise FUSEError(errno.ENOENT)
         node = self.nodes[ino]
         if len(name_new) > 255:
-            raise _fail(errno.ENAMETOOLONG)
+            raise FUSEError(errno.ENAMETOOLONG)
         if parent_inode_new == ROOT and name_new == CTL_NAME:
-            raise _fail(errno.EPERM)
+            raise FUSEError(errno.EPERM)
         old_ino = dst_entries.get(name_new)
         if old_ino == ino:
             return
         victim = None
         if old_ino is not None:
             if flags & pyfuse3.RENAME_NOREPLACE:
-                raise _fail(errno.EEXIST)
+                raise FUSEError(errno.EEXIST)
             victim = self.nodes[old_ino]
             if node.is_dir and not victim.is_dir:
-                raise _fail(errno.ENOTDIR)
+                raise FUSEError(errno.ENOTDIR)
             if victim.is_dir and not node.is_dir:
-                raise _fail(errno.EISDIR)
+                raise FUSEError(errno.EISDIR)
             if victim.entries:
-                raise _fail(errno.ENOTEMPTY)
+                raise FUSEError(errno.ENOTEMPTY)
         dst_entries[name_new] = ino
         del src_entries[name_old]
         self._log_ns([(parent_inode_new, name_new, node.entry()),
@@ -569,7 +569,7 @@ class PowerOps(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True)  # reads must reach us, size or not
         node = self._node(inode)
         if node.is_dir:
-            raise _fail(errno.EISDIR)
+            raise FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC:
             self._truncate(node, 0)
         node.opens += 1
@@ -581,9 +581,9 @@ class PowerOps(pyfuse3.Operations):
         try:
             node = self.file_handles[fh]
         except KeyError:
-            raise _fail(errno.EBADF) from None
+            raise FUSEError(errno.EBADF) from None
         if node is None:
-            raise _fail(errno.EINVAL)
+            raise FUSEError(errno.EINVAL)
         return node
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -612,7 +612,7 @@ class PowerOps(pyfuse3.Operations):
         if len(words) == 3 and words[:2] == ["cut", "torn"] and words[2].isdigit():
             seed = int(words[2])
         elif words != ["cut"]:
-            raise _fail(errno.EINVAL)
+            raise FUSEError(errno.EINVAL)
         if at_sync is None:
             self.cut(seed)
         else:
@@ -718,10 +718,17 @@ def main(argv: list[str]) -> int:
 
 
 class PowerFS:
-    """A powerfs process serving ``backing`` at ``mountpoint``, for tests.
+    """A powerfs process serving ``backing`` at ``mountpoint``, for tests; as a context
+    manager it is torn down on the way out.
 
     Fails (never skips) without FUSE, like every real-mount helper here.
     """
+
+    def __enter__(self) -> PowerFS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
 
     def __init__(self, backing: Path, mountpoint: Path, log: Path | None = None) -> None:
         from mounting import require_fuse

@@ -67,9 +67,8 @@ def _rng(name: str) -> random.Random:
 
 @pytest.fixture
 def power(tmp_path: Path) -> Iterator[PowerFS]:
-    pfs = PowerFS(tmp_path / "backing", tmp_path / "power")
-    yield pfs
-    pfs.cleanup()
+    with PowerFS(tmp_path / "backing", tmp_path / "power") as pfs:
+        yield pfs
 
 
 def _fsync_dir(path: Path) -> None:
