@@ -244,6 +244,9 @@ import hashlib, os, random, sys
 root, seed, cycle = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 
+def say(*words):  # one write per line: print writes piecemeal, and we get killed
+    os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
 def digest(b):
     return hashlib.sha256(b).hexdigest()[:20]
 
@@ -289,33 +292,33 @@ try:
                                                                  1 + 3 * crowded])[0]
         log = f"log{rng.randrange(3)}"
         if op == "append" and len(logs.get(log, b"")) > 256 << 10:
-            print("B", log, -1, "-", "-", flush=True)
+            say("B", log, -1, "-", "-")
             os.unlink(os.path.join(root, log))
             del logs[log]
         elif op == "new" or not files:
             name = os.path.join(rng.choice(["", "d0", "d1"]), f"f{cycle}-{n}")
             data = rng.randbytes(size())
-            print("B", name, len(data), digest(data), "-", flush=True)
+            say("B", name, len(data), digest(data), "-")
             put(os.path.join(root, name), data, os.O_EXCL)
             files.append(name)
         elif op == "replace":
             name = rng.choice(files)
             data = rng.randbytes(size())
-            print("B", name, len(data), digest(data), name + ".tmp", flush=True)
+            say("B", name, len(data), digest(data), name + ".tmp")
             put(os.path.join(root, name + ".tmp"), data, os.O_TRUNC)
             os.rename(os.path.join(root, name + ".tmp"), os.path.join(root, name))
         elif op == "append":
             name = log
             data = rng.randbytes(rng.randrange(1, 5000))
             new = logs.get(name, b"") + data
-            print("B", name, len(new), digest(new), "-", flush=True)
+            say("B", name, len(new), digest(new), "-")
             put(os.path.join(root, name), data, os.O_APPEND)
             logs[name] = new
         else:
             name = files.pop(rng.randrange(len(files)))
-            print("B", name, -1, "-", "-", flush=True)
+            say("B", name, -1, "-", "-")
             os.unlink(os.path.join(root, name))
-        print("A", flush=True)
+        say("A")
 except OSError:
     sys.exit(0)  # the power went, or the daemon
 """
@@ -473,23 +476,26 @@ def test_power_cuts_file_bucket(power: PowerFS, tmp_path: Path) -> None:
 # Four tasks commit puts and deletes on keys of their own, printing "B TASK KEY SIZE DIGEST"
 # (SIZE -1: a delete) before a commit and "A TASK" once it returned.
 ENGINE_WRITER = r"""
-import hashlib, random, sys
+import hashlib, os, random, sys
 import trio
 from kvfs.kv.api import Delete, Put
 from kvfs.kv.embedded import EmbeddedEngine
+
+def say(*words):  # one write per line: print writes piecemeal, and we get killed
+    os.write(1, (" ".join(map(str, words)) + "\n").encode())
 
 async def task(engine, t, rng):
     while True:
         key = f"t{t}/k{rng.randrange(12)}"
         if rng.random() < 0.2:
-            print("B", t, key, -1, "-", flush=True)
+            say("B", t, key, -1, "-")
             await engine.commit([], [], [Delete(key.encode())])
         else:
             big = rng.random() < 0.3  # over 64 KiB: a value file
             data = rng.randbytes(rng.randrange(65_537, 200_000) if big else rng.randrange(300))
-            print("B", t, key, len(data), hashlib.sha256(data).hexdigest()[:20], flush=True)
+            say("B", t, key, len(data), hashlib.sha256(data).hexdigest()[:20])
             await engine.commit([], [Put(key.encode(), data)])
-        print("A", t, flush=True)
+        say("A", t)
 
 async def main(path, seed):
     engine = await EmbeddedEngine.open(path, snapshot_every=40, snapshot_wal_bytes=256 << 10,
