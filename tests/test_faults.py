@@ -164,32 +164,92 @@ def wait_for(pred: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+def start_workloads(r: Rig, rng: random.Random) -> tuple[list[Worker], list[AppendLogger]]:
+    """The read set, written on ``a`` and read on every mount; then every workload on every
+    mount, not started yet."""
+    a = r.mounts["a"].mountpoint
+    for d in ("ops", "log", "ro"):
+        os.mkdir(a / d)
+    files = make_read_set(a / "ro", rng)
+    for m in r.mounts.values():
+        ro = m.mountpoint / "ro"
+
+        def listed(ro: Path = ro) -> bool:
+            return sorted(os.listdir(ro)) == sorted(files)
+
+        assert wait_for(listed, 30), f"the read set did not show on {m.mountpoint}"
+    workers: list[Worker] = []
+    loggers: list[AppendLogger] = []
+    for i, (name, m) in enumerate(r.mounts.items()):
+        logger = AppendLogger(name, m.mountpoint / "log", SEED + 10 * i + 1)
+        loggers.append(logger)
+        workers += [RandomOps(name, m.mountpoint / "ops", SEED + 10 * i), logger,
+                    CachedReader(name, m.mountpoint / "ro", SEED + 10 * i + 2, files)]
+    return workers, loggers
+
+
+def stop_workloads(workers: list[Worker], loggers: list[AppendLogger], healed: float,
+                   t0: float) -> list[str]:
+    """Wait until every workload works again since ``healed`` (the loggers on their old
+    descriptors), then stop them all and close the loggers' descriptors."""
+    problems = []
+    if not wait_for(lambda: all(w.successes_since(healed) >= 5 for w in workers), 120):
+        problems += [f"mount {w.mount}: {w.workload} made no progress after the faults "
+                     f"(in {w.current[0] if w.current else '-'} since "
+                     f"+{(w.current[1] if w.current else t0) - t0:.1f}s)"
+                     for w in workers if w.successes_since(healed) < 5]
+    for w in workers:
+        w.stopping.set()
+    for w in workers:
+        w.join(120)
+        if w.is_alive():
+            problems.append(f"mount {w.mount}: {w.workload} hung in {w.current}")
+    for logger in loggers:
+        failed = logger.close()
+        if failed is not None:
+            logger.ops.append(failed)
+    return problems
+
+
+def check_volume(r: Rig, loggers: list[AppendLogger]) -> tuple[list[str], int]:
+    """Holds, logs, trees on every mount, clean unmounts, fsck; and the tree's size."""
+    problems = []
+    # Every file is closed now, so no session may still hold an unlinked one.
+    if not wait_for(lambda: not holds_left(r.url), 30):
+        problems.append(f"holds (SS keys) left after every file was closed: "
+                        f"{holds_left(r.url)[:10]}")
+    for logger in loggers:
+        problems += check_log(logger.mount, logger.path.read_bytes(), logger.acked)
+
+    trees: dict[str, dict[str, tuple[object, ...]]] = {}
+
+    def agree() -> bool:
+        for n, m in r.mounts.items():
+            trees[n] = tree(m.mountpoint)
+        return trees["a"] == trees["b"] == trees["c"]
+
+    if not wait_for(agree, 60):
+        for n in ("b", "c"):
+            problems += [f"trees of a and {n} differ: {d}"
+                         for d in tree_diff(trees["a"], trees[n])]
+    for m in r.mounts.values():
+        try:
+            m.unmount()
+        except AssertionError as e:
+            problems.append(f"unmount of {m.mountpoint}: {e}")
+    res = kvfs("fsck", r.url, check=False)
+    if res.returncode:
+        problems.append(f"fsck: {res.stdout}{res.stderr}")
+    return problems, len(trees["a"])
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_faults(scenario: str, etcd_procs: EtcdProcesses, tmp_path: Path) -> None:
     rng = random.Random(SEED)
     print(f"\n[{scenario}] seed {SEED} (KVFS_FAULT_SEED={SEED} repeats the choices), "
           f"{SECONDS:g} s of faults")
-    problems: list[str] = []
     with rig(etcd_procs, tmp_path, scenario.replace("-", "")) as r:
-        a = r.mounts["a"].mountpoint
-        for d in ("ops", "log", "ro"):
-            os.mkdir(a / d)
-        files = make_read_set(a / "ro", rng)
-        for m in r.mounts.values():
-            ro = m.mountpoint / "ro"
-
-            def listed(ro: Path = ro) -> bool:
-                return sorted(os.listdir(ro)) == sorted(files)
-
-            assert wait_for(listed, 30), f"the read set did not show on {m.mountpoint}"
-        workers: list[Worker] = []
-        loggers: list[AppendLogger] = []
-        for i, (name, m) in enumerate(r.mounts.items()):
-            logger = AppendLogger(name, m.mountpoint / "log", SEED + 10 * i + 1)
-            loggers.append(logger)
-            workers += [RandomOps(name, m.mountpoint / "ops", SEED + 10 * i), logger,
-                        CachedReader(name, m.mountpoint / "ro", SEED + 10 * i + 2, files)]
-
+        workers, loggers = start_workloads(r, rng)
         timeline = Timeline()
         nemesis = Nemesis(SCENARIOS[scenario](r), timeline, rng)
         for w in workers:
@@ -201,65 +261,20 @@ def test_faults(scenario: str, etcd_procs: EtcdProcesses, tmp_path: Path) -> Non
             try:
                 nemesis.stop()
             except AssertionError:
-                for w in timeline.windows:
-                    print(f"[{scenario}] fault {w.describe(timeline.t0)}")
+                for window in timeline.windows:
+                    print(f"[{scenario}] fault {window.describe(timeline.t0)}")
                 raise
-        healed = time.monotonic()
-
-        # Every workload works again on every mount, the loggers on their old descriptors.
-        if not wait_for(lambda: all(w.successes_since(healed) >= 5 for w in workers), 120):
-            problems += [f"mount {w.mount}: {w.workload} made no progress after the faults "
-                         f"(in {w.current[0] if w.current else '-'} since "
-                         f"+{(w.current[1] if w.current else 0) - timeline.t0:.1f}s)"
-                         for w in workers if w.successes_since(healed) < 5]
-        for w in workers:
-            w.stopping.set()
-        for w in workers:
-            w.join(120)
-            if w.is_alive():
-                problems.append(f"mount {w.mount}: {w.workload} hung in {w.current}")
-        for logger in loggers:
-            failed = logger.close()
-            if failed is not None:
-                logger.ops.append(failed)
-
-        # Every file is closed now, so no session may still hold an unlinked one.
-        if not wait_for(lambda: not holds_left(r.url), 30):
-            problems.append(f"holds (SS keys) left after every file was closed: "
-                            f"{holds_left(r.url)[:10]}")
-
+        problems = stop_workloads(workers, loggers, time.monotonic(), timeline.t0)
         verdict = judge(workers, timeline, GRACE)
         problems += verdict.unexpected
-        for logger in loggers:
-            m = r.mounts[logger.mount]
-            problems += check_log(logger.mount, (m.mountpoint / "log" / logger.path.name)
-                                  .read_bytes(), logger.acked)
-
-        trees: dict[str, dict[str, tuple[object, ...]]] = {}
-
-        def agree() -> bool:
-            for n, m in r.mounts.items():
-                trees[n] = tree(m.mountpoint)
-            return trees["a"] == trees["b"] == trees["c"]
-
-        if not wait_for(agree, 60):
-            for n in ("b", "c"):
-                problems += [f"trees of a and {n} differ: {d}"
-                             for d in tree_diff(trees["a"], trees[n])]
-        for m in r.mounts.values():
-            try:
-                m.unmount()
-            except AssertionError as e:
-                problems.append(f"unmount of {m.mountpoint}: {e}")
-        fsck_res = kvfs("fsck", r.url, check=False)
-        if fsck_res.returncode:
-            problems.append(f"fsck: {fsck_res.stdout}{fsck_res.stderr}")
+        more, entries = check_volume(r, loggers)
+        problems += more
 
     acked = sum(len(lg.acked) for lg in loggers)
     print(f"[{scenario}] faults injected: {timeline.counts()}; {verdict.ops} operations, "
-          f"{acked} log records acknowledged, {len(trees.get('a', {}))} entries in the "
-          f"tree; EIO in outage windows: {verdict.excused}; EIO in flight across a daemon "
-          f"stall: {len(verdict.stalled)}; unexpected: {len(verdict.unexpected)}")
+          f"{acked} log records acknowledged, {entries} entries in the tree; EIO in outage "
+          f"windows: {verdict.excused}; EIO in flight across a daemon stall: "
+          f"{len(verdict.stalled)}; unexpected: {len(verdict.unexpected)}")
     print(f"[{scenario}] failed operations: {dict(sorted(verdict.failed_ops.items()))}")
     for p in verdict.stalled[:5]:
         print(f"[{scenario}] stalled: {p}")
