@@ -271,3 +271,27 @@ async def test_a_hold_taken_while_the_last_handle_closes_is_released(
     finally:
         await vol_b.aclose()
         await vol_a.aclose()
+
+
+async def test_a_hold_whose_release_failed_is_released_later(etcd_single: Member) -> None:
+    """The last close of an unlinked file releases the mount's hold; if the engine is
+    unreachable just then, the release must happen later, not never."""
+    url = f"etcd://{etcd_single.endpoint}/{unique_prefix('lhfail')}"
+    flaky = FlakyCommits(await open_engine(url))
+    await format_volume(flaky, "lhfail")
+    vol = await open_volume(url, kv=flaky, session_id=1)
+    try:
+        fs = FileSystem(vol.meta, vol.slices)
+        fh, ino, _ = await fs.create(Ctx(0, 0), ROOT, b"f", 0o644, os.O_CREAT | os.O_WRONLY)
+        await fs.unlink(ROOT, b"f")  # open here: this mount holds it
+        assert ino in vol.meta.held
+        flaky.fail = 1  # the release's commit meets an outage
+        with pytest.raises(EngineUnavailable):
+            await fs.release(fh)
+        assert not fs.is_open(ino)
+        await fs.cleaner.run_once()  # the engine is back: a cleaner round runs
+        await fs.cleaner.run_once()
+        res = await flaky.range(keys.SUSTAINED_PREFIX, prefix_end(keys.SUSTAINED_PREFIX))
+        assert res.kvs == [], "the file is closed, but its hold is never released"
+    finally:
+        await vol.aclose()
