@@ -9,7 +9,9 @@ it and checks that the role is back once the mount runs again.
 The compactor test is end to end: a real mount, SIGSTOPped until etcd has expired its
 lease, then continued; compaction must be seen to happen again in etcd.  The others drive
 the session, filesystem and cleaner API directly against a real etcd, expiring the lease
-by revoking it (what etcd does on expiry), so the order of events is exact.
+by revoking it (what etcd does on expiry), so the order of events is exact.  Two more
+check the holders' bookkeeping, which the fault suite found leaking: a hold written while
+the file's last handle closes, and a release that meets an outage, must both end released.
 """
 
 from __future__ import annotations
