@@ -182,8 +182,10 @@ class EtcdProcesses:
             m.wait_healthy()
         return m
 
-    def cluster(self, size: int = 3) -> list[Member]:
-        """A static ``size``-member cluster, started and healthy."""
+    def cluster(self, size: int = 3, *, client_hosts: tuple[str, ...] = (),
+                extra: list[str] | None = None) -> list[Member]:
+        """A static ``size``-member cluster, started and healthy; each member also serves
+        clients on ``client_hosts`` and gets the ``extra`` flags."""
         require_etcd()
         d = scratch_dir("cluster")
         self.dirs.append(d)
@@ -192,7 +194,9 @@ class EtcdProcesses:
             sub = d / f"m{i}"
             sub.mkdir()
             members.append(Member(f"m{i}", sub, extra=["--heartbeat-interval", "50",
-                                                       "--election-timeout", "500"]))
+                                                       "--election-timeout", "500",
+                                                       *(extra or [])],
+                                  client_hosts=client_hosts))
         spec = ",".join(f"{m.name}={m.peer_url}" for m in members)
         for m in members:
             m.cluster = spec

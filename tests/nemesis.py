@@ -6,7 +6,8 @@ manager (the fault holds while the ``with`` body runs and is healed on the way o
 when the body raises):
 
 * :class:`EtcdKill` -- ``kill -9`` of an etcd member, restarted on the same data directory;
-* :class:`EtcdPause` -- SIGSTOP of a member, SIGCONT after the hold;
+* :class:`EtcdPause` -- SIGSTOP of a member, SIGCONT after the hold (either is an outage
+  for a single member, and must go unnoticed when a cluster keeps its quorum);
 * :class:`EtcdRestart` -- a graceful restart (SIGTERM, start again);
 * :class:`Partition` -- a mount's daemon cut off from etcd.  The daemon runs in a network
   namespace of its own (:class:`NetNamespace`, joined with ``nsenter --net``, so its FUSE
@@ -174,11 +175,15 @@ def _heal(member: Member) -> None:
 
 
 class EtcdKill(Fault):
+    """``outage=False`` for a member of a cluster that keeps its quorum without it."""
+
     kind = "etcd-kill"
 
-    def __init__(self, member: Member, hold: tuple[float, float] = (1.0, 6.0)) -> None:
+    def __init__(self, member: Member, hold: tuple[float, float] = (1.0, 6.0), *,
+                 outage: bool = True) -> None:
         super().__init__(member.name, None, hold)
         self.member = member
+        self.outage = outage
 
     @contextmanager
     def injected(self) -> Iterator[None]:
@@ -191,11 +196,15 @@ class EtcdKill(Fault):
 
 
 class EtcdPause(Fault):
+    """``outage=False`` for a member of a cluster that keeps its quorum without it."""
+
     kind = "etcd-pause"
 
-    def __init__(self, member: Member, hold: tuple[float, float] = (1.0, 6.0)) -> None:
+    def __init__(self, member: Member, hold: tuple[float, float] = (1.0, 6.0), *,
+                 outage: bool = True) -> None:
         super().__init__(member.name, None, hold)
         self.member = member
+        self.outage = outage
 
     @contextmanager
     def injected(self) -> Iterator[None]:

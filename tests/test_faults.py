@@ -6,7 +6,9 @@ namespace of its own and reaches etcd over a veth pair, so it can be partitioned
 operations on names all mounts share, an append-and-fsync logger, and a reader of files
 read before the run.  Meanwhile the nemesis injects one kind of fault per scenario (or all
 kinds, ``mixed``): etcd killed with -9 and restarted, etcd paused and continued, mount
-``c`` partitioned from etcd, a mount daemon paused past its session lease TTL.
+``c`` partitioned from etcd, a mount daemon paused past its session lease TTL; and, on a
+three-member cluster, one member at a time killed or paused (``cluster-minority``), which
+the mounts must not notice at all: no EIO is allowed there.
 
 Checks after the faults stop:
 
@@ -93,24 +95,27 @@ OPTIONS = f"session_ttl={TTL},compact_retain=30"
 @dataclass
 class Rig:
     url: str
-    member: Member
+    members: list[Member]
     netns: NetNamespace
     mounts: dict[str, Mount]
 
 
 @contextmanager
-def rig(procs: EtcdProcesses, base: Path, tag: str) -> Iterator[Rig]:
-    """A fresh etcd member, a formatted volume and the three mounts; all torn down after."""
+def rig(procs: EtcdProcesses, base: Path, tag: str, size: int) -> Iterator[Rig]:
+    """Fresh etcd (one member, or a cluster of ``size``), a formatted volume and the three
+    mounts; all torn down after."""
     netns = NetNamespace()
     try:
         # Blocks live in etcd: a low snapshot count keeps its memory and restarts in check,
         # as docs/etcd.md advises for such volumes.
-        member = procs.member(f"faults-{tag}", client_hosts=(netns.host_addr,),
-                              extra=["--snapshot-count", "5000"])
+        hosts, extra = (netns.host_addr,), ["--snapshot-count", "5000"]
+        members = (procs.cluster(size, client_hosts=hosts, extra=extra) if size > 1 else
+                   [procs.member(f"faults-{tag}", client_hosts=hosts, extra=extra)])
         try:
             prefix = unique_prefix(tag)
-            url = f"etcd://{member.endpoint}/{prefix}?timeout={TIMEOUT}"
-            url_c = f"etcd://{member.endpoint_on(netns.host_addr)}/{prefix}?timeout={TIMEOUT}"
+            query = f"{prefix}?timeout={TIMEOUT}"
+            url = f"etcd://{','.join(m.endpoint for m in members)}/{query}"
+            url_c = f"etcd://{','.join(m.endpoint_on(netns.host_addr) for m in members)}/{query}"
             kvfs("format", url, tag)
             mounts: dict[str, Mount] = {}
             try:
@@ -119,24 +124,33 @@ def rig(procs: EtcdProcesses, base: Path, tag: str) -> Iterator[Rig]:
                         mounts[name] = Mount(url_c, base / name, OPTIONS, wrap=netns.wrap)
                     else:
                         mounts[name] = Mount(url, base / name, OPTIONS)
-                yield Rig(url, member, netns, mounts)
+                yield Rig(url, members, netns, mounts)
             finally:
                 for m in mounts.values():
                     m.cleanup()
         finally:
-            member.kill()
+            for member in members:
+                member.kill()
     finally:
         netns.delete()
 
 
-SCENARIOS: dict[str, Callable[[Rig], list[Fault]]] = {
-    "etcd-kill": lambda r: [EtcdKill(r.member)],
-    "etcd-pause": lambda r: [EtcdPause(r.member)],
-    "partition": lambda r: [Partition("c", r.netns)],
-    "mount-pause": lambda r: [MountPause(n, m, TTL) for n, m in r.mounts.items()],
-    "mixed": lambda r: [EtcdKill(r.member), EtcdPause(r.member), EtcdRestart(r.member),
-                        Partition("c", r.netns),
-                        *(MountPause(n, m, TTL) for n, m in r.mounts.items())],
+def _member_faults(r: Rig) -> list[Fault]:
+    # A minority of a cluster lost or stalled: the mounts must not notice.
+    return ([EtcdKill(m, outage=False) for m in r.members]
+            + [EtcdPause(m, outage=False) for m in r.members])
+
+
+# name -> (etcd members, the faults the nemesis draws from)
+SCENARIOS: dict[str, tuple[int, Callable[[Rig], list[Fault]]]] = {
+    "etcd-kill": (1, lambda r: [EtcdKill(r.members[0])]),
+    "etcd-pause": (1, lambda r: [EtcdPause(r.members[0])]),
+    "partition": (1, lambda r: [Partition("c", r.netns)]),
+    "mount-pause": (1, lambda r: [MountPause(n, m, TTL) for n, m in r.mounts.items()]),
+    "cluster-minority": (3, _member_faults),
+    "mixed": (1, lambda r: [EtcdKill(r.members[0]), EtcdPause(r.members[0]),
+                            EtcdRestart(r.members[0]), Partition("c", r.netns),
+                            *(MountPause(n, m, TTL) for n, m in r.mounts.items())]),
 }
 
 
@@ -248,10 +262,11 @@ def test_faults(scenario: str, etcd_procs: EtcdProcesses, tmp_path: Path) -> Non
     rng = random.Random(SEED)
     print(f"\n[{scenario}] seed {SEED} (KVFS_FAULT_SEED={SEED} repeats the choices), "
           f"{SECONDS:g} s of faults")
-    with rig(etcd_procs, tmp_path, scenario.replace("-", "")) as r:
+    size, faults = SCENARIOS[scenario]
+    with rig(etcd_procs, tmp_path, scenario.replace("-", ""), size) as r:
         workers, loggers = start_workloads(r, rng)
         timeline = Timeline()
-        nemesis = Nemesis(SCENARIOS[scenario](r), timeline, rng)
+        nemesis = Nemesis(faults(r), timeline, rng)
         for w in workers:
             w.start()
         nemesis.start()
