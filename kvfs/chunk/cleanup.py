@@ -5,6 +5,8 @@ replaced by compaction or cut off by truncate are queued as ``G id``.  :class:`C
 drains both in idempotent steps, each its own transaction, so it can stop at any point
 (crash, unmount) and resume, and several mounts can run it at once:
 
+0. This mount's holds (``SS``) on inodes it no longer has open are released: a release
+   at the last close that failed (an outage) is retried every round.
 1. ``D ino``: move up to 50 chunk keys at a time into one ``G`` record, then delete
    every remaining key of the inode and the ``D`` key in one transaction.
 2. ``G id``: delete every block of every slice listed, then the ``G`` key.  Deleting a
@@ -59,6 +61,7 @@ class Cleaner:
             self._wake = trio.Event()
 
     async def run_once(self) -> None:
+        await self.release_closed_holds()
         await self.release_dead_sessions()
         held = {keys.read_u64(kv.key, 10) for kv in await self._scan(keys.SUSTAINED_PREFIX)}
         now = time.time()
@@ -75,6 +78,12 @@ class Cleaner:
     async def _scan(self, prefix: bytes) -> list:  # type: ignore[type-arg]
         res = await self.kv.range(prefix, prefix_end(prefix), limit=1000)
         return res.kvs
+
+    async def release_closed_holds(self) -> None:
+        """Release this mount's holds on inodes it no longer has open: the last close
+        releases its hold, but a release that met an outage is retried here."""
+        for ino in [i for i in self.meta.held if not self.meta.is_open(i)]:
+            await self.meta.release_orphan(ino)
 
     async def release_dead_sessions(self) -> None:
         """Inodes kept open by a session whose lease expired are released here."""

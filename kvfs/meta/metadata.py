@@ -282,25 +282,28 @@ class Metadata:
 
         return await self.offline.through(fetch, lambda: self._last_known_attr(ino))
 
-    # While the engine is unreachable, the last-known state comes from the offline cache
-    # (what was read) or else the read hints (what this mount wrote or read in transactions).
+    # While the engine is unreachable, the last-known state comes from the read hints when
+    # they have it -- they hold this mount's own commits and its latest reads, so they are
+    # never older than the offline cache -- or else from the offline cache, which keeps
+    # what was read after a hint was dropped.  (An append takes its offset from this: an
+    # older length would overwrite acknowledged data.)
 
     def _last_known_attr(self, ino: int) -> Attr | None:
-        a = self.offline.cached_attr(ino)
-        if a is None:
-            hint = self.hints.get(keys.attr(ino))
-            if hint is not None and hint[0] is not None:
-                a = Attr.decode(hint[0])
-        return a
+        hint = self.hints.get(keys.attr(ino))
+        if hint is not None and hint[0] is not None:
+            return Attr.decode(hint[0])
+        return self.offline.cached_attr(ino)
 
     def _last_known_chunk(self, ino: int, index: int) -> list[Slice] | None:
-        slices = self.offline.cached_chunk(ino, index)
-        if slices is None:
-            hint, attr_hint = self.hints.get(keys.chunk(ino, index)), self.hints.get(
-                keys.attr(ino))
-            if hint is not None and attr_hint is not None:  # both from our own view
-                slices = decode_slices(hint[0]) if hint[0] is not None else []
-        return slices
+        hint, attr_hint = self.hints.get(keys.chunk(ino, index)), self.hints.get(
+            keys.attr(ino))
+        if hint is not None and attr_hint is not None:  # both from our own view
+            return decode_slices(hint[0]) if hint[0] is not None else []
+        # A cached chunk list goes only with the attributes it was read under.
+        served, cached = self._last_known_attr(ino), self.offline.cached_attr(ino)
+        if served is None or cached is None or served.encode() != cached.encode():
+            return None
+        return self.offline.cached_chunk(ino, index)
 
     async def getattrs(self, inos: list[int]) -> list[Attr | None]:
         """Attributes of several inodes in one engine round trip (None: gone)."""

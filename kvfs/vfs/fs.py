@@ -124,6 +124,9 @@ class FileSystem:
         """Another mount removed the last name of ``ino``: hold it while it is open here."""
         if self.is_open(ino):
             await self.meta.hold(ino)
+            if not self.is_open(ino):  # its last handle closed while the hold was written
+                await self.meta.release_orphan(ino)
+                self.cleaner.poke()
 
     def _overlay(self, ino: int, attr: Attr) -> Attr:
         data = self._data.get(ino)
