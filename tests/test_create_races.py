@@ -17,10 +17,12 @@ from typing import cast
 
 import pyfuse3
 import pytest
+import trio
 from fsapi import ROOT, USER, mkdir, mkfile, raises_errno, read_all
 
 from kvfs.fuse.ops import KvfsOperations
 from kvfs.meta.metadata import Ctx
+from kvfs.meta.records import Attr
 from kvfs.vfs.fs import FileSystem
 
 CREATE = os.O_CREAT | os.O_WRONLY
@@ -48,15 +50,26 @@ async def test_create_over_a_symlink_restarts_the_walk_once(fs: FileSystem) -> N
         await fs.create(USER, ROOT, b"x", 0o644, CREATE)
 
 
-async def test_create_of_an_existing_file_opens_it_with_its_permissions(fs: FileSystem
-                                                                        ) -> None:
+async def _create_after_a_raced_walk(fs: FileSystem, ctx: Ctx, name: bytes,
+                                     flags: int) -> tuple[int, int, Attr]:
+    """A create the kernel restarted (ESTALE), whose restarted walk raced again."""
+    with raises_errno(errno.ESTALE):
+        await fs.create(ctx, ROOT, name, 0o644, flags)
+    await fs.lookup(ROOT, name)
+    return await fs.create(ctx, ROOT, name, 0o644, flags)
+
+
+async def test_create_of_an_existing_file(fs: FileSystem) -> None:
+    """The kernel's restarted walk opens an existing file itself, with its own checks;
+    only a walk that raced twice has it opened here, with the file's permissions (the
+    kernel checked only the directory's)."""
     ino = await mkfile(fs, ROOT, b"f", b"data", mode=0o644, ctx=Ctx(0, 0))
-    with raises_errno(errno.EACCES):  # the kernel checked only the directory
-        await fs.create(USER, ROOT, b"f", 0o644, CREATE)
-    fh, got, _ = await fs.create(USER, ROOT, b"f", 0o644, os.O_CREAT | os.O_RDONLY)
+    with raises_errno(errno.EACCES):
+        await _create_after_a_raced_walk(fs, USER, b"f", CREATE)
+    fh, got, _ = await _create_after_a_raced_walk(fs, USER, b"f", os.O_CREAT | os.O_RDONLY)
     await fs.release(fh)
     assert got == ino
-    fh, _, attr = await fs.create(Ctx(0, 0), ROOT, b"f", 0o644, CREATE | os.O_TRUNC)
+    fh, _, attr = await _create_after_a_raced_walk(fs, Ctx(0, 0), b"f", CREATE | os.O_TRUNC)
     await fs.release(fh)
     assert attr.size == 0 and await read_all(fs, ino) == b""
 
@@ -86,12 +99,40 @@ async def _fuse_errno(op: Awaitable[object]) -> int:
 
 async def test_a_walk_is_restarted_once(fs: FileSystem) -> None:
     """An inode the kernel holds but the volume lost gets ESTALE, so the kernel walks the
-    path again; if the restarted walk of that process meets a vanished inode too, ESTALE
-    would reach the application, so it gets ENOENT."""
+    path again; if the restarted walk of that process meets a vanished inode too -- one
+    it looked up after the ESTALE -- ESTALE would reach the application: ENOENT instead.
+    Another stale inode the process meets later gets its own restart."""
     ops = KvfsOperations(fs)
+    caller = _caller(7)
     gone = [await mkdir(fs, ROOT, name) for name in (b"d1", b"d2", b"d3")]
-    for name in (b"d1", b"d2", b"d3"):
-        await fs.rmdir(ROOT, name)
-    assert await _fuse_errno(ops.getattr(gone[0], _caller(7))) == errno.ESTALE
-    assert await _fuse_errno(ops.getattr(gone[1], _caller(7))) == errno.ENOENT
-    assert await _fuse_errno(ops.opendir(gone[2], _caller(8))) == errno.ESTALE
+    await ops.lookup(ROOT, b"d3", caller)  # held by the kernel from before
+    await fs.rmdir(ROOT, b"d1")
+    await fs.rmdir(ROOT, b"d3")
+    assert await _fuse_errno(ops.getattr(gone[0], caller)) == errno.ESTALE
+    # A stale inode known from before the ESTALE is not the restarted walk's doing.
+    assert await _fuse_errno(ops.opendir(gone[2], caller)) == errno.ESTALE
+    await ops.lookup(ROOT, b"d2", caller)  # the restarted walk...
+    await fs.rmdir(ROOT, b"d2")  # ...races another mount again
+    assert await _fuse_errno(ops.getattr(gone[1], caller)) == errno.ENOENT
+    assert await _fuse_errno(ops.getattr(gone[0], _caller(8))) == errno.ESTALE
+
+
+async def test_a_directory_moved_elsewhere_has_its_old_kernel_name_dropped(
+        fs: FileSystem) -> None:
+    """A directory has one dentry: when another mount moved it, the old name must go
+    before a rename meets it; this mount's own renames move the kernel's dentry itself."""
+    fs.meta.shared = True  # another mount may move directories
+    ops = KvfsOperations(fs)
+    caller = _caller(7)
+    d = await mkdir(fs, ROOT, b"a")
+    await ops.lookup(ROOT, b"a", caller)
+    await fs.rename(ROOT, b"a", ROOT, b"b")  # "another mount" moves it
+    await ops.lookup(ROOT, b"b", caller)
+    assert ops._moved_dirs.receive_nowait() == (ROOT, b"a")
+
+    await ops.rename(ROOT, b"b", ROOT, b"c", 0, caller)  # this mount moves it
+    await ops.lookup(ROOT, b"c", caller)
+    with pytest.raises(trio.WouldBlock):  # nothing to drop: the kernel moved it
+        ops._moved_dirs.receive_nowait()
+    await ops.forget([(d, 3)])
+    assert d not in ops._dir_at and (ROOT, b"c") not in ops._dir_named

@@ -39,6 +39,16 @@ def test_tls_negotiation_failures_only_on_tls_channels(details: str) -> None:
     assert classify(SC.UNAVAILABLE, details, tls=False).transient
 
 
+@pytest.mark.parametrize("details", [
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: "
+    "Handshake read failed (Socket closed)",
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: Tls "
+    "handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SYSCALL: Connection reset by peer",
+])
+def test_a_handshake_cut_off_on_a_tls_channel_is_retried(details: str) -> None:
+    assert classify(SC.UNAVAILABLE, details, tls=True) is Failure.UNSENT
+
+
 @pytest.mark.parametrize(("code", "details", "failure"), [
     (SC.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", Failure.NO_SPACE),
     (SC.RESOURCE_EXHAUSTED, "etcdserver: too many requests", Failure.UNSENT),

@@ -71,9 +71,18 @@ async def test_create_exclusive_and_nonexclusive(fs: FileSystem) -> None:
     ino = await mkfile(fs, ROOT, b"f", b"hello")
     with raises_errno(errno.EEXIST):
         await fs.create(USER, ROOT, b"f", 0o644, RW | os.O_CREAT | os.O_EXCL)
+    # The kernel creates only names it believes absent: a create that finds the file
+    # makes the kernel walk the path again (ESTALE) and open it itself...
+    with raises_errno(errno.ESTALE):
+        await fs.create(USER, ROOT, b"f", 0o600, RW | os.O_CREAT)
+    # ...unless that restarted walk's lookup raced too: then the file is opened here.
+    await fs.lookup(ROOT, b"f")
     fh, ino2, attr = await fs.create(USER, ROOT, b"f", 0o600, RW | os.O_CREAT)
     assert ino2 == ino and attr.size == 5 and stat.S_IMODE(attr.mode) == 0o644
     await fs.release(fh)
+    with raises_errno(errno.ESTALE):
+        await fs.create(USER, ROOT, b"f", 0o644, RW | os.O_CREAT | os.O_TRUNC)
+    await fs.lookup(ROOT, b"f")
     fh, _, attr = await fs.create(USER, ROOT, b"f", 0o644, RW | os.O_CREAT | os.O_TRUNC)
     assert attr.size == 0
     await fs.release(fh)

@@ -69,3 +69,21 @@ async def test_descriptor_recovers_after_failed_fsync_blocks_in_a_directory(
         await _logger_survives_outage(f, monkeypatch)
         # Blocks uploaded by the failed attempts were never recorded: leaked, not lost.
         assert await fsck_problems(f, leaked_blocks=False) == []
+
+
+async def test_a_write_that_fails_on_a_full_buffer_buffers_nothing(
+        fs: FileSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A logger that retries a write which failed with EIO must not find it twice."""
+    outage = Outage(monkeypatch, fs.meta.kv)
+    fh, ino, _ = await fs.create(USER, ROOT, b"log", 0o644,
+                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    fs._files[fh].data.buffer_limit = 100
+    outage.active = True
+    await fs.write(fh, 0, b"a" * 60)
+    with pytest.raises(EngineUnavailable):  # EIO: would overfill the buffer, whose
+        await fs.write(fh, 60, b"b" * 60)  # flush comes first and fails
+    outage.active = False
+    await fs.write(fh, 60, b"b" * 60)  # the retry
+    await fs.fsync(fh)
+    await fs.release(fh)
+    assert await read_all(fs, ino) == b"a" * 60 + b"b" * 60

@@ -79,6 +79,13 @@ class FileData:
         return self._mtime
 
     async def write(self, offset: int, data: bytes) -> None:
+        """Buffer ``data`` at ``offset``.  A buffer it would overfill is flushed *before*
+        taking it, so a write that fails (EIO in an outage) has buffered nothing: an
+        application that retries it does not write it twice, and the buffer stays bounded.
+        (Only a single write of ``buffer_limit`` bytes or more -- never one from the kernel,
+        whose writes are at most 1 MiB -- is flushed after it is buffered.)"""
+        if self._pending and self._pending_bytes + len(data) > self.buffer_limit:
+            await self.flush()
         if self._pending:
             last_off, last = self._pending[-1]
             if last_off + len(last) == offset and len(last) < 4 * CHUNK_SIZE:

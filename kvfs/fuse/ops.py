@@ -1,10 +1,14 @@
 """The only pyfuse3 importer besides :mod:`kvfs.fuse.mount`: requests in, replies out.
 
-Each handler is a one-liner into :class:`~kvfs.vfs.fs.FileSystem`; this module only converts
-types (``EntryAttributes``, ``FileInfo``, request contexts) and errors: an
-:class:`~kvfs.errors.FSError` becomes ``FUSEError(errno)``, an unreachable or full engine
-becomes EIO or ENOSPC, and anything else is logged and returned as EIO -- nothing else may
-escape a handler.
+Handlers call into :class:`~kvfs.vfs.fs.FileSystem` and convert types (``EntryAttributes``,
+``FileInfo``, request contexts) and errors: an :class:`~kvfs.errors.FSError` becomes
+``FUSEError(errno)``, an unreachable or full engine becomes EIO or ENOSPC, and anything else
+is logged and returned as EIO -- nothing else may escape a handler.
+
+What depends on the kernel's side of the protocol lives here too: its lookup counts and
+what it was last told of each inode (coherence, keep_cache), readdir replies sized to its
+buffer, ESTALE that restarts a path walk at most once per walk (:meth:`KvfsOperations._stale`),
+and where it holds each directory (:meth:`KvfsOperations._place_dir`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import trio
 
 from kvfs.errors import FSError
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
-from kvfs.meta.metadata import Ctx, DirEntry, SetAttr
+from kvfs.meta.metadata import RENAME_EXCHANGE, Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.objstore.api import BlockCorrupt, ObjectStoreFull
 from kvfs.outage import log_failure
@@ -93,11 +97,14 @@ class KvfsOperations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}
         # What the kernel was last told about each inode (ctime, mtime, size).
         self._told: dict[int, tuple[int, int, int]] = {}
-        # pid -> when a request of it last got ESTALE (see _stale)
+        # pid -> when a request of it last got ESTALE; inode -> when the kernel last
+        # looked it up (see _stale)
         self._stale_at: dict[int, float] = {}
-        # Where the kernel was last told each directory it may hold is (see _place_dir),
-        # and the old names to drop when one turns up elsewhere.
+        self._looked_up_at: dict[int, float] = {}
+        # Where the kernel was last told each directory it may hold is, both ways (see
+        # _place_dir), and the old names to drop when one turns up elsewhere.
         self._dir_at: dict[int, tuple[int, bytes]] = {}
+        self._dir_named: dict[tuple[int, bytes], int] = {}
         self._moved_send, self._moved_dirs = trio.open_memory_channel[tuple[int, bytes]](
             math.inf)
         # Bytes a readdir reply is expected to hold, per open directory handle, and for a
@@ -105,14 +112,15 @@ class KvfsOperations(pyfuse3.Operations):
         self._dir_room: dict[int, int] = {}
         self._room_guess = 4096
 
-    async def _stale(self, ctx: pyfuse3.RequestContext, op: Awaitable[T]) -> T:
-        """Run ``op`` on an inode the kernel holds; if the volume no longer has it --
+    async def _stale(self, ctx: pyfuse3.RequestContext, ino: int, op: Awaitable[T]) -> T:
+        """Run ``op`` on inode ``ino`` the kernel holds; if the volume no longer has it --
         another mount replaced or removed it -- fail with ESTALE, so the kernel looks the
         path up again instead of reporting ENOENT for a name that may exist.
 
-        The kernel restarts a walk only once: if the same process meets a vanished inode
-        again right away (the restarted walk raced too), ESTALE would reach it, so it gets
-        ENOENT instead -- the name it used is gone, as a local filesystem would say.
+        The kernel restarts a walk only once, looking every name up afresh.  If the
+        restarted walk meets a vanished inode too -- one the kernel looked up after this
+        process's ESTALE -- ESTALE would reach the process, so it gets ENOENT instead:
+        the name it used is gone, as a local filesystem would say.
         """
         try:
             return await op
@@ -124,7 +132,8 @@ class KvfsOperations(pyfuse3.Operations):
                 self._stale_at = {p: t for p, t in self._stale_at.items()
                                   if now - t < _RESTARTED_WALK}
             last = self._stale_at.pop(ctx.pid, None)
-            if last is not None and now - last < _RESTARTED_WALK:
+            if (last is not None and now - last < _RESTARTED_WALK
+                    and self._looked_up_at.get(ino, -math.inf) > last):
                 raise
             self._stale_at[ctx.pid] = now
             raise FSError(errno.ESTALE) from None
@@ -140,12 +149,35 @@ class KvfsOperations(pyfuse3.Operations):
         the invalidation needs until its first attempt fails; the retry then finds it
         gone).
         """
-        if not stat.S_ISDIR(e.st_mode):
+        if not stat.S_ISDIR(e.st_mode) or name in (b".", b".."):
             return
         old = self._dir_at.get(e.st_ino)
+        if old == (parent, name):
+            return
         self._dir_at[e.st_ino] = (parent, name)
-        if old is not None and old != (parent, name):
-            self._moved_send.send_nowait(old)
+        self._dir_named[(parent, name)] = e.st_ino
+        if old is not None:
+            if self._dir_named.get(old) == e.st_ino:
+                del self._dir_named[old]
+            if self.fs.meta.shared:  # only another mount moves directories behind our back
+                self._moved_send.send_nowait(old)
+
+    def _forget_dir(self, ino: int) -> None:
+        place = self._dir_at.pop(ino, None)
+        if place is not None and self._dir_named.get(place) == ino:
+            del self._dir_named[place]
+
+    def _renamed(self, old: tuple[int, bytes], new: tuple[int, bytes], flags: int) -> None:
+        """This mount renamed ``old`` to ``new``: the kernel moved its dentries itself."""
+        moved, other = self._dir_named.pop(old, None), self._dir_named.pop(new, None)
+        for ino, place in ((moved, new), (other, old if flags & RENAME_EXCHANGE else None)):
+            if ino is None:
+                continue
+            if place is None:
+                self._dir_at.pop(ino, None)
+            else:
+                self._dir_at[ino] = place
+                self._dir_named[place] = ino
 
     async def drop_moved_directories(self, *, task_status: trio.TaskStatus[None]
                                      = trio.TASK_STATUS_IGNORED) -> None:
@@ -196,6 +228,7 @@ class KvfsOperations(pyfuse3.Operations):
             raise
         entry = self._entry(ino, a)
         self._place_dir(parent_inode, name, entry)
+        self._looked_up_at[ino] = trio.current_time()
         return self._new_ref(entry)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -206,11 +239,12 @@ class KvfsOperations(pyfuse3.Operations):
             else:
                 self.lookups.pop(ino, None)
                 self._told.pop(ino, None)
-                self._dir_at.pop(ino, None)
+                self._looked_up_at.pop(ino, None)
+                self._forget_dir(ino)
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(inode, await self._stale(ctx, self.fs.getattr(inode)))
+        return self._entry(inode, await self._stale(ctx, inode, self.fs.getattr(inode)))
 
     @_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -225,11 +259,11 @@ class KvfsOperations(pyfuse3.Operations):
             mtime=attr.st_mtime_ns if fields.update_mtime else None,
             ctime=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        return self._entry(inode, await self._stale(ctx, self.fs.setattr(inode, ch)))
+        return self._entry(inode, await self._stale(ctx, inode, self.fs.setattr(inode, ch)))
 
     @_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self._stale(ctx, self.fs.readlink(inode))
+        return await self._stale(ctx, inode, self.fs.readlink(inode))
 
     @_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -262,6 +296,7 @@ class KvfsOperations(pyfuse3.Operations):
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        self._renamed((parent_inode_old, name_old), (parent_inode_new, name_new), flags)
 
     @_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -271,7 +306,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        fh, a = await self._stale(ctx, self.fs.open_with_attr(inode, flags))
+        fh, a = await self._stale(ctx, inode, self.fs.open_with_attr(inode, flags))
         sig = (a.ctime, a.mtime, a.size)
         unchanged = self._told.get(inode) == sig
         if inode in self._told and not unchanged:
@@ -330,7 +365,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        return await self._stale(ctx, self.fs.opendir(inode))
+        return await self._stale(ctx, inode, self.fs.opendir(inode))
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -342,6 +377,7 @@ class KvfsOperations(pyfuse3.Operations):
         batch that all fits doubles it.  So a call costs about the entries it returns.
         """
         room = self._dir_room.get(fh, self._room_guess)
+        parent = self.fs.dir_ino(fh)
         used = 0  # bytes of the buffer filled so far
         pos = start_id
         while True:
@@ -370,7 +406,7 @@ class KvfsOperations(pyfuse3.Operations):
                     return
                 used += size
                 if ent.name not in (b".", b".."):
-                    self._place_dir(self.fs.dir_ino(fh), ent.name, e)
+                    self._place_dir(parent, ent.name, e)
                     self._new_ref(e)  # a readdirplus entry is a lookup
             if end <= room:
                 return  # the directory ended before the estimate was reached
@@ -409,11 +445,11 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self._stale(ctx, self.fs.getxattr(inode, name))
+        return await self._stale(ctx, inode, self.fs.getxattr(inode, name))
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return await self._stale(ctx, self.fs.listxattr(_ctx(ctx), inode))
+        return await self._stale(ctx, inode, self.fs.listxattr(_ctx(ctx), inode))
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

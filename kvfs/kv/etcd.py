@@ -180,7 +180,10 @@ class EtcdEngine(KVEngine):
 
     def _classify(self, exc: grpc.RpcError) -> tuple[Failure, str]:
         code, details = rpc_details(exc)
-        return classify(code, details, tls=self.url.tls), details
+        failure = classify(code, details, tls=self.url.tls)
+        if failure is Failure.OTHER:
+            details = f"{code.name}: {details}"  # an unexpected error: say which
+        return failure, details
 
     def _map_error(self, failure: Failure, details: str, endpoint: str) -> KVError:
         """The :mod:`kvfs.kv.api` error for a failure that is not retried."""

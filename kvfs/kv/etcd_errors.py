@@ -31,8 +31,12 @@ _SC = grpc.StatusCode
 # Transport failures that prove the request was never delivered.
 _UNSENT = ("failed to connect", "connection refused", "no leader", "dns resolution",
            "name resolution", "too many requests", "not ready", "empty address list")
-# A failed TLS negotiation, as grpc's TLS stack words it (checked on TLS channels only).
-_TLS = ("tsi_", "ssl_error", "certificate", "hostname verification", "tls handshake failed")
+# A TLS negotiation that failed on a certificate or a name, as grpc's TLS stack words it
+# (checked on TLS channels only).  A handshake merely cut off -- a member killed or
+# restarting mid-handshake -- matches none of these and is retried like any disconnection.
+_TLS = ("certificate_verify_failed", "certificate verify failed", "bad_certificate",
+        "unknown_ca", "certificate_required", "hostname verification",
+        "tsi_data_corrupted")
 
 
 class Failure(enum.Enum):

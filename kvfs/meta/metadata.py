@@ -121,7 +121,7 @@ class Metadata:
         # A symlink's target never changes, so one read serves every later readlink of
         # its inode -- even after another mount removed it, as a local filesystem serves
         # a path walk that already holds the inode -- and during outages.
-        self.symlink_targets: LRU[int, bytes] = LRU(100_000)
+        self.symlink_targets: LRU[int, bytes] = LRU(16_384)  # targets are up to 4 KiB
         self.hints = ReadHints()
         # Inodes this mount holds open after their last name went (its ``SS`` keys).
         self.held: set[int] = set()
@@ -526,6 +526,10 @@ class Metadata:
         async def fn(t: Txn) -> None:
             if sid == self.session_id:
                 t.on_commit(lambda: self.held.discard(ino))
+            elif await t.get(keys.session(sid)) is not None:
+                # The session registered again (its holds restored) since it was found
+                # dead; the read is guarded, so a registration racing this commit wins.
+                return
             t.delete(keys.sustained(sid, ino))
             raw = await t.get(keys.attr(ino))
             if raw is None:

@@ -98,7 +98,7 @@ class FileSystem:
         self._compact_pending: dict[int, tuple[FileData, int]] = {}
         self._compact_wake = trio.Event()
         # (parent, name) -> when a create of it answered ESTALE, and whether the name was
-        # looked up since (see _create_found_special)
+        # looked up since (see _walk_raced_again)
         self._walks_restarted: dict[tuple[int, bytes], tuple[float, bool]] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -234,32 +234,35 @@ class FileSystem:
             # it meanwhile.  Answer as open(2) of that name would.
             if attr.is_dir:
                 raise FSError(errno.EISDIR)
+            if not self._walk_raced_again(parent, name):
+                # The kernel's own walk, restarted by ESTALE, looks the name up afresh
+                # and opens what it finds with its own checks: permissions (supplementary
+                # groups included), O_TRUNC, following a symlink, opening a device.
+                raise FSError(errno.ESTALE)
             if not attr.is_reg:
-                raise FSError(self._create_found_special(parent, name))
-            # The kernel checked write permission on the directory, not on this file.
+                raise FSError(errno.EEXIST)
+            # The restarted walk raced too: open the file here, checking what the kernel
+            # checked only on the directory.
             await self.access(ctx, ino, _access_wanted(flags))
         fh = self._new_handle(ino, flags)
         if not created and flags & os.O_TRUNC and attr.size:
             attr = await self.setattr(ino, SetAttr(size=0))
         return fh, ino, attr
 
-    def _create_found_special(self, parent: int, name: bytes) -> int:
-        """The errno for a create that found a symlink, FIFO, socket or device.
-
-        Only the kernel's path walk can follow a symlink or open a device, and ESTALE
-        makes it walk the path once more, looking every name up afresh.  If that second
-        walk races again -- its lookup found no name, its create finds one -- the kernel
-        would hand ESTALE to the application: say EEXIST instead.
-        """
+    def _walk_raced_again(self, parent: int, name: bytes) -> bool:
+        """Whether this create, which found ``name`` existing, comes from a kernel walk
+        that ESTALE already restarted -- its fresh lookup found no name, its create finds
+        one.  The kernel restarts a walk only once: ESTALE now would reach the
+        application.  Otherwise the create is remembered as restarting a walk."""
         now = trio.current_time()
         if len(self._walks_restarted) > 1000:
             self._walks_restarted = {k: v for k, v in self._walks_restarted.items()
                                      if now - v[0] < _WALK_RETRY_WINDOW}
         last = self._walks_restarted.pop((parent, name), None)
         if last is not None and last[1] and now - last[0] < _WALK_RETRY_WINDOW:
-            return errno.EEXIST
+            return True
         self._walks_restarted[(parent, name)] = (now, False)
-        return errno.ESTALE
+        return False
 
     def _handle(self, fh: int) -> FileHandle:
         h = self._files.get(fh)
@@ -292,8 +295,11 @@ class FileSystem:
         except FSError:
             raise
         except (NoSpace, ObjectStoreFull) as exc:
+            log.warning("writing inode %d: %s", data.ino, exc)
             raise FSError(errno.ENOSPC, f"writing inode {data.ino}: {exc}") from exc
         except Exception as exc:
+            # The data stays buffered for the next flush; say why this one failed.
+            log_failure(log, "writing inode %d failed", data.ino)
             raise FSError(errno.EIO, f"writing inode {data.ino}: {exc}") from exc
         if attr is not None and data.compact_wanted:
             self._compact_pending[data.ino] = (data, attr.size)
