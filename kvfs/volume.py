@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from kvfs.chunk.slices import SliceStore
+from kvfs.durable import make_dirs
 from kvfs.kv.api import KVEngine
 from kvfs.kv.local import MemoryEngine
 from kvfs.kv.recording import RecordingEngine
@@ -28,7 +29,7 @@ from kvfs.meta.metadata import Metadata
 from kvfs.objstore.api import ObjectStore
 from kvfs.objstore.checksum import ChecksummedStore
 from kvfs.objstore.kvblob import KVBlobStore
-from kvfs.objstore.localdir import LocalDirStore, make_dirs
+from kvfs.objstore.localdir import LocalDirStore
 from kvfs.vfs.coherence import OwnRevisions
 
 FORMAT_VERSION = 1

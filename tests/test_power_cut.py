@@ -46,6 +46,7 @@ import trio
 from mounting import Mount, kvfs
 from powerfs import PowerFS
 
+from kvfs.durable import fsync_dir
 from kvfs.kv.api import StoreCorrupt
 from kvfs.kv.embedded import EmbeddedEngine
 
@@ -71,14 +72,6 @@ def power(tmp_path: Path) -> Iterator[PowerFS]:
         yield pfs
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(path: Path, data: bytes, *, sync: bool, flags: int = 0) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o644)
     try:
@@ -96,7 +89,7 @@ def test_powerfs_keeps_only_synced_contents(power: PowerFS) -> None:
     root = power.mountpoint
     _write(root / "synced", b"kept", sync=True)
     _write(root / "unsynced", b"lost", sync=False)
-    _fsync_dir(root)  # both names durable; only one file's contents
+    fsync_dir(root)  # both names durable; only one file's contents
     _write(root / "synced", b" and this is lost", sync=False, flags=os.O_APPEND)
     _write(root / "nameless", b"contents synced, name not", sync=True)
     assert (root / "synced").read_bytes() == b"kept and this is lost"
@@ -116,7 +109,7 @@ def test_powerfs_namespace_changes_need_fsyncdir(power: PowerFS) -> None:
     _write(root / "d" / "f", b"1", sync=True)
     _write(root / "old", b"old", sync=True)
     _write(root / "gone", b"", sync=True)
-    _fsync_dir(root)  # d, old and gone are durable; d's own entries are not
+    fsync_dir(root)  # d, old and gone are durable; d's own entries are not
     _write(root / "tmp", b"new", sync=True)
     os.rename(root / "tmp", root / "old")  # replace, not synced
     os.unlink(root / "gone")
@@ -130,11 +123,11 @@ def test_powerfs_namespace_changes_need_fsyncdir(power: PowerFS) -> None:
     assert (root / "old").read_bytes() == b"old"
     # the same changes, synced this time
     _write(root / "d" / "f", b"1", sync=True)
-    _fsync_dir(root / "d")
+    fsync_dir(root / "d")
     _write(root / "tmp", b"new", sync=True)
     os.rename(root / "tmp", root / "old")
     os.unlink(root / "gone")
-    _fsync_dir(root)
+    fsync_dir(root)
     power.cut()
     power.restart()
     assert sorted(os.listdir(root)) == ["d", "old"]
@@ -165,7 +158,7 @@ def test_powerfs_reads_what_was_written(power: PowerFS, tmp_path: Path) -> None:
                 synced = ref.read_bytes()
             a.seek(0)
             assert a.read() == ref.read_bytes()
-    _fsync_dir(power.mountpoint)
+    fsync_dir(power.mountpoint)
     power.cut()
     power.restart()
     assert ours.read_bytes() == synced
@@ -186,7 +179,7 @@ def test_powerfs_torn_cut_keeps_a_prefix_of_the_writes(power: PowerFS) -> None:
             for r in records[5:]:
                 f.write(r)
                 f.flush()
-        _fsync_dir(power.mountpoint)
+        fsync_dir(power.mountpoint)
         power.cut(torn_seed=seed)
         power.restart()
         got = log.read_bytes()
@@ -205,7 +198,7 @@ def test_powerfs_armed_cut_strikes_at_a_sync(power: PowerFS) -> None:
     root = power.mountpoint
     power.cut(at_sync=3)
     _write(root / "a", b"a", sync=True)  # sync 1
-    _fsync_dir(root)  # sync 2
+    fsync_dir(root)  # sync 2
     assert power.is_on()
     with pytest.raises(OSError) as e:
         _write(root / "b", b"b", sync=True)  # sync 3: the power goes instead

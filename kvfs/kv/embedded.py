@@ -41,6 +41,7 @@ from typing import Any
 
 import trio
 
+from kvfs.durable import fsync_dir, make_dirs
 from kvfs.kv.api import KVError, Limits, RangeResult, StoreCorrupt
 from kvfs.kv.dirlock import DirLock
 from kvfs.kv.local import LocalEngine
@@ -52,7 +53,7 @@ from kvfs.kv.snapshot import (
     write_snapshot,
 )
 from kvfs.kv.state import Command, KVState
-from kvfs.kv.valuefiles import ValueRef, ValueStore, fsync_dir, pack, unpack
+from kvfs.kv.valuefiles import ValueRef, ValueStore, pack, unpack
 from kvfs.kv.wal import WalWriter, list_segments, scan
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class EmbeddedEngine(LocalEngine):
         of log), log segment size, and the size above which values go to their own file.
         """
         path = os.path.abspath(path)
-        await trio.to_thread.run_sync(_make_dir, path)
+        await trio.to_thread.run_sync(make_dirs, path)
         lock = await trio.to_thread.run_sync(DirLock.acquire, path)
         try:
             engine = cls(path, limits, snapshot_every=snapshot_every,
@@ -367,22 +368,3 @@ class EmbeddedEngine(LocalEngine):
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
-
-
-def _make_dir(path: str) -> None:
-    """Create the store directory and any missing parents, each entry durable in its parent.
-
-    Syncing only the last parent is not enough: a power cut could then take a new
-    intermediate directory, and the whole store with it.
-    """
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent != path:
-        _make_dir(parent)
-    try:
-        os.mkdir(path)
-    except FileExistsError:  # created meanwhile by someone else
-        if not os.path.isdir(path):
-            raise
-    fsync_dir(parent)

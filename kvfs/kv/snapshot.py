@@ -26,8 +26,9 @@ from typing import Any, BinaryIO
 
 import xxhash
 
+from kvfs.durable import fsync_dir
 from kvfs.kv.state import Entry
-from kvfs.kv.valuefiles import fsync_dir, pack, unpack
+from kvfs.kv.valuefiles import pack, unpack
 from kvfs.kv.wal import HEADER, frame
 
 SNAPSHOT_RE = re.compile(r"^snap-([0-9a-f]{16})\.snap$")

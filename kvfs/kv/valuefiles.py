@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 import xxhash
 
+from kvfs.durable import fsync_dir
 from kvfs.kv.api import StoreCorrupt
 
 EXT_VALUE_REF = 1
@@ -63,14 +64,6 @@ def pack(obj: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """The inverse of :func:`pack` (arrays come back as lists)."""
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ValueStore:

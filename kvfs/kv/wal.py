@@ -34,8 +34,8 @@ import threading
 
 import xxhash
 
+from kvfs.durable import fsync_dir
 from kvfs.kv.api import StoreCorrupt
-from kvfs.kv.valuefiles import fsync_dir
 
 log = logging.getLogger(__name__)
 

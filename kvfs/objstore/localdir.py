@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from kvfs.durable import fsync_dir, make_dirs
 from kvfs.objstore.api import BlockNotFound, ObjectStore, ObjectStoreError, ObjectStoreFull
 
 _TMP_PREFIX = ".tmp-"
@@ -38,33 +39,6 @@ def _check_name(name: str) -> list[str]:
     if not name or "\x00" in name or any(not p or p.startswith(".") for p in parts):
         raise ObjectStoreError(f"invalid block name {name!r}")
     return parts
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs(path: str) -> None:
-    """Create directory ``path`` and any missing parents, each new entry fsync'd in its parent.
-
-    The parent of ``path`` itself is fsync'd even if ``path`` already existed: whoever made
-    it may not have synced it.  Without this a power cut can take the whole bucket with
-    every block that was acknowledged in it.
-    """
-    parent = os.path.dirname(path)
-    if not os.path.isdir(path):
-        if parent != path and not os.path.isdir(parent):
-            make_dirs(parent)
-        try:
-            os.mkdir(path)
-        except FileExistsError:  # created meanwhile by someone else
-            if not os.path.isdir(path):
-                raise
-    _fsync_dir(parent)
 
 
 def _os_error(op: str, name: str, exc: OSError) -> ObjectStoreError:
@@ -113,7 +87,7 @@ class LocalDirStore(ObjectStore):
         except FileExistsError:
             if not os.path.isdir(dirpath):
                 raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
         self._synced_dirs.add(dirpath)
 
     def _put_sync(self, path: str, data: bytes) -> None:
@@ -137,7 +111,7 @@ class LocalDirStore(ObjectStore):
             except OSError:
                 pass
             raise
-        _fsync_dir(dirpath)
+        fsync_dir(dirpath)
 
     @staticmethod
     def _get_sync(path: str) -> bytes | None:
