@@ -17,9 +17,9 @@ from typing import cast
 
 import pyfuse3
 import pytest
-import trio
 from fsapi import ROOT, USER, mkdir, mkfile, raises_errno, read_all
 
+from kvfs.fuse import ops as ops_module
 from kvfs.fuse.ops import KvfsOperations
 from kvfs.meta.metadata import Ctx
 from kvfs.meta.records import Attr
@@ -118,21 +118,29 @@ async def test_a_walk_is_restarted_once(fs: FileSystem) -> None:
 
 
 async def test_a_directory_moved_elsewhere_has_its_old_kernel_name_dropped(
-        fs: FileSystem) -> None:
-    """A directory has one dentry: when another mount moved it, the old name must go
-    before a rename meets it; this mount's own renames move the kernel's dentry itself."""
+        fs: FileSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory has one dentry: when another mount moved it to another parent, the
+    lookup that finds it there drops the old name before it replies; this mount's own
+    renames move the kernel's dentry themselves, and so does a move within one parent."""
+    dropped: list[tuple[int, bytes]] = []
+    monkeypatch.setattr(ops_module, "_invalidate_entry",
+                        lambda parent, name: dropped.append((parent, name)))
     fs.meta.shared = True  # another mount may move directories
     ops = KvfsOperations(fs)
     caller = _caller(7)
-    d = await mkdir(fs, ROOT, b"a")
-    await ops.lookup(ROOT, b"a", caller)
-    await fs.rename(ROOT, b"a", ROOT, b"b")  # "another mount" moves it
-    await ops.lookup(ROOT, b"b", caller)
-    assert ops._moved_dirs.receive_nowait() == (ROOT, b"a")
+    p1, p2 = await mkdir(fs, ROOT, b"p1"), await mkdir(fs, ROOT, b"p2")
+    for name in (b"p1", b"p2"):
+        await ops.lookup(ROOT, name, caller)
+    d = await mkdir(fs, p1, b"a")
+    await ops.lookup(p1, b"a", caller)
+    await fs.rename(p1, b"a", p2, b"b")  # "another mount" moves it
+    await ops.lookup(p2, b"b", caller)
+    assert dropped == [(p1, b"a")]
 
-    await ops.rename(ROOT, b"b", ROOT, b"c", 0, caller)  # this mount moves it
-    await ops.lookup(ROOT, b"c", caller)
-    with pytest.raises(trio.WouldBlock):  # nothing to drop: the kernel moved it
-        ops._moved_dirs.receive_nowait()
-    await ops.forget([(d, 3)])
-    assert d not in ops._dir_at and (ROOT, b"c") not in ops._dir_named
+    await fs.rename(p2, b"b", p2, b"c")  # within one parent: the kernel copes
+    await ops.lookup(p2, b"c", caller)
+    await ops.rename(p2, b"c", p1, b"d", 0, caller)  # this mount moves it
+    await ops.lookup(p1, b"d", caller)
+    assert dropped == [(p1, b"a")]
+    await ops.forget([(d, 4)])
+    assert d not in ops._dir_at and (p1, b"d") not in ops._dir_named

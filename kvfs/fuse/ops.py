@@ -34,6 +34,8 @@ from kvfs.outage import log_failure
 from kvfs.vfs.fs import FileSystem
 
 log = logging.getLogger("kvfs.fuse")
+# How long a lookup waits for the kernel to drop a moved directory's old name.
+_DROP_OLD_NAME_WAIT = 0.05
 # The kernel restarts a path walk that met ESTALE at once (well within this many seconds),
 # and only once.
 _RESTARTED_WALK = 1.0
@@ -74,6 +76,14 @@ _MIN_DIRENTPLUS = 160
 
 def _direntplus_size(name: bytes) -> int:
     return (_DIRENTPLUS_HEADER + len(name) + 7) & ~7
+
+
+def _invalidate_entry(parent: int, name: bytes) -> None:
+    """Make the kernel forget ``name`` in ``parent`` (blocking); gone already is fine."""
+    try:
+        pyfuse3.invalidate_entry(parent, name)
+    except OSError:
+        pass
 
 
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
@@ -138,29 +148,42 @@ class KvfsOperations(pyfuse3.Operations):
             self._stale_at[ctx.pid] = now
             raise FSError(errno.ESTALE) from None
 
-    def _place_dir(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes) -> None:
-        """Note that the kernel now knows directory ``e`` as ``name`` in ``parent``.
+    def _place_dir(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes
+                   ) -> tuple[int, bytes] | None:
+        """Note that the kernel now knows directory ``e`` as ``name`` in ``parent``;
+        return the other parent's name it may still hold for it (another mount moved it).
 
-        A directory has one dentry.  When another mount moved one and this mount's lookup
-        finds it under its new name before the watch has dropped the old one, the kernel
-        must move its dentry, and cannot while a rename holds the rename lock -- the
-        rename gets ESTALE, and so does its retry if the old dentry is still there.  So
-        the old name is dropped at once, in the background (the rename holds the locks
-        the invalidation needs until its first attempt fails; the retry then finds it
-        gone).
+        A directory has one dentry.  When a lookup finds one under a new name in another
+        parent before the watch has dropped the old name, the kernel must move its dentry,
+        which needs the rename lock: with any rename under way on this mount, the lookup
+        fails with ESTALE, and so does the retry if the old dentry is still there.
+        :meth:`lookup` drops the old name before it replies; a readdirplus reply leaves it
+        to :meth:`drop_moved_directories`.  (Within one parent the kernel moves the dentry
+        without that lock.)
         """
         if not stat.S_ISDIR(e.st_mode) or name in (b".", b".."):
-            return
+            return None
         old = self._dir_at.get(e.st_ino)
         if old == (parent, name):
-            return
+            return None
         self._dir_at[e.st_ino] = (parent, name)
         self._dir_named[(parent, name)] = e.st_ino
-        if old is not None:
-            if self._dir_named.get(old) == e.st_ino:
-                del self._dir_named[old]
-            if self.fs.meta.shared:  # only another mount moves directories behind our back
-                self._moved_send.send_nowait(old)
+        if old is None:
+            return None
+        if self._dir_named.get(old) == e.st_ino:
+            del self._dir_named[old]
+        # Only another mount moves directories behind the kernel's back.
+        return old if self.fs.meta.shared and old[0] != parent else None
+
+    async def _drop_old_name(self, old: tuple[int, bytes]) -> None:
+        """Drop the kernel's ``old`` name of a directory before a lookup reply gives its
+        new one.  The kernel locks ``old``'s parent for that; a rename holding that lock
+        may itself wait for the lookup being answered, so the wait is bounded and the
+        invalidation, if still blocked, finishes on its own once the rename is done."""
+        if old[0] not in self.lookups and old[0] != pyfuse3.ROOT_INODE:
+            return
+        with trio.move_on_after(_DROP_OLD_NAME_WAIT):
+            await trio.to_thread.run_sync(_invalidate_entry, *old, abandon_on_cancel=True)
 
     def _forget_dir(self, ino: int) -> None:
         place = self._dir_at.pop(ino, None)
@@ -227,7 +250,9 @@ class KvfsOperations(pyfuse3.Operations):
                 return neg
             raise
         entry = self._entry(ino, a)
-        self._place_dir(parent_inode, name, entry)
+        moved_from = self._place_dir(parent_inode, name, entry)
+        if moved_from is not None:
+            await self._drop_old_name(moved_from)
         self._looked_up_at[ino] = trio.current_time()
         return self._new_ref(entry)
 
@@ -406,7 +431,9 @@ class KvfsOperations(pyfuse3.Operations):
                     return
                 used += size
                 if ent.name not in (b".", b".."):
-                    self._place_dir(parent, ent.name, e)
+                    moved_from = self._place_dir(parent, ent.name, e)
+                    if moved_from is not None:
+                        self._moved_send.send_nowait(moved_from)
                     self._new_ref(e)  # a readdirplus entry is a lookup
             if end <= room:
                 return  # the directory ended before the estimate was reached
