@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Awaitable
 from types import SimpleNamespace
 from typing import cast
@@ -144,3 +145,24 @@ async def test_a_directory_moved_elsewhere_has_its_old_kernel_name_dropped(
     assert dropped == [(p1, b"a")]
     await ops.forget([(d, 4)])
     assert d not in ops._dir_at and (p1, b"d") not in ops._dir_named
+
+
+async def test_a_moved_directory_the_kernel_cannot_place_yet_is_absent_for_now(
+        fs: FileSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the old name cannot be dropped in time (a rename holds its parent's lock and
+    waits for this lookup), the kernel would fail with ESTALE: the name is reported
+    absent instead, uncached, and the directory's old place stays on record."""
+    monkeypatch.setattr(ops_module, "_invalidate_entry",
+                        lambda parent, name: time.sleep(0.3))  # blocked on a lock
+    fs.meta.shared = True
+    ops = KvfsOperations(fs)
+    caller = _caller(7)
+    p1, p2 = await mkdir(fs, ROOT, b"p1"), await mkdir(fs, ROOT, b"p2")
+    for name in (b"p1", b"p2"):
+        await ops.lookup(ROOT, name, caller)
+    d = await mkdir(fs, p1, b"a")
+    await ops.lookup(p1, b"a", caller)
+    await fs.rename(p1, b"a", p2, b"b")
+    reply = await ops.lookup(p2, b"b", caller)
+    assert reply.st_ino == 0 and reply.entry_timeout == 0
+    assert ops._dir_at[d] == (p1, b"a")

@@ -148,42 +148,47 @@ class KvfsOperations(pyfuse3.Operations):
             self._stale_at[ctx.pid] = now
             raise FSError(errno.ESTALE) from None
 
-    def _place_dir(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes
-                   ) -> tuple[int, bytes] | None:
-        """Note that the kernel now knows directory ``e`` as ``name`` in ``parent``;
-        return the other parent's name it may still hold for it (another mount moved it).
+    def _moved_from(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes
+                    ) -> tuple[int, bytes] | None:
+        """The name in another parent the kernel may still hold for directory ``e``,
+        which another mount moved to ``name`` in ``parent``; None if there is none.
 
-        A directory has one dentry.  When a lookup finds one under a new name in another
-        parent before the watch has dropped the old name, the kernel must move its dentry,
-        which needs the rename lock: with any rename under way on this mount, the lookup
-        fails with ESTALE, and so does the retry if the old dentry is still there.
-        :meth:`lookup` drops the old name before it replies; a readdirplus reply leaves it
-        to :meth:`drop_moved_directories`.  (Within one parent the kernel moves the dentry
-        without that lock.)
+        A directory has one dentry.  When a lookup finds one in a new parent before the
+        watch has dropped the old name, the kernel must move its dentry, which needs the
+        rename lock: with any rename under way on this mount, the lookup fails with ESTALE,
+        and so does the retry if the old dentry is still there.  (Within one parent the
+        kernel moves the dentry without that lock.)
         """
         if not stat.S_ISDIR(e.st_mode) or name in (b".", b".."):
             return None
         old = self._dir_at.get(e.st_ino)
+        if old is None or old[0] == parent or not self.fs.meta.shared:
+            return None  # only another mount moves directories behind the kernel's back
+        return old
+
+    def _place_dir(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes) -> None:
+        """Note that the kernel now knows directory ``e`` as ``name`` in ``parent``."""
+        if not stat.S_ISDIR(e.st_mode) or name in (b".", b".."):
+            return
+        old = self._dir_at.get(e.st_ino)
         if old == (parent, name):
-            return None
+            return
         self._dir_at[e.st_ino] = (parent, name)
         self._dir_named[(parent, name)] = e.st_ino
-        if old is None:
-            return None
-        if self._dir_named.get(old) == e.st_ino:
+        if old is not None and self._dir_named.get(old) == e.st_ino:
             del self._dir_named[old]
-        # Only another mount moves directories behind the kernel's back.
-        return old if self.fs.meta.shared and old[0] != parent else None
 
-    async def _drop_old_name(self, old: tuple[int, bytes]) -> None:
-        """Drop the kernel's ``old`` name of a directory before a lookup reply gives its
-        new one.  The kernel locks ``old``'s parent for that; a rename holding that lock
-        may itself wait for the lookup being answered, so the wait is bounded and the
-        invalidation, if still blocked, finishes on its own once the rename is done."""
+    async def _drop_old_name(self, old: tuple[int, bytes]) -> bool:
+        """Drop the kernel's ``old`` name of a moved directory; False if that did not
+        happen in time.  The kernel locks ``old``'s parent for it, and a rename holding
+        that lock may be waiting for the very lookup that asks: so the wait is bounded,
+        and an invalidation still blocked finishes on its own once the rename is done."""
         if old[0] not in self.lookups and old[0] != pyfuse3.ROOT_INODE:
-            return
+            return True  # the kernel holds nothing under that parent
         with trio.move_on_after(_DROP_OLD_NAME_WAIT):
             await trio.to_thread.run_sync(_invalidate_entry, *old, abandon_on_cancel=True)
+            return True
+        return False
 
     def _forget_dir(self, ino: int) -> None:
         place = self._dir_at.pop(ino, None)
@@ -208,6 +213,14 @@ class KvfsOperations(pyfuse3.Operations):
         task_status.started()
         async for parent, name in self._moved_dirs:
             await self.invalidate_entry(parent, name)
+
+    @staticmethod
+    def _negative(timeout: float) -> pyfuse3.EntryAttributes:
+        """A lookup reply saying the name does not exist, cached for ``timeout`` s."""
+        neg = pyfuse3.EntryAttributes()
+        neg.st_ino = 0
+        neg.entry_timeout = timeout
+        return neg
 
     def _new_ref(self, e: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
         """Count a reply that gives the kernel a reference to an inode."""
@@ -244,15 +257,15 @@ class KvfsOperations(pyfuse3.Operations):
             if e.errno == errno.ENOENT:
                 # A negative entry the kernel may cache like a positive one: a name created
                 # elsewhere reaches it through the coherence watch's invalidation.
-                neg = pyfuse3.EntryAttributes()
-                neg.st_ino = 0
-                neg.entry_timeout = self.entry_timeout
-                return neg
+                return self._negative(self.entry_timeout)
             raise
         entry = self._entry(ino, a)
-        moved_from = self._place_dir(parent_inode, name, entry)
-        if moved_from is not None:
-            await self._drop_old_name(moved_from)
+        moved_from = self._moved_from(parent_inode, name, entry)
+        if moved_from is not None and not await self._drop_old_name(moved_from):
+            # The kernel could not place the directory here (ESTALE): report the name
+            # absent for now, uncached -- a name another mount is moving about.
+            return self._negative(0.0)
+        self._place_dir(parent_inode, name, entry)
         self._looked_up_at[ino] = trio.current_time()
         return self._new_ref(entry)
 
@@ -431,9 +444,10 @@ class KvfsOperations(pyfuse3.Operations):
                     return
                 used += size
                 if ent.name not in (b".", b".."):
-                    moved_from = self._place_dir(parent, ent.name, e)
+                    moved_from = self._moved_from(parent, ent.name, e)
                     if moved_from is not None:
                         self._moved_send.send_nowait(moved_from)
+                    self._place_dir(parent, ent.name, e)
                     self._new_ref(e)  # a readdirplus entry is a lookup
             if end <= room:
                 return  # the directory ended before the estimate was reached
