@@ -118,6 +118,21 @@ async def test_a_walk_is_restarted_once(fs: FileSystem) -> None:
     assert await _fuse_errno(ops.getattr(gone[0], _caller(8))) == errno.ESTALE
 
 
+async def _moved_by_another_mount(ops: KvfsOperations, caller: pyfuse3.RequestContext
+                                  ) -> tuple[int, int, int]:
+    """Directories p1 and p2 and p1/a, known to the kernel; then "another mount" (the
+    shared volume underneath) moves p1/a to p2/b.  Returns (p1, p2, a)."""
+    fs = ops.fs
+    fs.meta.shared = True  # another mount may move directories
+    p1, p2 = await mkdir(fs, ROOT, b"p1"), await mkdir(fs, ROOT, b"p2")
+    for name in (b"p1", b"p2"):
+        await ops.lookup(ROOT, name, caller)
+    d = await mkdir(fs, p1, b"a")
+    await ops.lookup(p1, b"a", caller)
+    await fs.rename(p1, b"a", p2, b"b")
+    return p1, p2, d
+
+
 async def test_a_directory_moved_elsewhere_has_its_old_kernel_name_dropped(
         fs: FileSystem, monkeypatch: pytest.MonkeyPatch) -> None:
     """A directory has one dentry: when another mount moved it to another parent, the
@@ -126,15 +141,8 @@ async def test_a_directory_moved_elsewhere_has_its_old_kernel_name_dropped(
     dropped: list[tuple[int, bytes]] = []
     monkeypatch.setattr(ops_module, "_invalidate_entry",
                         lambda parent, name: dropped.append((parent, name)))
-    fs.meta.shared = True  # another mount may move directories
-    ops = KvfsOperations(fs)
-    caller = _caller(7)
-    p1, p2 = await mkdir(fs, ROOT, b"p1"), await mkdir(fs, ROOT, b"p2")
-    for name in (b"p1", b"p2"):
-        await ops.lookup(ROOT, name, caller)
-    d = await mkdir(fs, p1, b"a")
-    await ops.lookup(p1, b"a", caller)
-    await fs.rename(p1, b"a", p2, b"b")  # "another mount" moves it
+    ops, caller = KvfsOperations(fs), _caller(7)
+    p1, p2, d = await _moved_by_another_mount(ops, caller)
     await ops.lookup(p2, b"b", caller)
     assert dropped == [(p1, b"a")]
 
@@ -154,15 +162,8 @@ async def test_a_moved_directory_the_kernel_cannot_place_yet_is_absent_for_now(
     absent instead, uncached, and the directory's old place stays on record."""
     monkeypatch.setattr(ops_module, "_invalidate_entry",
                         lambda parent, name: time.sleep(0.3))  # blocked on a lock
-    fs.meta.shared = True
-    ops = KvfsOperations(fs)
-    caller = _caller(7)
-    p1, p2 = await mkdir(fs, ROOT, b"p1"), await mkdir(fs, ROOT, b"p2")
-    for name in (b"p1", b"p2"):
-        await ops.lookup(ROOT, name, caller)
-    d = await mkdir(fs, p1, b"a")
-    await ops.lookup(p1, b"a", caller)
-    await fs.rename(p1, b"a", p2, b"b")
+    ops, caller = KvfsOperations(fs), _caller(7)
+    p1, p2, d = await _moved_by_another_mount(ops, caller)
     reply = await ops.lookup(p2, b"b", caller)
     assert reply.st_ino == 0 and reply.entry_timeout == 0
     assert ops._dir_at[d] == (p1, b"a")
