@@ -93,17 +93,23 @@ class Mount:
 
     def cleanup(self) -> None:
         """Best-effort teardown for a test that failed half-way."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if is_mounted(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
+        stop_daemon(self.proc, self.mountpoint)
         if not self._log.closed:
             self._log.close()
+
+
+def stop_daemon(proc: subprocess.Popen[bytes], mountpoint: Path) -> None:
+    """Best-effort end of a FUSE daemon: SIGTERM (kill after 30 s), then a lazy unmount
+    of whatever it left mounted."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if is_mounted(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 
 def fsck(url: str) -> str:

@@ -174,16 +174,19 @@ def _heal(member: Member) -> None:
         raise RuntimeError(f"{e}; the end of {log}:\n{tail}") from None
 
 
-class EtcdKill(Fault):
-    """``outage=False`` for a member of a cluster that keeps its quorum without it."""
-
-    kind = "etcd-kill"
+class _MemberDown(Fault):
+    """A fault that takes etcd ``member`` away for a while.  ``outage=False`` for a
+    member of a cluster that keeps its quorum without it."""
 
     def __init__(self, member: Member, hold: tuple[float, float] = (1.0, 6.0), *,
                  outage: bool = True) -> None:
         super().__init__(member.name, None, hold)
         self.member = member
         self.outage = outage
+
+
+class EtcdKill(_MemberDown):
+    kind = "etcd-kill"
 
     @contextmanager
     def injected(self) -> Iterator[None]:
@@ -195,16 +198,8 @@ class EtcdKill(Fault):
             _heal(self.member)
 
 
-class EtcdPause(Fault):
-    """``outage=False`` for a member of a cluster that keeps its quorum without it."""
-
+class EtcdPause(_MemberDown):
     kind = "etcd-pause"
-
-    def __init__(self, member: Member, hold: tuple[float, float] = (1.0, 6.0), *,
-                 outage: bool = True) -> None:
-        super().__init__(member.name, None, hold)
-        self.member = member
-        self.outage = outage
 
     @contextmanager
     def injected(self) -> Iterator[None]:

@@ -798,16 +798,11 @@ class PowerFS:
 
     def cleanup(self) -> None:
         """Best-effort teardown for a test that failed half-way."""
-        from mounting import is_mounted
+        from mounting import is_mounted, stop_daemon
 
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if is_mounted(self.mountpoint):
+        if self.proc is not None:
+            stop_daemon(self.proc, self.mountpoint)
+        elif is_mounted(self.mountpoint):
             subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=False)
         self.proc = None
 
