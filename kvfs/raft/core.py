@@ -39,7 +39,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from kvfs.raft import confchange
+from kvfs.raft import confchange, quorum
 from kvfs.raft.log import RaftLog
 from kvfs.raft.progress import ProgressState
 from kvfs.raft.quorum import VoteResult
@@ -127,10 +127,12 @@ class Raft:
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = config.election_tick
         if hard_state != HardState():
-            if not (self.log.committed <= hard_state.commit <= self.log.last_index()):
+            if hard_state.commit > self.log.last_index():
                 raise AssertionError(
-                    f"persisted commit {hard_state.commit} outside "
-                    f"[{self.log.committed}, {self.log.last_index()}]")
+                    f"persisted commit {hard_state.commit} beyond the persisted log "
+                    f"(last index {self.log.last_index()})")
+            # A snapshot persisted without the hard state after it (a torn write) is
+            # committed all the same: commit_to keeps the higher of the two.
             self.log.commit_to(hard_state.commit)
             self.term = hard_state.term
             self.vote = hard_state.vote
@@ -246,7 +248,7 @@ class Raft:
             self.lead_transferee = NO_NODE
         if self.role is Role.LEADER and self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self.read_only.last_pending_context() or b"")
+            self._broadcast_heartbeat(self.read_only.last_pending_key() or b"")
 
     # -- elections (3.4, 9.6) ----------------------------------------------------------------
 
@@ -488,7 +490,9 @@ class Raft:
             if progress.state is ProgressState.PROBE:
                 progress.become_replicate()
             elif (progress.state is ProgressState.SNAPSHOT
-                  and progress.match >= progress.pending_snapshot):
+                  and progress.match + 1 >= self.log.first_index()):
+                # The follower has the snapshot, or otherwise everything our log no longer
+                # holds: replication can resume from the log.
                 progress.become_probe()
                 progress.become_replicate()
             elif progress.state is ProgressState.REPLICATE:
@@ -656,16 +660,17 @@ class Raft:
         if self.tracker.voters == {self.id}:
             self._answer_read(m.sender, self.log.committed, m.context)
             return
-        if self.read_only.add(self.log.committed, m.sender, m.context):
-            self._broadcast_heartbeat(m.context)
+        key = self.read_only.add(self.log.committed, m.sender, m.context)
+        if key is not None:
+            self._broadcast_heartbeat(key)
             if self.tracker.is_voter(self.id):
-                self._ack_read(self.id, m.context)
+                self._ack_read(self.id, key)
 
-    def _ack_read(self, node: NodeId, context: bytes) -> None:
-        acks = self.read_only.ack(node, context)
-        if acks is None or len(acks & self.tracker.voters) < len(self.tracker.voters) // 2 + 1:
+    def _ack_read(self, node: NodeId, key: bytes) -> None:
+        acks = self.read_only.ack(node, key)
+        if acks is None or not quorum.has_quorum(self.tracker.voters, acks):
             return
-        for request in self.read_only.release_through(context):
+        for request in self.read_only.release_through(key):
             self._answer_read(request.requester, request.index, request.context)
 
     def _answer_read(self, requester: NodeId, index: int, context: bytes) -> None:

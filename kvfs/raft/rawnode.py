@@ -8,8 +8,9 @@ The contract (see ``docs/raft.md``):
   :meth:`report_snapshot`).
 * Output: :meth:`ready` returns everything the host must do, in the order documented on
   :class:`~kvfs.raft.types.Ready`; the host then calls :meth:`advance` with that Ready.
-  Exactly one Ready is outstanding at a time: ``ready()`` again before ``advance()`` is a
-  programming error.
+  Exactly one Ready is outstanding at a time, and no input reaches the node while it is:
+  ``ready()`` again, or any input, before ``advance()`` is a programming error.  A host
+  that wants group commit steps everything that arrived, takes one Ready, syncs once.
 * Persistence: when ``advance`` is called, the host promises that the Ready's snapshot,
   entries and hard state are durable and its committed entries applied.  Only then does the
   leader count its own new entries toward a quorum, and only then are the next Ready's
@@ -91,15 +92,24 @@ class RawNode:
 
     # -- inputs ------------------------------------------------------------------------------
 
+    def _check_idle(self) -> None:
+        # Nothing may change the node while the host works through a Ready: what the Ready
+        # says to persist and send must still be true when advance() acknowledges it.
+        if self._outstanding is not None:
+            raise AssertionError("input to a RawNode between ready() and advance()")
+
     def tick(self) -> None:
+        self._check_idle()
         self.raft.tick()
 
     def campaign(self) -> None:
         """Start an election now (with pre-vote, if configured)."""
+        self._check_idle()
         self.raft.hup()
 
     def step(self, message: Message) -> None:
         """Deliver a message from a peer.  Messages addressed elsewhere are ignored."""
+        self._check_idle()
         if message.to != self.raft.id:
             return
         self.raft.step(message)
@@ -109,12 +119,14 @@ class RawNode:
         cannot be appended (no leader, or a transfer in progress).  Not raising does not
         mean it will commit: a forwarded proposal can be lost; match applied entries to
         proposals by something in ``data``."""
+        self._check_idle()
         self.raft.step(Message(MessageType.PROPOSE, to=self.raft.id, sender=self.raft.id,
                                entries=(Entry(0, 0, EntryKind.NORMAL, data),)))
 
     def propose_conf_change(self, change: ConfChange) -> None:
         """Propose one membership change.  On a leader, raises ConfChangeRefused when a
         change is still pending or the change is invalid for the current configuration."""
+        self._check_idle()
         self.raft.step(Message(MessageType.PROPOSE, to=self.raft.id, sender=self.raft.id,
                                entries=(Entry(0, 0, EntryKind.CONF_CHANGE, change.encode()),)))
 
@@ -122,19 +134,23 @@ class RawNode:
         """Ask for a linearizable read point; a ReadState with ``context`` comes out in a
         later Ready.  ``context`` must be unique among this node's requests.  A request may
         be dropped (no leader): the host retries after a timeout."""
+        self._check_idle()
         self.raft.step(Message(MessageType.READ_INDEX, to=self.raft.id, sender=self.raft.id,
                                context=context))
 
     def transfer_leadership(self, target: NodeId) -> None:
         """Ask the leader to hand leadership to ``target`` (3.10); proposals are refused
         until it succeeds or an election timeout passes."""
+        self._check_idle()
         self.raft.step(Message(MessageType.TRANSFER_LEADER, to=self.raft.id,
                                sender=self.raft.id, index=target))
 
     def report_unreachable(self, node: NodeId) -> None:
+        self._check_idle()
         self.raft.report_unreachable(node)
 
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
+        self._check_idle()
         self.raft.report_snapshot(node, ok)
 
     # -- output ------------------------------------------------------------------------------

@@ -24,36 +24,40 @@ class ReadRequest:
 
 
 class ReadOnly:
+    """Requests keyed by requester and context, so two nodes' contexts never collide; the
+    key is what travels in the heartbeat round."""
+
     def __init__(self) -> None:
         self._pending: dict[bytes, ReadRequest] = {}
         self._queue: list[bytes] = []
 
-    def add(self, index: int, requester: NodeId, context: bytes) -> bool:
-        """Queue a request; False if one with the same context is already pending."""
-        if context in self._pending:
-            return False
-        self._pending[context] = ReadRequest(index, requester, context)
-        self._queue.append(context)
-        return True
+    def add(self, index: int, requester: NodeId, context: bytes) -> bytes | None:
+        """Queue a request and return its key; None if the same one is already pending."""
+        key = requester.to_bytes(8, "big") + context
+        if key in self._pending:
+            return None
+        self._pending[key] = ReadRequest(index, requester, context)
+        self._queue.append(key)
+        return key
 
-    def ack(self, node: NodeId, context: bytes) -> set[NodeId] | None:
-        """Record that ``node`` answered the heartbeat round for ``context``."""
-        request = self._pending.get(context)
+    def ack(self, node: NodeId, key: bytes) -> set[NodeId] | None:
+        """Record that ``node`` answered the heartbeat round for ``key``."""
+        request = self._pending.get(key)
         if request is None:
             return None
         request.acks.add(node)
         return request.acks
 
-    def release_through(self, context: bytes) -> list[ReadRequest]:
-        """Every request queued up to and including ``context``, removed from the queue."""
-        if context not in self._pending:
+    def release_through(self, key: bytes) -> list[ReadRequest]:
+        """Every request queued up to and including ``key``, removed from the queue."""
+        if key not in self._pending:
             return []
-        position = self._queue.index(context) + 1
-        released = [self._pending.pop(c) for c in self._queue[:position]]
+        position = self._queue.index(key) + 1
+        released = [self._pending.pop(k) for k in self._queue[:position]]
         del self._queue[:position]
         return released
 
-    def last_pending_context(self) -> bytes | None:
+    def last_pending_key(self) -> bytes | None:
         return self._queue[-1] if self._queue else None
 
     def __len__(self) -> int:
