@@ -212,12 +212,13 @@ class Raft:
             own.become_replicate()
             own.match = self.persisted_index()
             own.next = self.log.last_index() + 1
-        # Whatever is in the log may include an uncommitted membership change: no new one
-        # until all of it, and this term's first entry (below), is applied.
-        self.pending_conf_index = self.log.last_index()
         # An empty entry of the new term lets earlier entries commit (3.6.2) and lets
         # ReadIndex serve reads (6.4).
         self._append_entries([Entry(term=0, index=0)])
+        # The log may hold an uncommitted membership change from an earlier term: no new
+        # one until all of it and this term's first entry are applied -- the fix for the
+        # single-server change bug reported on raft-dev in 2015.
+        self.pending_conf_index = self.log.last_index()
 
     # -- time --------------------------------------------------------------------------------
 
