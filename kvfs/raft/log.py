@@ -86,8 +86,10 @@ class RaftLog:
         self.unstable = Unstable(last + 1)
         # A restarted node knows nothing is applied beyond its snapshot: the host rebuilds
         # its state machine from the snapshot and the committed entries handed out again.
-        self.committed = first - 1
-        self.applied = first - 1
+        # The snapshot may lie above first - 1 (a host that compacts less than it snapshots
+        # keeps entries for slow followers): those entries are in the snapshot already.
+        self.committed = max(first - 1, storage.snapshot().meta.index)
+        self.applied = self.committed
 
     # -- indexes and terms -------------------------------------------------------------------
 
