@@ -136,6 +136,13 @@ class Raft:
             self.log.commit_to(hard_state.commit)
             self.term = hard_state.term
             self.vote = hard_state.vote
+        if self.log.last_term() > self.term:
+            # A torn write persisted entries (or a snapshot) of a newer term but lost the hard
+            # state after them.  No vote of that term can have left (messages go out only
+            # after the whole Ready is persisted), so adopt the term with no vote rather
+            # than act in a term older than our own log.
+            self.term = self.log.last_term()
+            self.vote = NO_NODE
         self.become_follower(self.term, NO_NODE)
 
     # -- state the host sees -----------------------------------------------------------------
