@@ -420,11 +420,11 @@ class Raft:
 
     def restore(self, snapshot: Snapshot) -> bool:
         """Replace our log with a leader's snapshot (5.1); False if it is not newer than
-        what we have committed, or does not include us."""
+        what we have committed.  A snapshot whose configuration does not list us is
+        installed all the same: a server added after the leader's latest snapshot needs it,
+        and the change that adds it follows in the log."""
         meta = snapshot.meta
         if meta.index <= self.log.committed:
-            return False
-        if self.id not in meta.conf_state.members():
             return False
         if self.log.match_term(meta.index, meta.term):
             # We already hold that entry: the snapshot only tells us it is committed.
