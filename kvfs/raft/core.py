@@ -493,7 +493,11 @@ class Raft:
                     self._send_append(m.sender)
                 return
             was_paused = progress.is_paused()
-            if not progress.maybe_update(m.index):
+            # In probe, an answer at the match we already knew answers the probe all the
+            # same: the logs agree up to there, so replication resumes (etcd does the same).
+            # Without this, an up-to-date follower stayed paused until a heartbeat answer.
+            at_match = progress.state is ProgressState.PROBE and m.index == progress.match
+            if not progress.maybe_update(m.index) and not at_match:
                 return
             if progress.state is ProgressState.PROBE:
                 progress.become_replicate()
