@@ -16,8 +16,8 @@ What it implements, by dissertation (Ongaro 2014) section:
     in the same Ready).
   * 3.10 leadership transfer (TIMEOUT_NOW once the target's log is caught up).
   * 4.1 single-server membership changes, applied when their entry is applied, at most one
-    pending; 4.2.1 learners; 4.2.2 a removed leader steps down; 4.2.3 and 9.6 pre-vote and
-    ignoring votes while a leader is known (disruptive servers).
+    pending; 4.2.1 learners; 4.2.2 a removed leader leads on without counting itself;
+    4.2.3 and 9.6 pre-vote and ignoring votes while a leader is known (disruptive servers).
   * 5.1 snapshots: a follower behind the compacted log is sent the leader's snapshot.
   * 6.2 check-quorum: a leader that has not heard from a majority for an election timeout
     steps down.
@@ -702,11 +702,12 @@ class Raft:
             self.lead_transferee = NO_NODE
         if self.role is not Role.LEADER:
             return
-        if not self.tracker.is_voter(self.id):
-            # A leader removed (or demoted) by the change steps down (4.2.2); the others
-            # elect a new leader after their election timeout.
-            self.become_follower(self.term, NO_NODE)
-            return
+        # A leader removed (or demoted) by the change keeps managing the new configuration,
+        # without counting itself (4.2.2), until it loses leadership the usual way or its
+        # host stops it.  Stepping down at once could leave the cluster leaderless for good:
+        # the remaining voters may not yet know the change is committed, so they still
+        # count us -- and refuse to be elected without our vote, which our longer log (the
+        # entries we appended after the change) withholds.
         if self._maybe_commit():
             self._broadcast_append()
         else:
