@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kvfs.raft.core import Config, Raft
+from kvfs.raft.core import Config, ProposalDropped, Raft
 from kvfs.raft.progress import ProgressState
 from kvfs.raft.storage import MemoryStorage, Storage
 from kvfs.raft.types import (
@@ -112,7 +112,14 @@ class RawNode:
         self._check_idle()
         if message.to != self.raft.id:
             return
-        self.raft.step(message)
+        try:
+            self.raft.step(message)
+        except ProposalDropped:
+            # A proposal forwarded while leadership moved can come back to the node that
+            # made it; the core takes it for a local request and raises.  From a peer it is
+            # a forwarded proposal like any other: dropped silently, its client retries.
+            if message.type is not MessageType.PROPOSE:
+                raise
 
     def propose(self, data: bytes) -> None:
         """Propose ``data`` for the log.  Raises ProposalDropped when this node knows it
