@@ -45,9 +45,10 @@ Host and network:
     Handle one Ready of each node in turn: persist (snapshot, entries, hard state), send the
     messages into the network queue, apply (snapshot, then committed entries), advance.
 ``deliver-msgs [ID...] [drop=(IDs)] [type=T] [from=ID] [reverse=true]``
-    Deliver the queued messages addressed to the IDs (default: all nodes, in queue order;
-    ``reverse`` delivers the selection newest first, to reorder), and drop those addressed to
-    the ``drop`` IDs.  ``type`` and ``from`` narrow the selection.
+    Deliver the queued messages addressed to the IDs, in queue order (``reverse``: newest
+    first, to reorder them), and drop those addressed to the ``drop`` IDs; with neither IDs
+    nor ``drop``, deliver everything queued.  ``type`` and ``from`` narrow the selection.
+    Prints each message (``dropped ...`` for drops), or ``no messages``.
 ``duplicate-msgs [ID...] [type=T] [from=ID]``
     Queue a second copy of each selected message right after it.
 ``stabilize [ID...]``
@@ -81,8 +82,7 @@ Output notation
   transfer; vote responses ``granted`` or ``rejected``; heartbeats ``commit=C``; snapshots
   ``snapshot=T/I voters=(...) [learners=(...)] data=[...]``; forwarded transfers
   ``target=ID``; read contexts ``ctx="..."``, and in heartbeats the read round's key
-  ``read=REQUESTER:"ctx"``.  Any other field set is printed as
-  ``name=value``.
+  ``read=REQUESTER:"ctx"``.  Any other field set is printed as ``name=value``.
 * A Ready prints ``> ID ready`` (``ready sync`` when it must be synced) and one line per
   item: ``soft role=R leader=L``, ``hard term=T vote=V commit=C``, ``snapshot ...``,
   ``persist ENTRY``, ``send MESSAGE``, ``apply ENTRY``, ``read index=I ctx="..."``.
@@ -119,6 +119,7 @@ from kvfs.raft import (
     bootstrap,
 )
 from kvfs.raft import confchange as confchange_rules
+from kvfs.raft.core import TRANSFER_CONTEXT
 from kvfs.raft.progress import ProgressState
 
 
@@ -173,7 +174,6 @@ def fmt_snapshot(snapshot: Snapshot) -> str:
     return text + " data=[" + ", ".join(json.dumps(v) for v in values) + "]"
 
 
-_APPEND_LIKE = {MessageType.APPEND}
 _VOTES = {MessageType.VOTE, MessageType.PRE_VOTE}
 _VOTE_RESPONSES = {MessageType.VOTE_RESPONSE, MessageType.PRE_VOTE_RESPONSE}
 _HEARTBEATS = {MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESPONSE}
@@ -188,13 +188,13 @@ def fmt_message(m: Message) -> str:
         parts.append(f"term={m.term}")
     shown.add("term")
     t = m.type
-    if t in _APPEND_LIKE:
+    if t is MessageType.APPEND:
         parts.append(f"log={m.log_term}/{m.index} commit={m.commit}")
         shown |= {"log_term", "index", "commit"}
     elif t in _VOTES:
         parts.append(f"last={m.log_term}/{m.index}")
         shown |= {"log_term", "index"}
-        if m.context == b"transfer":
+        if m.context == TRANSFER_CONTEXT:
             parts.append("transfer")
             shown.add("context")
     elif t in _VOTE_RESPONSES:
