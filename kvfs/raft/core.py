@@ -16,7 +16,8 @@ What it implements, by dissertation (Ongaro 2014) section:
     in the same Ready).
   * 3.10 leadership transfer (TIMEOUT_NOW once the target's log is caught up).
   * 4.1 single-server membership changes, applied when their entry is applied, at most one
-    pending; 4.2.1 learners; 4.2.2 a removed leader leads on without counting itself;
+    pending; 4.2.1 learners; 4.2.2 a removed leader leads on without counting itself, hands
+    leadership to the most up-to-date voter and so steps down;
     4.2.3 and 9.6 pre-vote and ignoring votes while a leader is known (disruptive servers).
   * 5.1 snapshots: a follower behind the compacted log is sent the leader's snapshot.
   * 6.2 check-quorum: a leader that has not heard from a majority for an election timeout
@@ -117,6 +118,9 @@ class Raft:
         self.role = Role.FOLLOWER
         self.lead = NO_NODE
         self.lead_transferee = NO_NODE
+        # Ticks left to honour a TIMEOUT_NOW that arrived before a committed membership
+        # change was applied (see on_applied).
+        self.transfer_campaign_ticks = 0
         # Index of the last membership change proposed; no new one until it is applied.
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
@@ -175,6 +179,7 @@ class Raft:
         self.randomized_election_timeout = (
             self.config.election_tick + self.rng.randrange(self.config.election_tick))
         self.lead_transferee = NO_NODE
+        self.transfer_campaign_ticks = 0
         self.tracker.reset_votes()
         last = self.log.last_index()
         for progress in self.tracker.progress.values():
@@ -240,6 +245,8 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self.transfer_campaign_ticks:
+            self.transfer_campaign_ticks -= 1
         if self.promotable() and self._past_election_timeout():
             self.election_elapsed = 0
             self.hup()
@@ -254,6 +261,7 @@ class Raft:
                 return
             # A transfer that did not finish within an election timeout is abandoned.
             self.lead_transferee = NO_NODE
+            self._hand_over_if_removed()
         if self.role is Role.LEADER and self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat(self.read_only.last_pending_key() or b"")
@@ -388,7 +396,13 @@ class Raft:
                 self._send(Message(t, to=self.lead, sender=m.sender, context=m.context,
                                    index=m.index))
         elif t is MessageType.TIMEOUT_NOW:
-            self.hup(transfer=True)
+            if self._has_unapplied_conf_change():
+                # The change that made this transfer necessary (the leader's own removal)
+                # may be committed but not yet applied here: campaign once it is, if that
+                # happens within an election timeout.
+                self.transfer_campaign_ticks = self.config.election_tick
+            else:
+                self.hup(transfer=True)
         elif t is MessageType.READ_INDEX_RESPONSE:
             self.read_states.append(ReadState(m.index, m.context))
 
@@ -703,11 +717,10 @@ class Raft:
         if self.role is not Role.LEADER:
             return
         # A leader removed (or demoted) by the change keeps managing the new configuration,
-        # without counting itself (4.2.2), until it loses leadership the usual way or its
-        # host stops it.  Stepping down at once could leave the cluster leaderless for good:
-        # the remaining voters may not yet know the change is committed, so they still
-        # count us -- and refuse to be elected without our vote, which our longer log (the
-        # entries we appended after the change) withholds.
+        # without counting itself (4.2.2), and hands leadership to the most up-to-date voter.
+        # Stepping down at once could leave the cluster leaderless for good: the remaining
+        # voters may not yet know the change is committed, so they still count us -- and
+        # cannot be elected without our vote, which our longer log may withhold.
         if self._maybe_commit():
             self._broadcast_append()
         else:
@@ -715,3 +728,21 @@ class Raft:
                 progress = self.tracker.progress[node]
                 if node != self.id and progress.match == 0 and not progress.probe_sent:
                     self._send_append(node)
+        self._hand_over_if_removed()
+
+    def _hand_over_if_removed(self) -> None:
+        """As a leader that is no longer a voter, transfer leadership (3.10) to the voter
+        with the longest matching log; retried every election timeout until one takes over
+        (its vote request's higher term makes us a follower)."""
+        if (self.role is not Role.LEADER or self.tracker.is_voter(self.id)
+                or self.lead_transferee != NO_NODE or not self.tracker.voters):
+            return
+        target = max(self.tracker.voters,
+                     key=lambda n: (self.tracker.progress[n].match, -n))
+        self._transfer_leader(target)
+
+    def on_applied(self) -> None:
+        """The host applied committed entries: honour a deferred TIMEOUT_NOW."""
+        if self.transfer_campaign_ticks and not self._has_unapplied_conf_change():
+            self.transfer_campaign_ticks = 0
+            self.hup(transfer=True)

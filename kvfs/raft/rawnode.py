@@ -217,6 +217,7 @@ class RawNode:
                 raft.apply_conf_change(ConfChange.decode(entry.data))
         if rd.committed_entries:
             raft.log.applied_to(rd.committed_entries[-1].index)
+            raft.on_applied()
 
     # -- inspection --------------------------------------------------------------------------
 
