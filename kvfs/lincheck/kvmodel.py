@@ -28,6 +28,12 @@ default.  Semantics, identical to :mod:`kvfs.kv.state` (which follows etcd):
 
 Leases, lease expiry, compaction and watches are not modelled: a history that uses them, or
 a store written by clients outside the history, cannot be checked against this model.
+
+For the checker's pruning, :func:`read_only` tells which operations never change the state,
+:func:`revision_bound` the highest revision at which an operation can take effect, and
+:func:`observed_mods` what a read says about the commit that made a given revision.
+``KVModel(forget_revisions=True)`` keeps values only, for histories in which no revision
+can be observed.
 """
 
 from __future__ import annotations
