@@ -9,6 +9,7 @@ search over every order, which keeps the checker's prunings honest.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from kvfs.lincheck import (
     RevisionOut,
     Verdict,
     check,
+    jsonlite,
     partition_blocker,
     split_by_key,
 )
@@ -424,6 +426,10 @@ def test_pathological_history_runs_out_of_budget_instead_of_hanging() -> None:
     ticks = iter(range(1_000_000))
     res2 = check(h, max_steps=None, timeout=50.0, clock=lambda: float(next(ticks)))
     assert res2.verdict is Verdict.UNKNOWN and "timeout" in res2.note
+    with pytest.raises(ValueError, match="clock"):
+        check(h, timeout=1.0)
+    res3 = check(h, max_steps=None, timeout=0.05, clock=time.monotonic)
+    assert res3.verdict is Verdict.UNKNOWN
     # Small enough, the same shape is decided.
     assert check(_exponential_history(6)).verdict is Verdict.ILLEGAL
 
@@ -770,6 +776,9 @@ def test_text_format_round_trip() -> None:
     h.ok(t, RangeOut([(b"\xff\x00", b"", 4)], 5, False), at=1002.5)
     text = h.dumps()
     assert all(line.isascii() for line in text.splitlines())
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert [json.loads(line)[0] for line in lines[:2]] == ["call", "call"]  # plain JSON
+    assert all(jsonlite.loads(line) == json.loads(line) for line in lines)
     back = History.loads(text)
     assert back.operations == h.operations
     assert back.dumps() == text
@@ -783,3 +792,26 @@ def test_text_format_round_trip() -> None:
         History.loads('["call", 0, 1, 0, ["get", "a"]]\n["ok", 0, 1, ["get", 5, 0]]\n')
     with pytest.raises(ValueError, match="line 1"):
         History.loads('["call", 0, 1, 0, ["frobnicate"]]\n')
+
+
+def test_jsonlite_reads_what_json_writes_and_writes_what_json_reads() -> None:
+    every_byte = bytes(range(256)).decode("latin-1")
+    values: list[object] = [
+        None, True, False, 0, -17, 2**70, 1.5, -2.25e-7, "", every_byte, "\U0001f600",
+        [], [[], [1, [None, "x"]]], ["a\"b\\c", 3, 4.0],
+    ]
+    for v in values:
+        text = jsonlite.dumps(v)
+        assert json.loads(text) == v, text
+        assert jsonlite.loads(text) == v
+        assert jsonlite.loads(json.dumps(v)) == v
+        assert jsonlite.loads(json.dumps(v, indent=2, ensure_ascii=False)) == v
+    assert jsonlite.loads(' [ 1 ,"\\u00e9\\/" , [ ] ] ') == [1, "\u00e9/", []]
+    for bad in ("[1, 2", "[1 2]", '"abc', '{"a": 1}', "[1] x", "tru", '"\\q"', "1e999",
+                '"\\u12"', ""):
+        with pytest.raises(ValueError):
+            jsonlite.loads(bad)
+    with pytest.raises(ValueError):
+        jsonlite.dumps(float("nan"))
+    with pytest.raises(TypeError):
+        jsonlite.dumps({"a": 1})

@@ -1,7 +1,9 @@
 """A linearizability checker for histories of the KV seam (:mod:`kvfs.kv.api`).
 
 Record what clients called and saw in a :class:`History`, then :func:`check` it against
-the sequential :class:`KVModel`.  See ``docs/lincheck.md``.  Standard library only.
+the sequential :class:`KVModel`.  See ``docs/lincheck.md``.  The package imports only
+computation-only standard modules (``tests/test_raft_purity.py``): no I/O, no threads, no
+clock of its own.
 """
 
 from kvfs.lincheck.checker import (

@@ -40,10 +40,11 @@ decoding (so ASCII keys stay readable and every byte string round-trips)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from kvfs.lincheck import jsonlite
 
 Client = str | int
 
@@ -340,13 +341,13 @@ class History:
         events: list[tuple[float, int, int, str]] = []
         for op in self.operations:
             call = ["call", op.id, op.client, op.call, _input_json(op.input)]
-            events.append((op.call, 0, op.id, json.dumps(call)))
+            events.append((op.call, 0, op.id, jsonlite.dumps(call)))
             if op.output is not None:
                 assert op.ret is not None
                 events.append((op.ret, 1, op.id,
-                               json.dumps(["ok", op.id, op.ret, _output_json(op.output)])))
+                               jsonlite.dumps(["ok", op.id, op.ret, _output_json(op.output)])))
             elif op.id in self._unknown:
-                events.append((op.call, 2, op.id, json.dumps(["unknown", op.id])))
+                events.append((op.call, 2, op.id, jsonlite.dumps(["unknown", op.id])))
         events.sort(key=lambda e: e[:3])
         lines = ["# kvfs lincheck history v1"] + [e[3] for e in events]
         return "\n".join(lines) + "\n"
@@ -360,7 +361,10 @@ class History:
             if not line or line.startswith("#"):
                 continue
             try:
-                ev = json.loads(line)
+                parsed = jsonlite.loads(line)
+                if not isinstance(parsed, list) or not parsed:
+                    raise ValueError("an event is a non-empty array")
+                ev: list[Any] = parsed  # the field parsers check each field's type
                 tag = ev[0]
                 if tag == "call":
                     _, op_id, client, at, inp = ev
@@ -379,7 +383,7 @@ class History:
         return h
 
 
-# -- JSON encoding -----------------------------------------------------------------------
+# -- the JSON form of inputs and outputs -------------------------------------------------
 
 
 def _num(x: Any) -> float:
