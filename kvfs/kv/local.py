@@ -35,17 +35,9 @@ from kvfs.kv.api import (
     Put,
     RangeResult,
     WatchBatch,
-    WatchEvent,
 )
-from kvfs.kv.state import ApplyResult, Command, Entry, Event, KVState, _in_range
-
-
-class _Watcher:
-    def __init__(self, start: bytes, end: bytes) -> None:
-        self.start = start
-        self.end = end
-        self.pending: deque[Event] = deque()
-        self.wakeup = trio.Event()
+from kvfs.kv.state import ApplyResult, Command, Entry, Event, KVState
+from kvfs.kv.watchhub import WatchHub
 
 
 class LocalEngine(KVEngine):
@@ -56,7 +48,7 @@ class LocalEngine(KVEngine):
         if limits is not None:
             self.limits = limits
         self._lease_deadline: dict[int, float] = {}
-        self._watchers: set[_Watcher] = set()
+        self._watch_hub = WatchHub(self._load_value)
         self._closed = False
         self._poisoned: BaseException | None = None
         # group commit
@@ -166,13 +158,7 @@ class LocalEngine(KVEngine):
             ev.set()
 
     def _notify(self, events: list[Event]) -> None:
-        if not events:
-            return
-        for w in self._watchers:
-            matched = [e for e in events if _in_range(e.key, w.start, w.end)]
-            if matched:
-                w.pending.extend(matched)
-                w.wakeup.set()
+        self._watch_hub.notify(events)
 
     async def _expire_leases(self) -> None:
         if not self._lease_deadline:
@@ -232,31 +218,10 @@ class LocalEngine(KVEngine):
     async def watch(self, start: bytes, end: bytes,
                     start_revision: int) -> AsyncIterator[WatchBatch]:
         self._check_open()
-        w = _Watcher(start, end)
         # Catch-up and registration happen with no await in between, so nothing is missed.
-        w.pending.extend(self.state.events_since(start_revision, start, end))
-        self._watchers.add(w)
-        try:
-            while not self._closed:
-                if not w.pending:
-                    w.wakeup = trio.Event()
-                    await w.wakeup.wait()
-                    continue
-                evs = list(w.pending)
-                w.pending.clear()
-                out = [WatchEvent(e.key, None if e.value is None else
-                                  await self._load_value_or_empty(e.value), e.mod_revision)
-                       for e in evs]
-                yield WatchBatch(evs[-1].mod_revision, out)
-        finally:
-            self._watchers.discard(w)
-
-    async def _load_value_or_empty(self, stored: Any) -> bytes:
-        # A watcher may lag behind a later delete that already freed a large value.
-        try:
-            return await self._load_value(stored)
-        except FileNotFoundError:
-            return b""
+        catch_up = self.state.events_since(start_revision, start, end)
+        async for batch in self._watch_hub.watch(start, end, catch_up):
+            yield batch
 
     async def current_revision(self) -> int:
         self._check_open()
@@ -295,8 +260,7 @@ class LocalEngine(KVEngine):
 
     async def aclose(self) -> None:
         self._closed = True
-        for w in self._watchers:
-            w.wakeup.set()
+        self._watch_hub.close()
 
 
 class MemoryEngine(LocalEngine):
