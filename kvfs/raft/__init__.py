@@ -6,7 +6,7 @@ it returns.  Imports only the standard library; ``tests/test_raft_purity.py`` en
 """
 
 from kvfs.raft.core import ConfChangeRefused, Config, ProposalDropped
-from kvfs.raft.rawnode import RawNode, Status, bootstrap
+from kvfs.raft.rawnode import RawNode, Status, bootstrap, bootstrap_state
 from kvfs.raft.storage import LogCompacted, LogUnavailable, MemoryStorage, Storage
 from kvfs.raft.types import (
     NO_NODE,
@@ -32,4 +32,5 @@ __all__ = [
     "Entry", "EntryKind", "HardState", "LogCompacted", "LogUnavailable", "MemoryStorage",
     "Message", "MessageType", "NodeId", "ProposalDropped", "RawNode", "ReadState", "Ready",
     "Role", "Snapshot", "SnapshotMeta", "SoftState", "Status", "Storage", "bootstrap",
+    "bootstrap_state",
 ]

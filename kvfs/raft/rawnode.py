@@ -44,23 +44,29 @@ from kvfs.raft.types import (
 )
 
 
-def bootstrap(storage: MemoryStorage, voters: Iterable[NodeId]) -> None:
-    """Write a new cluster's first configuration into an empty ``storage``.
+def bootstrap_state(voters: Iterable[NodeId]) -> tuple[list[Entry], HardState]:
+    """A new cluster's first log entries and hard state, the same on every initial member.
 
-    Every initial member is bootstrapped with the same voters.  The configuration goes into
-    the log as committed membership changes at term 1 (as etcd's raft does), not only into a
-    snapshot: a server added later replays the log from index 1 and must meet the same
-    configurations the others applied.
+    The configuration goes into the log as committed membership changes at term 1 (as
+    etcd's raft does), not only into a snapshot: a server added later replays the log from
+    index 1 and must meet the same configurations the others applied.
     """
-    if storage.last_index() != 0 or storage.hard_state != HardState():
-        raise ValueError("bootstrap needs empty storage")
     ids = sorted(set(voters))
     if not ids or ids[0] <= 0:
         raise ValueError("bootstrap needs at least one positive node id")
-    storage.append([Entry(1, i + 1, EntryKind.CONF_CHANGE,
-                          ConfChange(ConfChangeKind.ADD_VOTER, node).encode())
-                    for i, node in enumerate(ids)])
-    storage.set_hard_state(HardState(term=1, vote=NO_NODE, commit=len(ids)))
+    entries = [Entry(1, i + 1, EntryKind.CONF_CHANGE,
+                     ConfChange(ConfChangeKind.ADD_VOTER, node).encode())
+               for i, node in enumerate(ids)]
+    return entries, HardState(term=1, vote=NO_NODE, commit=len(ids))
+
+
+def bootstrap(storage: MemoryStorage, voters: Iterable[NodeId]) -> None:
+    """Write :func:`bootstrap_state` into an empty ``storage``."""
+    if storage.last_index() != 0 or storage.hard_state != HardState():
+        raise ValueError("bootstrap needs empty storage")
+    entries, hard_state = bootstrap_state(voters)
+    storage.append(entries)
+    storage.set_hard_state(hard_state)
 
 
 @dataclass(frozen=True, slots=True)
