@@ -228,3 +228,12 @@ def test_checker_acknowledged_write_lost() -> None:
     c.leader(N1, 2, DictLog((1,) * 8))  # same term: not a later leader
     with pytest.raises(SafetyViolation, match="acknowledged"):
         c.leader(N2, 3, DictLog((1,) * 8 + (3,)))
+
+
+def test_checker_commit_observed_after_a_later_leader_was_elected() -> None:
+    c = Checker()
+    c.leader(N2, 5, DictLog((1, 1, 1)))
+    c.commit(N1, 3, 4, 2)  # observed by a node still in term 3
+    c.still_leader(N2, 3, DictLog((1, 1, 1)), 4)  # not a later term
+    with pytest.raises(SafetyViolation, match="leader completeness"):
+        c.still_leader(N2, 5, DictLog((1, 1, 1)), 4)

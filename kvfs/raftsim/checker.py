@@ -141,6 +141,19 @@ class Checker:
                           f"client {client}'s write {seq}, acknowledged at index {index} term "
                           f"{entry_term}, is missing from leader {node} of term {term}")
 
+    def still_leader(self, node: NodeId, term: int, log: LogView, index: int) -> None:
+        """``node`` is (still) leader of ``term`` after the entry at ``index`` was first
+        observed committed: the part of 3 that :meth:`leader` could not check when the
+        commit was observed only after the election."""
+        record = self.committed.get(index)
+        if record is None or record[1] >= term:
+            return
+        have = log.term_at(index)
+        if have != COMPACTED and have != record[0]:
+            self.fail("3 leader completeness",
+                      f"entry {index} (term {record[0]}) committed by term {record[1]} is "
+                      f"missing from leader {node} of term {term}")
+
     # -- 2 -----------------------------------------------------------------------------------
 
     def log_entries(self, node: NodeId, entries: list[Entry], previous_term: int | None) -> None:

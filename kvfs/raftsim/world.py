@@ -785,6 +785,12 @@ class World:
                 for index in range(lo, commit + 1):
                     checker.commit(host.id, term, index, log.term(index))
                 self.stats.commits += commit - host.commit
+                for other in self.hosts.values():
+                    leader = other.node
+                    if (leader is not None and other is not host
+                            and leader.raft.role is Role.LEADER and leader.raft.term > term):
+                        checker.still_leader(other.id, leader.raft.term,
+                                             RaftLogView(leader.raft.log), commit)
                 if raft.role is Role.LEADER:
                     self.check_commit_durable(host, commit, log.term(commit))
             host.commit = commit
