@@ -220,8 +220,11 @@ class KVState:
         return iter(self.data.items())
 
     def restore(self, revision: int, compacted: int, next_lease: int,
-                leases: dict[int, float], items: Iterator[tuple[bytes, Entry]]) -> None:
-        """Replace the state with a snapshot's contents (history starts empty)."""
+                leases: dict[int, float], items: Iterator[tuple[bytes, Entry]], *,
+                history: list[Event] | None = None, history_start: int = 0) -> None:
+        """Replace the state with a snapshot's contents.  History starts empty unless the
+        snapshot carries it (the Raft store's do: watches must work alike on every member,
+        including one that just installed a snapshot)."""
         self.data = SortedDict()
         self.leases = {lid: Lease(ttl) for lid, ttl in leases.items()}
         for key, entry in items:
@@ -233,3 +236,6 @@ class KVState:
         self.next_lease = next_lease
         self.history.clear()
         self.history_start = revision + 1
+        if history is not None:
+            self.history.extend(history)
+            self.history_start = history_start

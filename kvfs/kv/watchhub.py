@@ -31,6 +31,7 @@ class _Watcher:
         self.end = end
         self.pending: deque[Event] = deque()
         self.wakeup = trio.Event()
+        self.error: BaseException | None = None
 
 
 class WatchHub:
@@ -64,6 +65,8 @@ class WatchHub:
         try:
             while not self._closed:
                 if not w.pending:
+                    if w.error is not None:
+                        raise w.error
                     w.wakeup = trio.Event()
                     await w.wakeup.wait()
                     continue
@@ -82,6 +85,13 @@ class WatchHub:
             return await self._load_value(stored)
         except FileNotFoundError:
             return b""
+
+    def abort_all(self, error: BaseException) -> None:
+        """End every current watch with ``error`` (its events can no longer be delivered
+        without a gap: a Raft member jumped ahead by installing a snapshot)."""
+        for w in self._watchers:
+            w.error = error
+            w.wakeup.set()
 
     def close(self) -> None:
         """End every watch (their iterators return)."""

@@ -1,0 +1,204 @@
+"""The KV seam served by a Raft store member running in this process.
+
+:class:`MemberEngine` implements :class:`~kvfs.kv.api.KVEngine` over a
+:class:`~kvfs.raftkv.node.RaftNode` whose loop it runs:
+
+* writes (commit, lease grant and revoke, compact) are proposed under this engine's client
+  id and a sequence number, and return once applied -- at most once, however often they
+  are retried (see :mod:`kvfs.raftkv.statemachine`);
+* reads (get, get_many, range, current_revision) pass a ReadIndex barrier first, so they
+  are linearizable on any member, then read the local state machine;
+* watches are served by the member's watch hub, from its replicated history;
+* lease keep-alives go to the leader's lessor.
+
+Every call gives up with :class:`~kvfs.kv.api.EngineUnavailable` after ``timeout`` seconds
+without a leader, as the etcd engine does.
+
+The node's loop runs as a trio system task owned by the engine (engines are opened and
+closed without a nursery, like the others); ``aclose`` cancels it and waits for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+from kvfs.kv.api import (
+    CommitResult,
+    Compare,
+    Delete,
+    EngineUnavailable,
+    KeyValue,
+    KVEngine,
+    KVError,
+    Limits,
+    Put,
+    RangeResult,
+    WatchBatch,
+)
+from kvfs.kv.state import ApplyResult, Command, Entry
+from kvfs.raft import Role
+from kvfs.raftkv.node import RaftNode
+
+log = logging.getLogger(__name__)
+
+
+class MemberEngine(KVEngine):
+    def __init__(self, node: RaftNode, *, timeout: float = 30.0, limits: Limits | None = None,
+                 shared: bool = False, name: str = "raft") -> None:
+        self.node = node
+        self.timeout = timeout
+        if limits is not None:
+            self.limits = limits
+        self.shared = shared
+        self._name = name
+        # Random, so two engines (or two runs) never share a session in the state machine.
+        self.client_id = int.from_bytes(os.urandom(8), "big") >> 1 | 1
+        self._seq = itertools.count(1)
+        self._closed = False
+        self._cancel = trio.CancelScope()
+        self._stopped = trio.Event()
+
+    @classmethod
+    async def start(cls, node: RaftNode, **options: object) -> MemberEngine:
+        """Start ``node``'s loop and return an engine over it."""
+        engine = cls(node, **options)  # type: ignore[arg-type]
+        started = trio.Event()
+
+        async def run() -> None:
+            try:
+                with engine._cancel:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(node.run)
+                        started.set()
+            except BaseException:  # noqa: BLE001 - a system task must not raise
+                log.exception("raft member %s stopped", node.id)
+            finally:
+                started.set()
+                engine._stopped.set()
+
+        trio.lowlevel.spawn_system_task(run)
+        await started.wait()
+        return engine
+
+    def describe(self) -> str:
+        return self._name
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise KVError("engine is closed")
+
+    def _deadline(self) -> float:
+        return trio.current_time() + self.timeout
+
+    async def _submit(self, command: Command) -> ApplyResult:
+        self._check_open()
+        return await self.node.submit(self.client_id, next(self._seq), command,
+                                      deadline=self._deadline())
+
+    async def _barrier(self) -> None:
+        self._check_open()
+        await self.node.read_barrier(deadline=self._deadline())
+
+    @staticmethod
+    def _kv(key: bytes, entry: Entry, keys_only: bool = False) -> KeyValue:
+        return KeyValue(key, b"" if keys_only else entry.value, entry.mod_revision,
+                        entry.create_revision, entry.lease)
+
+    # -- KVEngine ----------------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        await self._barrier()
+        entry = self.node.kv.state.get(key)
+        return None if entry is None else self._kv(key, entry)
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        await self._barrier()
+        state = self.node.kv.state
+        out: list[KeyValue | None] = []
+        for key in keys:
+            entry = state.get(key)
+            out.append(None if entry is None else self._kv(key, entry))
+        return out
+
+    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
+                    keys_only: bool = False) -> RangeResult:
+        await self._barrier()
+        state = self.node.kv.state
+        kvs: list[KeyValue] = []
+        more = False
+        for key, entry in state.scan(start, end):
+            if limit and len(kvs) >= limit:
+                more = True
+                break
+            kvs.append(self._kv(key, entry, keys_only))
+        return RangeResult(kvs, more, state.revision)
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        self._check_open()
+        self.limits.check(compares, puts, deletes)
+        command: Command = (
+            "txn",
+            [(c.key, c.mod_revision) for c in compares],
+            [(p.key, p.value, p.lease) for p in puts],
+            [(d.key, d.range_end) for d in deletes],
+        )
+        result = await self._submit(command)
+        return CommitResult(result.succeeded, result.revision)
+
+    async def watch(self, start: bytes, end: bytes,
+                    start_revision: int) -> AsyncIterator[WatchBatch]:
+        self._check_open()
+        # Catch-up and registration happen with no checkpoint in between.
+        catch_up = self.node.kv.state.events_since(start_revision, start, end)
+        async for batch in self.node.hub.watch(start, end, catch_up):
+            yield batch
+
+    async def current_revision(self) -> int:
+        await self._barrier()
+        return self.node.kv.state.revision
+
+    async def lease_grant(self, ttl: float) -> int:
+        if not (ttl > 0 and math.isfinite(ttl)):
+            raise ValueError(f"lease TTL must be a positive number of seconds, not {ttl}")
+        result = await self._submit(("lease_grant", float(ttl)))
+        return result.lease_id
+
+    async def lease_keepalive(self, lease: int) -> bool:
+        self._check_open()
+        deadline = self._deadline()
+        while True:
+            renewed = self.node.keepalive(lease)
+            if renewed is not None:
+                return renewed
+            if trio.current_time() >= deadline:
+                raise EngineUnavailable("raft: no leader to renew the lease")
+            await trio.sleep(self.node.tick_seconds)
+
+    async def lease_revoke(self, lease: int) -> None:
+        await self._submit(("lease_revoke", lease))
+
+    async def compact(self, revision: int) -> None:
+        await self._barrier()
+        await self._submit(("compact", min(revision, self.node.kv.state.revision)))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel.cancel()
+        with trio.move_on_after(10):
+            await self._stopped.wait()
+        self.node.hub.close()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.role is Role.LEADER

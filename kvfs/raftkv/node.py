@@ -1,0 +1,394 @@
+"""One Raft store member at run time: the trio loop that drives the pure core.
+
+The loop owns the :class:`~kvfs.raft.RawNode`.  Everything that wants to reach the core --
+a peer's message, a tick, a client's proposal or read -- is queued as a small closure and
+run by the loop, so nothing touches the core while a Ready is being handled (the core's
+contract).  Each turn of the loop runs every queued input, then handles one Ready:
+
+  1. persist its snapshot, entries and hard state with one sync (``Disk.save``, in a worker
+     thread): group commit -- every proposal queued since the last turn shares the sync;
+  2. send its messages (only now: votes and acknowledgements depend on step 1);
+  3. apply its snapshot and committed entries to the replicated state machine, notify
+     watches, answer the proposers waiting for them, record read states;
+  4. ``advance``; then take a snapshot of the state machine if enough was applied.
+
+Clients see two primitives, both safe to retry after any failure:
+  * :meth:`submit` proposes a command under (client id, seq) and waits until it is applied
+    here, re-proposing it if it was dropped or lost.  The state machine applies a given
+    (client id, seq) at most once and answers retries with the first result.
+  * :meth:`read_barrier` obtains a ReadIndex from the leader and waits until this member
+    has applied it; a read of the local state after it is linearizable (dissertation 6.4).
+
+Invariant: a command's result is returned only once its entry is durable on a majority,
+committed and applied here; reads never see a state that was not committed.  A failed disk
+write stops the member: every waiting and later call fails (the core's memory is ahead of
+its disk, so nothing more may be acknowledged).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from kvfs.kv.api import Compacted, EngineUnavailable, KVError
+from kvfs.kv.state import ApplyResult, Command
+from kvfs.kv.watchhub import WatchHub
+from kvfs.raft import (
+    Config,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    NodeId,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    Storage,
+)
+from kvfs.raftkv.lessor import Lessor
+from kvfs.raftkv.statemachine import ReplicatedKV, encode_command
+
+log = logging.getLogger(__name__)
+
+
+async def _wait_any(*events: trio.Event) -> None:
+    """Return as soon as one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+        for event in events:
+            nursery.start_soon(wait, event)
+
+
+class Disk(Protocol):
+    """A member's durable Raft state (see :mod:`kvfs.raftkv.disk`)."""
+
+    @property
+    def storage(self) -> Storage: ...
+
+    def save(self, hard_state: HardState | None, entries: list[Entry],
+             snapshot: Snapshot | None, must_sync: bool) -> None: ...
+
+    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+
+class Transport(Protocol):
+    def send(self, messages: list[Message]) -> None: ...
+
+
+class MemberStopped(KVError):
+    """This member stopped after a disk write failed; it acknowledges nothing more."""
+
+
+@dataclass(slots=True)
+class _Proposal:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: ApplyResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Read:
+    answered: trio.Event = field(default_factory=trio.Event)
+    index: int = 0
+
+
+class RaftNode:
+    def __init__(self, config: Config, disk: Disk, kv: ReplicatedKV, hub: WatchHub, *,
+                 rng: random.Random, transport: Transport | None = None,
+                 tick_seconds: float = 0.1, snapshot_every: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.id = config.id
+        self.config = config
+        self.disk = disk
+        self.kv = kv
+        self.hub = hub
+        self.transport = transport
+        self.tick_seconds = tick_seconds
+        self.snapshot_every = snapshot_every
+        self.lessor = Lessor(clock)
+        self.rawnode = RawNode(config, disk.storage, rng)
+        # Rebuild the state machine from the persisted snapshot; the core hands out the
+        # committed entries after it again.
+        snapshot = disk.storage.snapshot()
+        if snapshot.meta.index:
+            kv.restore(snapshot.meta.index, snapshot.data)
+        self.leader = NodeId(0)
+        self.role = Role.FOLLOWER
+        self._inbox: deque[Callable[[], None]] = deque()
+        self._wake = trio.Event()
+        self._proposals: dict[tuple[int, int], _Proposal] = {}
+        self._reads: dict[bytes, _Read] = {}
+        self._read_ids = itertools.count(1)
+        self._applied_waiters: list[tuple[int, trio.Event]] = []
+        self._leader_changed = trio.Event()
+        self._revoking: dict[int, float] = {}
+        self._failure: BaseException | None = None
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._tick_loop)
+            nursery.start_soon(self._lease_loop)
+            task_status.started()
+            try:
+                await self._loop()
+            except BaseException as exc:
+                self._stop(exc)
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def _push(self, action: Callable[[], None]) -> None:
+        self._check_running()
+        self._inbox.append(action)
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._inbox and not self.rawnode.has_ready():
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            while self._inbox:
+                self._inbox.popleft()()
+            if self.rawnode.has_ready():
+                await self._handle_ready(self.rawnode.ready())
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(self.tick_seconds)
+            self._push(self.rawnode.tick)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+            await trio.to_thread.run_sync(self.disk.save, rd.hard_state, rd.entries,
+                                          rd.snapshot, rd.must_sync)
+        if rd.messages and self.transport is not None:
+            self.transport.send(rd.messages)
+        if rd.soft_state is not None:
+            self._leadership(rd.soft_state.leader, rd.soft_state.role)
+        if rd.snapshot is not None:
+            self._install(rd.snapshot)
+        for entry in rd.committed_entries:
+            self._apply(entry)
+        for read in rd.read_states:
+            waiter = self._reads.get(read.context)
+            if waiter is not None:
+                waiter.index = read.index
+                waiter.answered.set()
+        self.rawnode.advance(rd)
+        if self.role is Role.FOLLOWER and self.leader == 0 and self.sole_voter():
+            # A one-member cluster need not wait an election timeout to lead.
+            self.rawnode.campaign()
+        self._wake_applied()
+        await self._maybe_snapshot()
+
+    def _leadership(self, leader: NodeId, role: Role) -> None:
+        was_leader = self.role is Role.LEADER
+        self.leader, self.role = leader, role
+        if role is Role.LEADER and not was_leader:
+            self.lessor.promote({lid: lease.ttl for lid, lease in self.kv.state.leases.items()})
+        elif was_leader and role is not Role.LEADER:
+            self.lessor.demote()
+        self._leader_changed.set()
+        self._leader_changed = trio.Event()
+
+    def _install(self, snapshot: Snapshot) -> None:
+        before = self.kv.state.revision
+        self.kv.restore(snapshot.meta.index, snapshot.data)
+        try:
+            events = self.kv.state.events_since(before + 1, b"", b"\x00")
+        except Compacted as exc:
+            # The snapshot skipped revisions this member's watchers never saw and its
+            # history no longer holds: they must start over (and learn of the gap).
+            self.hub.abort_all(exc)
+        else:
+            self.hub.notify(events)
+
+    def _apply(self, entry: Entry) -> None:
+        if entry.kind is not EntryKind.NORMAL:
+            self.kv.skip(entry.index)  # membership changes are the core's business
+            return
+        applied = self.kv.apply(entry.index, entry.data)
+        if applied is None:
+            return
+        self.hub.notify(applied.events)
+        command = applied.command
+        if applied.fresh and applied.result is not None:
+            if command[0] == "lease_grant":
+                self.lessor.granted(applied.result.lease_id, float(command[1]))
+            elif command[0] == "lease_revoke":
+                self.lessor.revoked(int(command[1]))
+                self._revoking.pop(int(command[1]), None)
+        waiter = self._proposals.get((applied.client_id, applied.seq))
+        if waiter is not None:
+            if applied.result is None:
+                waiter.error = KVError(f"command {applied.seq} of client {applied.client_id} "
+                                       "was superseded by a later one")
+            else:
+                waiter.result = applied.result
+            waiter.done.set()
+
+    def _wake_applied(self) -> None:
+        applied = self.kv.applied_index
+        still = []
+        for index, event in self._applied_waiters:
+            if index <= applied:
+                event.set()
+            else:
+                still.append((index, event))
+        self._applied_waiters = still
+
+    async def _maybe_snapshot(self) -> None:
+        storage = self.disk.storage
+        index = self.kv.applied_index
+        if index - storage.snapshot().meta.index < self.snapshot_every:
+            return
+        meta = SnapshotMeta(index, storage.term(index), self.rawnode.status().conf_state)
+        snapshot = Snapshot(meta, self.kv.snapshot())
+        await trio.to_thread.run_sync(self.disk.save_snapshot, snapshot)
+
+    # -- failure -----------------------------------------------------------------------------
+
+    def _stop(self, exc: BaseException) -> None:
+        if self._failure is not None:
+            return
+        self._failure = exc
+        error = MemberStopped(f"raft member {self.id} stopped: {exc!r}")
+        for waiter in self._proposals.values():
+            waiter.error = error
+            waiter.done.set()
+        for read in self._reads.values():
+            read.answered.set()
+        for _, event in self._applied_waiters:
+            event.set()
+        self.hub.abort_all(error)
+
+    def _check_running(self) -> None:
+        if self._failure is not None:
+            raise MemberStopped(f"raft member {self.id} stopped: {self._failure!r}")
+
+    # -- inputs from the transport -----------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        self._push(functools.partial(self.rawnode.step, message))
+
+    def sole_voter(self) -> bool:
+        """Whether this member is the only voter of the configuration it has applied."""
+        return self.rawnode.status().conf_state.voters == {self.id}
+
+    # -- client primitives -------------------------------------------------------------------
+
+    def retry_interval(self) -> float:
+        """How long a proposal or read waits before it is tried again: an election timeout."""
+        return self.config.election_tick * self.tick_seconds
+
+    async def submit(self, client_id: int, seq: int, command: Command, *,
+                     deadline: float) -> ApplyResult:
+        """Propose ``command`` as (``client_id``, ``seq``) and return its result once it is
+        applied here.  Raises EngineUnavailable at ``deadline`` (trio time)."""
+        key = (client_id, seq)
+        waiter = self._proposals.setdefault(key, _Proposal())
+        data = encode_command(client_id, seq, command)
+        try:
+            while True:
+                dropped = trio.Event()
+                self._push(functools.partial(self._propose, data, dropped))
+                retry_at = min(deadline, trio.current_time() + self.retry_interval())
+                with trio.move_on_at(retry_at):
+                    await _wait_any(waiter.done, dropped)
+                    if not waiter.done.is_set():
+                        # No leader: wait for one (or the retry time) before trying again.
+                        await _wait_any(waiter.done, self._leader_changed)
+                if waiter.done.is_set():
+                    if waiter.error is not None:
+                        raise waiter.error
+                    assert waiter.result is not None
+                    return waiter.result
+                self._check_running()
+                if trio.current_time() >= deadline:
+                    raise EngineUnavailable(
+                        f"raft: no leader committed the command in time (member {self.id})")
+        finally:
+            self._proposals.pop(key, None)
+
+    async def read_barrier(self, *, deadline: float) -> None:
+        """Return once a linearizable read of this member's state is possible."""
+        while True:
+            context = next(self._read_ids).to_bytes(8, "big")
+            waiter = _Read()
+            self._reads[context] = waiter
+            self._push(functools.partial(self.rawnode.read_index, context))
+            try:
+                with trio.move_on_at(min(deadline, trio.current_time()
+                                         + self.retry_interval())):
+                    await waiter.answered.wait()
+            finally:
+                self._reads.pop(context, None)
+            self._check_running()
+            if waiter.answered.is_set():
+                await self.wait_applied(waiter.index, deadline=deadline)
+                return
+            if trio.current_time() >= deadline:
+                raise EngineUnavailable(f"raft: no leader confirmed a read in time "
+                                        f"(member {self.id})")
+
+    async def wait_applied(self, index: int, *, deadline: float) -> None:
+        if self.kv.applied_index >= index:
+            return
+        event = trio.Event()
+        self._applied_waiters.append((index, event))
+        with trio.move_on_at(deadline):
+            await event.wait()
+        self._check_running()
+        if self.kv.applied_index < index:
+            raise EngineUnavailable(f"raft: member {self.id} did not apply index {index} "
+                                    "in time")
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def keepalive(self, lease: int) -> bool | None:
+        """Renew ``lease`` on the leader; None when this member is not the leader."""
+        self._check_running()
+        if self.role is not Role.LEADER:
+            return None
+        held = self.kv.state.leases.get(lease)
+        if held is None:
+            return False
+        self.lessor.keepalive(lease, held.ttl)
+        return True
+
+    async def _lease_loop(self) -> None:
+        """As leader, propose the revocation of every lease past its deadline."""
+        while True:
+            await trio.sleep(self.tick_seconds)
+            now = trio.current_time()
+            for lease in self.lessor.expired():
+                if self._revoking.get(lease, 0.0) > now:
+                    continue
+                self._revoking[lease] = now + self.retry_interval()
+                data = encode_command(0, 0, ("lease_revoke", lease))
+                # If dropped, retried after retry_interval while still expired.
+                self._push(functools.partial(self._propose, data, trio.Event()))
+
+    def _propose(self, data: bytes, dropped: trio.Event) -> None:
+        try:
+            self.rawnode.propose(data)
+        except ProposalDropped:
+            dropped.set()

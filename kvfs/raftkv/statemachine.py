@@ -1,0 +1,166 @@
+"""The Raft store's replicated state machine: committed log entries applied to a KVState.
+
+Every member applies the same committed entries in the same order, so every member holds
+the same :class:`~kvfs.kv.state.KVState`, the same watch history and the same client
+sessions.  Nothing here reads a clock or does I/O.
+
+Log entry payloads (msgpack)::
+
+    [client_id: int, seq: int, command]
+
+``command`` is a :mod:`kvfs.kv.state` command tuple with values inline (a log entry carries
+the value itself, never a member-local file reference), plus ``("noop",)``.  ``client_id``
+0 marks commands without a session (the leader's lease expiries).
+
+At-most-once: a client numbers its commands 1, 2, 3, ... and retries a command after a
+broken connection with the same ``seq``.  The session table remembers each client's last
+applied ``seq`` and its result; a retry of that ``seq`` returns the remembered result and
+changes nothing, an older ``seq`` is answered with :data:`STALE`.  The table is bounded:
+the least recently used session is evicted once ``max_sessions`` is exceeded -- in apply
+order, so every member evicts the same one.
+
+Invariants:
+  * ``applied_index`` is the index of the last entry applied (or the snapshot's index).
+  * The watch history is part of the replicated state (and of snapshots): a watch from any
+    revision at or above ``state.history_start`` succeeds on every member, below it
+    raises ``Compacted`` on every member.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from kvfs.kv.state import ApplyResult, Command, Entry, Event, KVState
+
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of one applied entry, as its proposer sees it."""
+
+    client_id: int
+    seq: int
+    command: Command
+    result: ApplyResult | None  # None: a stale retry (an older seq than the session's)
+    events: list[Event]
+    fresh: bool  # False: a retry answered from the session table; nothing changed
+
+
+STALE = None
+
+
+def encode_command(client_id: int, seq: int, command: Command) -> bytes:
+    return msgpack.packb([client_id, seq, list(command)], use_bin_type=True)
+
+
+def _decode(data: bytes) -> tuple[int, int, Command]:
+    client_id, seq, command = msgpack.unpackb(data, raw=False)
+    return client_id, seq, _command_tuple(command)
+
+
+def _command_tuple(command: list[Any]) -> Command:
+    kind = command[0]
+    if kind == "txn":
+        compares = [(bytes(k), int(r)) for k, r in command[1]]
+        puts = [(bytes(k), bytes(v), int(lease)) for k, v, lease in command[2]]
+        deletes = [(bytes(k), None if e is None else bytes(e)) for k, e in command[3]]
+        return ("txn", compares, puts, deletes)
+    return tuple(command)
+
+
+class ReplicatedKV:
+    def __init__(self, *, max_sessions: int = 10_000, history_limit: int = 200_000) -> None:
+        self.state = KVState(history_limit=history_limit)
+        self.applied_index = 0
+        self.max_sessions = max_sessions
+        # client id -> (last applied seq, its result); most recently used last.
+        self.sessions: OrderedDict[int, tuple[int, ApplyResult]] = OrderedDict()
+
+    def apply(self, index: int, data: bytes) -> Applied | None:
+        """Apply the committed entry at ``index`` (``data`` empty: a leader's no-op entry).
+        Returns None for entries that carry no command."""
+        if index <= self.applied_index:
+            raise AssertionError(f"entry {index} applied twice (applied: {self.applied_index})")
+        self.applied_index = index
+        if not data:
+            return None
+        client_id, seq, command = _decode(data)
+        if command[0] == "noop":
+            return None
+        if client_id:
+            session = self.sessions.get(client_id)
+            if session is not None and seq <= session[0]:
+                self.sessions.move_to_end(client_id)
+                return Applied(client_id, seq, command,
+                               session[1] if seq == session[0] else STALE, [], fresh=False)
+        before = self.state.revision
+        result = self.state.apply(command)
+        events = self._events_of(result) if self.state.revision != before else []
+        if client_id:
+            self.sessions[client_id] = (seq, ApplyResult(result.succeeded, result.revision,
+                                                         result.lease_id))
+            self.sessions.move_to_end(client_id)
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
+        return Applied(client_id, seq, command, result, events, fresh=True)
+
+    def skip(self, index: int) -> None:
+        """Account for a committed entry that is not a state machine command (a membership
+        change)."""
+        if index <= self.applied_index:
+            raise AssertionError(f"entry {index} applied twice (applied: {self.applied_index})")
+        self.applied_index = index
+
+    def _events_of(self, result: ApplyResult) -> list[Event]:
+        out: list[Event] = []
+        for event in reversed(self.state.history):
+            if event.mod_revision != result.revision:
+                break
+            out.append(event)
+        out.reverse()
+        return out
+
+    # -- snapshots (dissertation 5.1) --------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole replicated state at ``applied_index``."""
+        state = self.state
+        return msgpack.packb({
+            "format": SNAPSHOT_FORMAT,
+            "applied": self.applied_index,
+            "revision": state.revision,
+            "compacted": state.compacted,
+            "next_lease": state.next_lease,
+            "leases": [[lid, lease.ttl] for lid, lease in state.leases.items()],
+            "items": [[k, e.value, e.mod_revision, e.create_revision, e.lease]
+                      for k, e in state.snapshot_items()],
+            "history_start": state.history_start,
+            "history": [[e.key, e.value, e.mod_revision] for e in state.history],
+            "sessions": [[cid, seq, r.succeeded, r.revision, r.lease_id]
+                         for cid, (seq, r) in self.sessions.items()],
+        }, use_bin_type=True)
+
+    def restore(self, index: int, data: bytes) -> None:
+        """Replace everything with a snapshot taken at ``index``."""
+        snap = msgpack.unpackb(data, raw=False)
+        if snap.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown state machine snapshot format {snap.get('format')!r}")
+        if snap["applied"] != index:
+            raise ValueError(f"snapshot data is at index {snap['applied']}, not {index}")
+        self.state.restore(
+            snap["revision"], snap["compacted"], snap["next_lease"],
+            {int(lid): float(ttl) for lid, ttl in snap["leases"]},
+            ((bytes(k), Entry(bytes(v), mod, create, lease))
+             for k, v, mod, create, lease in snap["items"]),
+            history=[Event(bytes(k), None if v is None else bytes(v), rev)
+                     for k, v, rev in snap["history"]],
+            history_start=snap["history_start"])
+        self.sessions = OrderedDict(
+            (cid, (seq, ApplyResult(ok, rev, lease))) for cid, seq, ok, rev, lease
+            in snap["sessions"])
+        self.applied_index = index
