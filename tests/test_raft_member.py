@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from kv_contract import KVContract
 
 from kvfs.kv.api import Put
+from kvfs.kv.state import Command
 from kvfs.kv.watchhub import WatchHub
 from kvfs.raft import (
     Config,
@@ -23,7 +25,6 @@ from kvfs.raft import (
 from kvfs.raftkv.engine import MemberEngine
 from kvfs.raftkv.node import RaftNode
 from kvfs.raftkv.statemachine import ReplicatedKV
-from kv_contract import KVContract
 
 
 class MemoryDisk:
@@ -92,7 +93,7 @@ async def test_a_retried_command_is_applied_once() -> None:
     try:
         node = engine.node
         deadline = trio.current_time() + 5
-        put = ("txn", [], [(b"k", b"v", 0)], [])
+        put: Command = ("txn", [], [(b"k", b"v", 0)], [])
         first = await node.submit(7, 1, put, deadline=deadline)
         again = await node.submit(7, 1, put, deadline=deadline)
         assert again == first
