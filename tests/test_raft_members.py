@@ -103,7 +103,7 @@ async def test_writes_and_reads_through_a_follower_reach_every_member() -> None:
             assert got is not None and got.value == b"v119"
             assert await engine.current_revision() == revision
         states = {i: sorted(e.node.kv.state.data.items()) for i, e in engines.items()}
-        assert states[1] == states[2] == states[3]
+        assert states[IDS[0]] == states[IDS[1]] == states[IDS[2]]
     finally:
         await close_all(engines)
 
