@@ -25,16 +25,26 @@ class ReadRequest:
 
 class ReadOnly:
     """Requests keyed by requester and context, so two nodes' contexts never collide; the
-    key is what travels in the heartbeat round."""
+    key is what travels in the heartbeat round.
+
+    A ReadOnly lives for one leadership, and remembers the key of every request it has
+    answered: the same key again is a copy the network duplicated after the first was
+    answered, and is dropped (its first answer stands; a requester that lost it retries
+    with a new context).  Answering it again would be unsafe: a late response to the first
+    copy's heartbeat round -- which confirmed leadership before the copy arrived -- would
+    count for it, and release it and every read queued before it at a stale index.  The
+    cost is one key per read answered in the leadership."""
 
     def __init__(self) -> None:
         self._pending: dict[bytes, ReadRequest] = {}
         self._queue: list[bytes] = []
+        self._answered: set[bytes] = set()
 
     def add(self, index: int, requester: NodeId, context: bytes) -> bytes | None:
-        """Queue a request and return its key; None if the same one is already pending."""
+        """Queue a request and return its key; None if the same one is already pending or
+        was answered in this leadership."""
         key = requester.to_bytes(8, "big") + context
-        if key in self._pending:
+        if key in self._pending or key in self._answered:
             return None
         self._pending[key] = ReadRequest(index, requester, context)
         self._queue.append(key)
@@ -54,6 +64,7 @@ class ReadOnly:
             return []
         position = self._queue.index(key) + 1
         released = [self._pending.pop(k) for k in self._queue[:position]]
+        self._answered.update(self._queue[:position])
         del self._queue[:position]
         return released
 
