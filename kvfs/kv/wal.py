@@ -16,6 +16,10 @@ must join up exactly (the first sequence of one is the end of the previous plus 
 Invariants:
   * A batch of records is appended with one ``write`` and fdatasync'd before
     :meth:`WalWriter.append` returns; a new segment's directory entry is fsync'd too.
+    A caller may append with ``sync=False`` (the Raft disk does, for a hard state whose
+    commit alone changed): the batch is then written but made durable only by the next
+    synced append or :meth:`WalWriter.sync` -- and before the writer moves on to a new
+    segment, so an older segment never ends in records that may still be lost.
   * Only the newest segment is ever written to; older ones are immutable and are deleted
     (oldest first, so the rest stay contiguous) once a snapshot covers all their records.
   * Damage is told apart as follows: an incomplete record, or a bad checksum in a record that
@@ -117,6 +121,8 @@ class WalWriter:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._size = 0
+        self._unsynced = False      # records written to _fd since its last fdatasync
+        self._dir_unsynced = False  # a segment created since the directory's last fsync
         self.rotate_requested = False
         self.closed = False
 
@@ -125,6 +131,9 @@ class WalWriter:
         self.rotate_requested = True
 
     def _open_segment(self) -> None:
+        # Records appended without a sync must not stay behind in an older segment: a
+        # power cut would leave a torn tail in a segment that is no longer the last.
+        self.sync()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -139,26 +148,40 @@ class WalWriter:
                 self._segments.append((first, path))
         self.rotate_requested = False
 
-    def append(self, payloads: list[bytes]) -> int:
-        """Durably append one record per payload; returns the number of bytes written."""
+    def append(self, payloads: list[bytes], *, sync: bool = True) -> int:
+        """Durably append one record per payload; returns the number of bytes written.
+
+        With ``sync=False`` the records are only written, in order after everything before
+        them; the next synced append, :meth:`sync`, or a rotation makes them durable.
+        """
         if self.closed:
             raise OSError("the write-ahead log is closed")
         new_segment = (self._fd is None or self.rotate_requested
                        or self._size >= self.segment_bytes)
         if new_segment:
             self._open_segment()
+            self._dir_unsynced = True
         assert self._fd is not None
         buf = b"".join(frame(p) for p in payloads)
         view = memoryview(buf)
+        self._unsynced = True
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        _datasync(self._fd)
-        if new_segment:
-            fsync_dir(self.directory)
+        if sync:
+            self.sync()
         self._size += len(buf)
         self.next_seq += len(payloads)
         return len(buf)
+
+    def sync(self) -> None:
+        """Make every record appended so far durable (a no-op if they all are)."""
+        if self._unsynced and self._fd is not None:
+            _datasync(self._fd)
+            self._unsynced = False
+        if self._dir_unsynced:
+            fsync_dir(self.directory)
+            self._dir_unsynced = False
 
     def drop_covered(self, seq: int) -> list[str]:
         """Delete segments whose records all have sequence numbers <= ``seq``."""
