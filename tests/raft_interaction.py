@@ -44,10 +44,11 @@ Host and network:
 ``process-ready ID...``
     Handle one Ready of each node in turn: persist (snapshot, entries, hard state), send the
     messages into the network queue, apply (snapshot, then committed entries), advance.
-``deliver-msgs [ID...] [drop=(IDs)] [type=T] [from=ID] [reverse=true]``
+``deliver-msgs [ID...] [drop=(IDs)] [type=T] [from=ID] [reverse=true] [count=N]``
     Deliver the queued messages addressed to the IDs, in queue order (``reverse``: newest
     first, to reorder them), and drop those addressed to the ``drop`` IDs; with neither IDs
-    nor ``drop``, deliver everything queued.  ``type`` and ``from`` narrow the selection.
+    nor ``drop``, deliver everything queued.  ``type`` and ``from`` narrow the selection;
+    ``count`` takes only the first N selected (the rest stay queued).
     Prints each message (``dropped ...`` for drops), or ``no messages``.
 ``duplicate-msgs [ID...] [type=T] [from=ID]``
     Queue a second copy of each selected message right after it.
@@ -82,7 +83,7 @@ Output notation
   transfer; vote responses ``granted`` or ``rejected``; heartbeats ``commit=C``; snapshots
   ``snapshot=T/I voters=(...) [learners=(...)] data=[...]``; forwarded transfers
   ``target=ID``; read contexts ``ctx="..."``, and in heartbeats the read round's key
-  ``read=REQUESTER:"ctx"``.  Any other field set is printed as ``name=value``.
+  ``read=roundN``.  Any other field set is printed as ``name=value``.
 * A Ready prints ``> ID ready`` (``ready sync`` when it must be synced) and one line per
   item: ``soft role=R leader=L``, ``hard term=T vote=V commit=C``, ``snapshot ...``,
   ``persist ENTRY``, ``send MESSAGE``, ``apply ENTRY``, ``read index=I ctx="..."``.
@@ -144,11 +145,9 @@ def fmt_bytes(data: bytes) -> str:
 
 
 def fmt_read_key(key: bytes) -> str:
-    """A heartbeat round's read key: the core prefixes the requester's id (8 bytes, big
-    endian) to the request's context, so two nodes' contexts never collide."""
-    if len(key) < 8:
-        return fmt_bytes(key)
-    return f"{int.from_bytes(key[:8], 'big')}:{fmt_bytes(key[8:])}"
+    """A heartbeat round's read key: the leader numbers the read requests of its leadership
+    (8 bytes, big endian), and each heartbeat carries the newest pending one's number."""
+    return f"round{int.from_bytes(key, 'big')}"
 
 
 def fmt_entry(entry: Entry) -> str:
@@ -585,14 +584,17 @@ class InteractionEnv:
 
     def deliver(self, recipients: set[NodeId], dropped: set[NodeId],
                 match: Callable[[Message], bool], out: Printer, *, indent: str = "",
-                reverse: bool = False) -> int:
+                reverse: bool = False, count: int = 0) -> int:
         """Take the matching messages to ``recipients`` and ``dropped`` off the queue (in
-        queue order, or newest first) and step or drop each; returns how many."""
+        queue order, or newest first; at most ``count`` when it is set) and step or drop
+        each; returns how many."""
         chosen = [m for m in self.queue if (m.to in recipients or m.to in dropped) and match(m)]
-        ids = {id(m) for m in chosen}
-        self.queue = [m for m in self.queue if id(m) not in ids]
         if reverse:
             chosen.reverse()
+        if count:
+            chosen = chosen[:count]
+        ids = {id(m) for m in chosen}
+        self.queue = [m for m in self.queue if id(m) not in ids]
         for m in chosen:
             if m.to in dropped:
                 out.append(f"{indent}dropped {fmt_message(m)}")
@@ -616,7 +618,9 @@ class InteractionEnv:
         if not recipients and not dropped:
             recipients = {m.to for m in self.queue}
         reverse = args.flag("reverse", False)
-        if self.deliver(recipients, dropped, self._select(args), out, reverse=reverse) == 0:
+        count = args.number("count", 0)
+        if self.deliver(recipients, dropped, self._select(args), out, reverse=reverse,
+                        count=count) == 0:
             out.append("no messages")
 
     def _duplicate_msgs(self, args: Args, out: Printer) -> None:

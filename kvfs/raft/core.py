@@ -687,10 +687,9 @@ class Raft:
             self._answer_read(m.sender, self.log.committed, m.context)
             return
         key = self.read_only.add(self.log.committed, m.sender, m.context)
-        if key is not None:
-            self._broadcast_heartbeat(key)
-            if self.tracker.is_voter(self.id):
-                self._ack_read(self.id, key)
+        self._broadcast_heartbeat(key)
+        if self.tracker.is_voter(self.id):
+            self._ack_read(self.id, key)
 
     def _ack_read(self, node: NodeId, key: bytes) -> None:
         acks = self.read_only.ack(node, key)

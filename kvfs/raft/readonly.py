@@ -1,11 +1,12 @@
 """Pending linearizable reads on a leader: ReadIndex (dissertation 6.4).
 
 A read request records the leader's commit index when it arrives; the leader then confirms
-it is still leader by a round of heartbeats carrying the request's context.  Once a majority
+it is still leader by a round of heartbeats carrying the request's round key.  Once a majority
 of voters has answered that round, every request queued up to and including it may be served
 at its recorded index -- no later leader can have committed anything the read would miss.
 
-Invariant: requests are answered in arrival order, each exactly once.
+Invariant: requests are answered in arrival order, each once per copy received, and only
+by answers to heartbeats sent after the request arrived.
 """
 
 from __future__ import annotations
@@ -24,34 +25,32 @@ class ReadRequest:
 
 
 class ReadOnly:
-    """Requests keyed by requester and context, so two nodes' contexts never collide; the
-    key is what travels in the heartbeat round.
+    """Requests of one leadership, each given its own heartbeat round.
 
-    A ReadOnly lives for one leadership, and remembers the key of every request it has
-    answered: the same key again is a copy the network duplicated after the first was
-    answered, and is dropped (its first answer stands; a requester that lost it retries
-    with a new context).  Answering it again would be unsafe: a late response to the first
-    copy's heartbeat round -- which confirmed leadership before the copy arrived -- would
-    count for it, and release it and every read queued before it at a stale index.  The
-    cost is one key per read answered in the leadership."""
+    Every request gets a fresh *round key* (a counter of this leadership) and the heartbeat
+    that confirms it carries that key, so only answers to heartbeats sent after the request
+    arrived can release it.  Keying rounds by the requester's context instead is unsafe: a
+    copy of a request that the network duplicated after the first copy was answered would
+    be released by a late answer to the first copy's round -- which confirmed leadership
+    before the copy arrived -- at a stale index (found by the simulator, seed 3212).  A
+    duplicated request is simply answered twice; its requester ignores the second answer.
+    """
 
     def __init__(self) -> None:
         self._pending: dict[bytes, ReadRequest] = {}
         self._queue: list[bytes] = []
-        self._answered: set[bytes] = set()
+        self._rounds = 0
 
-    def add(self, index: int, requester: NodeId, context: bytes) -> bytes | None:
-        """Queue a request and return its key; None if the same one is already pending or
-        was answered in this leadership."""
-        key = requester.to_bytes(8, "big") + context
-        if key in self._pending or key in self._answered:
-            return None
+    def add(self, index: int, requester: NodeId, context: bytes) -> bytes:
+        """Queue a request and return the key of the heartbeat round that confirms it."""
+        self._rounds += 1
+        key = self._rounds.to_bytes(8, "big")
         self._pending[key] = ReadRequest(index, requester, context)
         self._queue.append(key)
         return key
 
     def ack(self, node: NodeId, key: bytes) -> set[NodeId] | None:
-        """Record that ``node`` answered the heartbeat round for ``key``."""
+        """Record that ``node`` answered the heartbeat round ``key``."""
         request = self._pending.get(key)
         if request is None:
             return None
@@ -59,12 +58,12 @@ class ReadOnly:
         return request.acks
 
     def release_through(self, key: bytes) -> list[ReadRequest]:
-        """Every request queued up to and including ``key``, removed from the queue."""
+        """Every request queued up to and including round ``key``, removed from the queue:
+        confirming leadership after the newest of them confirms it for all."""
         if key not in self._pending:
             return []
         position = self._queue.index(key) + 1
         released = [self._pending.pop(k) for k in self._queue[:position]]
-        self._answered.update(self._queue[:position])
         del self._queue[:position]
         return released
 
