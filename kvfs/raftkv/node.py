@@ -289,6 +289,14 @@ class RaftNode:
     def deliver(self, message: Message) -> None:
         self._push(functools.partial(self.rawnode.step, message))
 
+    def report_unreachable(self, peer: NodeId) -> None:
+        """The transport could not reach ``peer``: a leader stops pipelining to it."""
+        self._push(functools.partial(self.rawnode.report_unreachable, peer))
+
+    def report_snapshot(self, peer: NodeId, ok: bool) -> None:
+        """The transport wrote a snapshot message to ``peer`` (or failed to)."""
+        self._push(functools.partial(self.rawnode.report_snapshot, peer, ok))
+
     def sole_voter(self) -> bool:
         """Whether this member is the only voter of the configuration it has applied."""
         return self.rawnode.status().conf_state.voters == {self.id}
