@@ -55,7 +55,9 @@ Writing (invariants)
 * :meth:`RaftDisk.save` writes the snapshot file first (if any), then one batch of log
   records -- INSTALL, ENTRIES, HARD_STATE, in that order -- with a single ``write`` and a
   single fdatasync (none when ``must_sync`` is false and there is no snapshot), and updates
-  the mirror only after that.  A batch never holds a hard state whose commit exceeds the
+  the mirror only after that.  A new segment adds a directory fsync; a Ready with a
+  snapshot adds the snapshot file's fsync, directory fsyncs, and the deletion of the
+  segments it made void.  A batch never holds a hard state whose commit exceeds the
   entries persisted before it: ``save`` refuses such a call (``ValueError``) before
   writing anything, so no prefix of what is on disk can have a commit beyond its log (the
   core's constructor would refuse that).
@@ -83,13 +85,14 @@ Loading (:meth:`RaftDisk.open`)
    about to follow them.  Any other damage, or a record that does not decode, raises
    :class:`~kvfs.kv.api.StoreCorrupt` naming the file and the offset.
 3. The records are replayed: ENTRIES with the truncation rule above (a ``prev_term`` that
-   does not match is corruption), HARD_STATE last wins,
-   INSTALL empties the log and sets its base, the newest SNAPSHOT/INSTALL index is the
-   *required* index.  An ENTRIES record beyond the end of the replayed log (the records in
-   between were in a compacted segment) restarts the replayed log there.
+   does not match is corruption), HARD_STATE last wins, INSTALL empties the log and sets
+   its base, the newest SNAPSHOT/INSTALL index is the *required* index.  An ENTRIES record
+   beyond the end of the replayed log (the records in between were in a compacted segment)
+   restarts the replayed log there.
 4. The newest valid snapshot file is chosen.  Invalid ones are skipped with a warning
    (renamed to ``*.damaged`` once the open succeeds); falling back to an older snapshot
-   works only if the log still reaches back to just after it.
+   works only if the log still reaches back to just after it -- which ``keep_entries`` at
+   least as large as the host's snapshot interval ensures.
 5. The log is fitted to the snapshot (S, T): if the log (including its base) has term T at
    index S, it continues the snapshot and is kept (entries at or below S included, for
    slow followers); if it starts after S + 1 the open fails (entries are missing).  A log
@@ -111,7 +114,11 @@ Crash cases, and why each is safe
 * Mid-compaction: a prefix of the segments is gone; the rest replays to the same state
   (restated hard state and snapshot record are durable before the first deletion).
 * A half-written snapshot or identity file is a ``.tmp`` file and is deleted (identity: the
-  directory is refused by ``open`` and accepted again by ``create``).
+  directory is refused by ``open`` and accepted again by ``create``).  A snapshot whose
+  rename did not reach the disk is simply absent: the log still covers it.
+* Unsynced records (a lazily written commit) lost: only a commit index, which the leader
+  teaches again.  They can only be lost from the last segment, and a process that died with
+  them in the page cache is followed by one that fsyncs that segment before appending.
 
 Threads
 -------
@@ -119,7 +126,8 @@ All methods block; the server calls them through ``trio.to_thread.run_sync``.  W
 (``save``, ``save_snapshot``, ``compact``, ``bootstrap``, ``close``) are serialised by a
 lock.  The read side (the :class:`~kvfs.raft.Storage` methods) takes no lock: every write
 builds the new mirror on a copy and publishes it with one reference assignment, so each
-read sees the state before or after a write, never half of one.  A *sequence* of reads is
+read sees the state before or after a write, never half of one (the copy costs a list of
+pointers per write, small beside the sync).  A *sequence* of reads is
 consistent because of the core's contract: the core reads storage only while handling an
 input or building a Ready, and the host calls ``save`` between ``ready()`` and ``advance()``
 (when :class:`~kvfs.raft.RawNode` refuses every input) and ``save_snapshot``/``compact``
@@ -640,9 +648,10 @@ class RaftDisk:
                                  f"index {new_last} persisted with it")
 
             records: list[_Record] = []
+            prev_term = 0
             if ents:
-                # The core never truncates below its snapshot, so the entry before lies in
-                # the mirror (or is the new snapshot's last entry).
+                # The entry before lies in the mirror (its base at the lowest, as entries
+                # below the first index were dropped above), or is the new snapshot's.
                 prev = ents[0].index - 1
                 prev_term = (snapshot.meta.term if snapshot is not None
                              and prev == snapshot.meta.index else mirror.term(prev))
@@ -675,8 +684,11 @@ class RaftDisk:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Persist a snapshot the host took of its state machine (data at its applied
-        index, conf state from the core), then compact the log to ``index - keep_entries``.
-        A snapshot not newer than the held one is ignored."""
+        index, conf state from the core), then compact the log to ``index - keep_entries``
+        (entries kept for slow followers, and so that the previous snapshot stays a usable
+        fallback when ``keep_entries`` is at least the snapshot interval).  A snapshot not
+        newer than the held one is ignored; ``ValueError`` if its index is not in the log
+        or its term differs from the log's."""
         with self._write_lock:
             self._check_usable()
             mirror = self._mirror
@@ -865,7 +877,11 @@ class RaftDisk:
             # the snapshot would replay onto the stale log next time.
             log.warning("%s: discarding a log that snapshot %d replaced", directory,
                         meta.index)
-            self._append([_MarkRec(meta.index, meta.term, True)], sync=True)
+            try:
+                self._append([_MarkRec(meta.index, meta.term, True)], sync=True)
+            except BaseException:
+                self._wal.close()
+                raise
 
     def _newest_snapshot(self) -> tuple[Snapshot, list[str]]:
         """The newest valid snapshot (the empty one if none) and the paths of the damaged
