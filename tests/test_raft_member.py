@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -22,6 +23,7 @@ from kvfs.raft import (
     Snapshot,
     bootstrap_state,
 )
+from kvfs.raftkv.disk import RaftDisk
 from kvfs.raftkv.engine import MemberEngine
 from kvfs.raftkv.node import RaftNode
 from kvfs.raftkv.statemachine import ReplicatedKV
@@ -60,7 +62,7 @@ def one_member_disk() -> MemoryDisk:
     return disk
 
 
-async def start_member(disk: MemoryDisk, **node_options: object) -> MemberEngine:
+async def start_member(disk: MemoryDisk | RaftDisk, **node_options: object) -> MemberEngine:
     kv = ReplicatedKV()
     node = RaftNode(Config(NodeId(1)), disk, kv, WatchHub(_load), rng=random.Random(1),
                     tick_seconds=0.02, **node_options)  # type: ignore[arg-type]
@@ -78,6 +80,17 @@ class TestOneMemberInMemory(KVContract):
         engine = await start_member(one_member_disk())
         yield engine
         await engine.aclose()
+
+
+class TestOneMemberOnDisk(KVContract):
+    @pytest.fixture
+    async def kv(self, tmp_path: Path) -> AsyncIterator[MemberEngine]:
+        disk = RaftDisk.create(str(tmp_path / "m1"), "test-cluster", 1, keep_entries=3)
+        disk.bootstrap([NodeId(1)])
+        engine = await start_member(disk, snapshot_every=3)
+        yield engine
+        await engine.aclose()
+        disk.close()
 
 
 class TestOneMemberTinySnapshots(KVContract):
@@ -102,6 +115,37 @@ async def test_a_retried_command_is_applied_once() -> None:
         assert later.revision == first.revision + 1
     finally:
         await engine.aclose()
+
+
+async def test_a_member_on_disk_keeps_what_it_acknowledged_across_restarts(
+        tmp_path: Path) -> None:
+    directory = str(tmp_path / "m1")
+    disk = RaftDisk.create(directory, "test-cluster", 1, keep_entries=4)
+    disk.bootstrap([NodeId(1)])
+    revision = 0
+    for round_ in range(4):
+        engine = await start_member(disk, snapshot_every=4)
+        for i in range(7):
+            res = await engine.commit([], [Put(b"r%d-%d" % (round_, i), b"x" * i)])
+            assert res.succeeded
+            revision = res.revision
+        lease = await engine.lease_grant(60)
+        assert (await engine.commit([], [Put(b"leased%d" % round_, b"", lease)])).succeeded
+        revision += 1
+        await engine.aclose()
+        disk.close()
+        disk = RaftDisk.open(directory, cluster_token="test-cluster", member_id=1,
+                             keep_entries=4)
+    engine = await start_member(disk, snapshot_every=4)
+    try:
+        assert await engine.current_revision() == revision
+        for round_ in range(4):
+            got = await engine.get(b"r%d-6" % round_)
+            assert got is not None and got.value == b"x" * 6
+            assert await engine.get(b"leased%d" % round_) is not None
+    finally:
+        await engine.aclose()
+        disk.close()
 
 
 async def test_restart_rebuilds_the_state_from_snapshot_and_log() -> None:
