@@ -214,6 +214,17 @@ async def test_every_message_type_crosses_and_a_snapshot_is_reported() -> None:
         await eventually(lambda: len(a.messages) == len(back))
         assert a.messages == back
         assert ta.peer_stats(N(2)).dropped == 0
+        # A large snapshot crosses in one frame, between small messages, and is reported.
+        big = Snapshot(SnapshotMeta(99, 3, ConfState(frozenset(IDS))),
+                       random.Random(1).randbytes(24 << 20))
+        around = [to(N(2), MessageType.HEARTBEAT, commit=1),
+                  to(N(2), MessageType.SNAPSHOT, snapshot=big),
+                  to(N(2), MessageType.HEARTBEAT, commit=2)]
+        del b.messages[:]
+        ta.send(around)
+        await eventually(lambda: len(b.messages) == 3)
+        assert b.messages == around
+        assert a.snapshots == [(N(2), True), (N(2), True)]
         await ta.aclose()
         await tb.aclose()
 
@@ -236,6 +247,24 @@ async def test_a_full_queue_drops_its_oldest_messages_and_counts_them() -> None:
         assert [m.commit for m in b.messages] == [3, 4, 5]
         ta.send([to(N(3), MessageType.HEARTBEAT)])  # nobody: dropped, counted
         assert ta.stats.unroutable == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_message_over_the_frame_limit_is_dropped_and_a_snapshot_reported_failed(
+        ) -> None:
+    a, b = Recorder(), Recorder()
+    tb = PeerTransport(N(2), TOKEN, LOCAL, {N(1): ("127.0.0.1", 1)}, receiver=b)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(tb.run)
+        ta = PeerTransport(N(1), TOKEN, LOCAL, {N(2): address}, receiver=a, max_frame=1024)
+        await nursery.start(ta.run)
+        huge = Snapshot(SnapshotMeta(5, 1, ConfState(frozenset(IDS))), b"x" * 2048)
+        ta.send([to(N(2), MessageType.SNAPSHOT, snapshot=huge),
+                 to(N(2), MessageType.HEARTBEAT, commit=7)])
+        await eventually(lambda: len(b.messages) == 1)
+        assert b.messages[0].commit == 7
+        assert a.snapshots == [(N(2), False)]
+        assert ta.peer_stats(N(2)).dropped == 1
         nursery.cancel_scope.cancel()
 
 
@@ -295,12 +324,14 @@ async def _read_frame(stream: trio.abc.Stream) -> object:
 
 
 async def _closed(stream: trio.abc.Stream) -> bool:
-    """Whether the other side closed ``stream`` (reading it ends, or breaks)."""
+    """Whether the other side closed ``stream`` (reading it ends, or breaks); closes ours."""
     try:
         while await stream.receive_some():
             pass
     except trio.BrokenResourceError:
         pass
+    finally:
+        await stream.aclose()
     return True
 
 

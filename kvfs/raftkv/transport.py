@@ -184,7 +184,7 @@ class _FrameReader:
             raise FrameError(f"frame of {size} bytes exceeds the limit of {limit}")
         end = _HEADER.size + size
         while len(buffer) < end:
-            if not await self._fill(max(_RECEIVE, min(end - len(buffer), 16 * _RECEIVE))):
+            if not await self._fill(_RECEIVE):
                 raise FrameError("connection closed inside a frame")
         payload = memoryview(buffer)[_HEADER.size:end].tobytes()
         del buffer[:end]
