@@ -4,7 +4,7 @@ checker fed hand-made violating histories, and mutated cores that must be caught
 Every run draws a new base seed (or takes ``KVFS_SIM_SEED``) and prints it, so a CI failure
 replays with ``KVFS_SIM_SEED=<base> pytest tests/test_raft_sim.py`` or, for the one failing
 seed, with the ``python -m kvfs.raftsim --seed N -v`` command in the failure message.
-``KVFS_SIM_SEEDS`` sets how many seeds run (default 1000, about half a minute on 2 cores);
+``KVFS_SIM_SEEDS`` sets how many seeds run (default 2500, about a minute on 2 cores);
 ``KVFS_SIM_SEEDS=20000`` runs a long slice on demand.
 """
 
@@ -22,7 +22,7 @@ from kvfs.raftsim import Checker, DictLog, SafetyViolation, run_seed
 from kvfs.raftsim.__main__ import _run_chunk, replay_command
 from kvfs.raftsim.checker import COMPACTED
 
-SEEDS = int(os.environ.get("KVFS_SIM_SEEDS", "1000"))
+SEEDS = int(os.environ.get("KVFS_SIM_SEEDS", "2500"))
 JOBS = 2
 N1, N2, N3 = NodeId(1), NodeId(2), NodeId(3)
 
