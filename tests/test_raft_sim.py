@@ -61,7 +61,7 @@ def test_a_seed_replays_exactly() -> None:
     b = run_seed(seed, second.append)
     assert first == second, f"seed {seed} did not replay identically"
     assert a.stats == b.stats
-    assert len(first) > 1000
+    assert len(first) > 100  # a one-node seed traces a few hundred lines
 
 
 def test_seeds_exercise_the_faults() -> None:
