@@ -6,7 +6,8 @@ together; the CLI and the tests both go through it.
 META_URL forms:
   * ``/path/to/dir`` or ``local:///path/to/dir`` -- the embedded store in that directory;
   * ``mem://`` -- a volatile in-process store (tests only; every open is a new volume);
-  * ``etcd://host:port[,host:port...]/PREFIX[?...]`` -- an etcd cluster (kvfs.kv.etcd).
+  * ``etcd://host:port[,host:port...]/PREFIX[?...]`` -- an etcd cluster (kvfs.kv.etcd);
+  * ``raft://host:port[,host:port...]/PREFIX[?...]`` -- a kvfs Raft store (kvfs.raftkv.client).
 """
 
 from __future__ import annotations
@@ -85,12 +86,19 @@ async def open_engine(url: str, *, create: bool = False) -> KVEngine:
             return await EtcdEngine.open(url)
         except ValueError as exc:
             raise VolumeError(str(exc)) from None
+    if url.startswith("raft://"):
+        from kvfs.raftkv.client import RaftClientEngine
+
+        try:
+            return await RaftClientEngine.open(url)
+        except ValueError as exc:
+            raise VolumeError(str(exc)) from None
     path = embedded_dir(url)
     if path is None:
         scheme = url.split("://", 1)[0]
         raise VolumeError(f"unsupported metadata URL scheme {scheme!r} "
-                          "(use a directory path, local:///PATH, etcd://HOST:PORT/PREFIX "
-                          "or mem://)")
+                          "(use a directory path, local:///PATH, etcd://HOST:PORT/PREFIX, "
+                          "raft://HOST:PORT/PREFIX or mem://)")
     if os.path.exists(path) and not os.path.isdir(path):
         raise VolumeError(f"{path}: not a directory")
     if not create and not _holds_store(path):
