@@ -346,8 +346,11 @@ class Raft:
                 # A stale leader: tell it our term so it steps down.  Without this, a node
                 # whose term rose while partitioned could never rejoin under check-quorum.
                 self._reply(m.sender, MessageType.APPEND_RESPONSE)
-            elif m.type is MessageType.PRE_VOTE:
-                self._reply(m.sender, MessageType.PRE_VOTE_RESPONSE, reject=True)
+            elif m.type in _VOTE_REQUESTS:
+                # Reject with our term (dissertation figure 3.1), so a candidate that fell
+                # behind adopts it: ignored, a candidate whose only reachable voter's term is
+                # pushed ahead by a third node's campaigns never catches up.
+                self._reply(m.sender, _VOTE_REQUESTS[m.type], reject=True)
             return
 
         if m.type in _VOTE_REQUESTS:
