@@ -9,10 +9,11 @@ observation contradicts it.  Tests feed it hand-made histories the same way.
 Invariants (numbers as in the simulator's brief, dissertation sections in brackets):
 
 1. Election safety [3.6.1]: at most one node is ever leader of a given term.
-2. Log matching [3.5]: every (index, term) ever seen in any log names one entry: the same
-   kind, data and previous entry's term.  By induction on the index, two logs holding an
-   entry with the same index and term hold identical prefixes up to it.  Also checked: no
-   entry in a log has a term above its node's current term.
+2. Log matching [3.5]: every (index, term) ever written to any disk names one entry: the
+   same kind, data and previous entry's term.  By induction on the index, two logs holding
+   an entry with the same index and term hold identical prefixes up to it.  (The world
+   reports entries as they are persisted: an entry that dies unpersisted never left its
+   node.)  Also checked: no entry in a node's log has a term above its current term.
 3. Leader completeness [3.6.3]: an entry first observed committed while the observer was in
    term ``c`` is in the log of every leader of a term above ``c`` (below that leader's
    snapshot counts as present).  ``c`` is at least the term the entry was committed in, so
