@@ -116,7 +116,8 @@ async def running(size: int, **server_options: Any) -> AsyncIterator[Cluster]:
 
 @asynccontextmanager
 async def client(url: str) -> AsyncIterator[RaftClientEngine]:
-    engine = await RaftClientEngine.open(url)
+    engine = await open_engine(url)  # the way volumes open it
+    assert isinstance(engine, RaftClientEngine) and engine.shared
     try:
         yield engine
     finally:
@@ -309,6 +310,39 @@ async def test_concurrent_writes_of_one_client_are_each_applied_once() -> None:
             assert await engine.current_revision() == before + 40
 
 
+async def test_a_connection_queues_requests_beyond_its_bound() -> None:
+    async with running(1, max_requests=2) as cluster, client(cluster.url(1)) as engine:
+        results: list[object] = []
+
+        async def one(i: int) -> None:
+            if i % 2:
+                results.append(await put(engine, b"q%02d" % i, b"v"))
+            else:
+                results.append(await engine.get_many([b"q%02d" % (i + 1)]))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(30):
+                nursery.start_soon(one, i)
+        assert len(results) == 30
+        assert len((await engine.range(b"q", b"r")).kvs) == 15
+
+
+async def test_a_revision_larger_than_a_frame_part_reaches_a_watch_whole() -> None:
+    async with running(1) as cluster, client(cluster.url(1)) as engine:
+        value = b"x" * (380 * 1024)  # four of them: one revision, more than PART_BYTES
+        assert 3 * len(value) > p.PART_BYTES
+        res = await engine.commit([], [Put(b"big%d" % i, value) for i in range(4)])
+        batches = []
+        with trio.fail_after(10):
+            async with aclosing(engine.watch(b"big", b"bih", res.revision)) as it:  # type: ignore[type-var]
+                async for batch in it:
+                    batches.append(batch)
+                    break
+        assert [(len(b.events), b.revision) for b in batches] == [(4, res.revision)]
+        got = await engine.range(b"big", b"bih")  # also more than one part
+        assert [kv.value for kv in got.kvs] == [value] * 4
+
+
 async def test_prefixes_keep_volumes_apart() -> None:
     async with running(1) as cluster, client(cluster.url(1, prefix="a")) as a, \
             client(cluster.url(1, prefix="b")) as b:
@@ -354,7 +388,7 @@ async def test_timeout_bounds_calls_when_every_member_is_down() -> None:
                     async for _ in it:
                         break  # the existing key's event: the watch is up
                     await cluster.stop(NodeId(1))
-                    with pytest.raises(EngineUnavailable, match="no member answered"):
+                    with pytest.raises(EngineUnavailable, match="unavailable for 0.5 s"):
                         async for _ in it:
                             pass
                 with pytest.raises(EngineUnavailable):

@@ -341,7 +341,7 @@ class RaftClientEngine(KVEngine):
             raise KVError("raft engine is closed")
 
     def _unavailable(self) -> EngineUnavailable:
-        msg = (f"raft store at {','.join(self.url.endpoints)}: no member answered in "
+        msg = (f"raft store at {','.join(self.url.endpoints)}: unavailable for "
                f"{self.url.timeout:g} s")
         if self._last_error:
             msg += f" (last error: {self._last_error})"

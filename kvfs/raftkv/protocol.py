@@ -49,9 +49,10 @@ create_revision, lease]``; ``event`` = ``[key, value or nil, mod_revision]``; ``
 
     A ``range``/``get_many`` part is ``{"kvs": [...]}``; the client concatenates the parts'
     ``kvs`` and the final one's.  A ``watch`` sends ``{"events": [], "complete": true}``
-    once it is registered, then ``{"events": [...], "complete": bool}`` parts in revision
-    order; ``complete`` is false when the part ends in the middle of a revision (the client
-    holds such events back until the revision is complete).  A watch ends with one final
+    once the member has accepted it (its start is not compacted), then
+    ``{"events": [...], "complete": bool}`` parts in revision order; ``complete`` is false
+    when the part ends in the middle of a revision (the client holds such events back
+    until the revision is complete).  A watch ends with one final
     response: ``ok`` after ``cancel`` or when the member shuts down, ``error`` otherwise.
     An ``end`` of ``b"\\x00"`` means "to the end of the keyspace", as in :mod:`kvfs.kv.state`.
 

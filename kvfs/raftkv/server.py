@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -266,6 +266,7 @@ class _Connection:
 
     async def _run_request(self, request: p.Request) -> None:
         try:
+            frames: Iterable[bytes]
             try:
                 frames = await self._dispatch(request.op, request.args or {}, request.id)
             except KVError as exc:
@@ -286,7 +287,7 @@ class _Connection:
 
     # -- ordinary requests: each returns the frames of its answer ----------------------------
 
-    async def _dispatch(self, op: str, args: dict[str, Any], rid: int) -> list[bytes]:
+    async def _dispatch(self, op: str, args: dict[str, Any], rid: int) -> Iterable[bytes]:
         node = self.node
         if op == "status":
             return [p.ok_frame(rid, self.server.status())]
@@ -355,17 +356,16 @@ class _Connection:
                                  [Delete(k, e) for k, e in deletes])
 
     @staticmethod
-    def _parts(rid: int, kvs: list[Any], final: dict[str, Any]) -> list[bytes]:
-        """An answer of many key-values cut into frames of about PART_BYTES each."""
-        frames: list[bytes] = []
+    def _parts(rid: int, kvs: list[Any], final: dict[str, Any]) -> Iterator[bytes]:
+        """An answer of many key-values cut into frames of about PART_BYTES each, encoded
+        one at a time as they are sent (``kvs`` was taken whole: one revision)."""
         start, size = 0, 0
         for i, kv in enumerate(kvs):
             size += 24 if kv is None else p.kv_size(kv[0], kv[1])
             if size >= p.PART_BYTES and i + 1 < len(kvs):
-                frames.append(p.more_frame(rid, {"kvs": kvs[start:i + 1]}))
+                yield p.more_frame(rid, {"kvs": kvs[start:i + 1]})
                 start, size = i + 1, 0
-        frames.append(p.ok_frame(rid, {"kvs": kvs[start:], **final}))
-        return frames
+        yield p.ok_frame(rid, {"kvs": kvs[start:], **final})
 
     # -- watches -----------------------------------------------------------------------------
 
@@ -427,10 +427,9 @@ def _error(rid: int, exc: KVError) -> bytes:
     return p.error_frame(rid, code, message, **fields)
 
 
-def _event_parts(rid: int, events: list[WatchEvent]) -> list[bytes]:
+def _event_parts(rid: int, events: list[WatchEvent]) -> Iterator[bytes]:
     """Watch parts of about PART_BYTES; ``complete`` tells whether a part ends at a
     revision boundary (the events of a hub batch are always whole revisions)."""
-    frames: list[bytes] = []
     part: list[Any] = []
     size = 0
     for i, event in enumerate(events):
@@ -439,9 +438,8 @@ def _event_parts(rid: int, events: list[WatchEvent]) -> list[bytes]:
         last = i + 1 == len(events)
         if last or size >= p.PART_BYTES:
             complete = last or events[i + 1].mod_revision != event.mod_revision
-            frames.append(p.more_frame(rid, {"events": part, "complete": complete}))
+            yield p.more_frame(rid, {"events": part, "complete": complete})
             part, size = [], 0
-    return frames
 
 
 class _NotLeader(Exception):
