@@ -1,0 +1,215 @@
+"""A Raft store member as a process: configuration, identity, and the wiring of its parts.
+
+``kvfs raft serve`` builds a :class:`MemberConfig` from its flags and calls :func:`serve`,
+which opens (or creates and bootstraps) the member's data directory, then runs the node
+loop, the peer transport and the client server in one nursery until cancelled.
+
+Member ids are derived from the member's name and the cluster token
+(:func:`member_id`), so every member computes the same id for a name from the same
+``--initial-cluster`` flag, and two clusters with different tokens never share ids.
+
+A configuration that cannot work is refused with :class:`MemberConfigError`, one line,
+before anything is written: a bad URL or name, this member missing from the initial
+cluster, a data directory of another cluster or member, TLS half configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import trio
+
+from kvfs.kv.api import KVError
+from kvfs.kv.watchhub import WatchHub
+from kvfs.raft import Config, NodeId
+from kvfs.raftkv.disk import RaftDisk
+from kvfs.raftkv.node import RaftNode
+from kvfs.raftkv.server import RaftServer, server_ssl_context
+from kvfs.raftkv.statemachine import ReplicatedKV
+from kvfs.raftkv.transport import PeerTransport, tls_contexts
+
+log = logging.getLogger(__name__)
+
+
+class MemberConfigError(KVError):
+    """The member's configuration cannot work; nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerURL:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+
+def parse_member_url(text: str, what: str) -> PeerURL:
+    """``http://HOST:PORT`` or ``https://HOST:PORT`` (https: mutual TLS)."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise MemberConfigError(f"{what} must look like https://HOST:PORT, not {text!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not port:
+        raise MemberConfigError(f"{what} {text!r} needs a port")
+    return PeerURL(parts.hostname, port, parts.scheme == "https")
+
+
+def member_id(name: str, cluster_token: str) -> NodeId:
+    """A member's Raft id: 63 bits of a hash of the token and the name (never 0)."""
+    digest = hashlib.blake2b(f"{cluster_token}\0{name}".encode(), digest_size=8).digest()
+    return NodeId(int.from_bytes(digest, "big") >> 1 | 1)
+
+
+def parse_client_endpoints(text: str) -> dict[str, str]:
+    """``NAME=HOST:PORT,...`` (or ``NAME=URL``): where clients reach each member."""
+    endpoints: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise MemberConfigError(
+                f"--initial-cluster-clients entries look like NAME=HOST:PORT, not {item!r}")
+        url = parse_member_url(value if "://" in value else f"http://{value}",
+                               f"the client address of {name!r}")
+        endpoints[name] = f"{url.host}:{url.port}"
+    return endpoints
+
+
+def parse_initial_cluster(text: str) -> dict[str, PeerURL]:
+    """``NAME=URL,NAME=URL,...``."""
+    members: dict[str, PeerURL] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, url = item.partition("=")
+        if not sep or not name:
+            raise MemberConfigError(
+                f"--initial-cluster entries look like NAME=https://HOST:PORT, not {item!r}")
+        if name in members:
+            raise MemberConfigError(f"--initial-cluster names {name!r} twice")
+        members[name] = parse_member_url(url, f"the peer URL of {name!r}")
+    if not members:
+        raise MemberConfigError("--initial-cluster is empty")
+    return members
+
+
+@dataclass(frozen=True, slots=True)
+class MemberConfig:
+    name: str
+    data_dir: str
+    listen_peer: PeerURL
+    listen_client: PeerURL
+    initial_cluster: dict[str, PeerURL]
+    cluster_token: str
+    new_cluster: bool
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    tick_seconds: float = 0.1
+    election_ticks: int = 10
+    snapshot_every: int = 10_000
+    # Other members' client endpoints (name -> "host:port"), so a member that is not the
+    # leader can point a client at the one that is.
+    client_endpoints: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.name or "," in self.name or "=" in self.name:
+            raise MemberConfigError(f"--name {self.name!r} must be non-empty, without , or =")
+        if not self.cluster_token:
+            raise MemberConfigError("--initial-cluster-token must not be empty")
+        if self.name not in self.initial_cluster:
+            raise MemberConfigError(
+                f"--initial-cluster does not name this member ({self.name!r})")
+        tls = {self.listen_peer.tls, self.listen_client.tls}
+        tls |= {url.tls for url in self.initial_cluster.values()}
+        files = [self.cacert, self.cert, self.key]
+        if True in tls and not all(files):
+            raise MemberConfigError("https URLs need --cacert, --cert and --key")
+        if any(files) and False in tls:
+            raise MemberConfigError("--cacert/--cert/--key need https URLs for every member")
+        for path in filter(None, files):
+            if not os.path.isfile(path):
+                raise MemberConfigError(f"no such file: {path}")
+        ids = [member_id(name, self.cluster_token) for name in self.initial_cluster]
+        if len(set(ids)) != len(ids):
+            raise MemberConfigError("two member names hash to one id; rename one")
+        unknown = set(self.client_endpoints) - set(self.initial_cluster)
+        if unknown:
+            raise MemberConfigError(
+                f"--initial-cluster-clients names members not in --initial-cluster: "
+                f"{', '.join(sorted(unknown))}")
+        if not (0 < self.tick_seconds <= 10 and self.election_ticks >= 2):
+            raise MemberConfigError("need 0 < tick <= 10 s and at least 2 election ticks")
+
+    @property
+    def id(self) -> NodeId:
+        return member_id(self.name, self.cluster_token)
+
+    def peer_addresses(self) -> dict[NodeId, tuple[str, int]]:
+        return {member_id(name, self.cluster_token): (url.host, url.port)
+                for name, url in self.initial_cluster.items() if name != self.name}
+
+
+def open_disk(config: MemberConfig) -> RaftDisk:
+    """The member's data directory: opened if it exists, else created (and, for a new
+    cluster, bootstrapped with the initial members as voters)."""
+    identity = os.path.join(config.data_dir, "IDENTITY")
+    if os.path.exists(identity):
+        return RaftDisk.open(config.data_dir, cluster_token=config.cluster_token,
+                             member_id=config.id, keep_entries=config.snapshot_every)
+    disk = RaftDisk.create(config.data_dir, config.cluster_token, config.id,
+                           keep_entries=config.snapshot_every)
+    if config.new_cluster:
+        disk.bootstrap([member_id(name, config.cluster_token)
+                        for name in config.initial_cluster])
+    return disk
+
+
+async def serve(config: MemberConfig, *,
+                task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+    """Run the member until cancelled; started with the bound (peer, client) ports."""
+    config.validate()
+    disk = await trio.to_thread.run_sync(open_disk, config)
+    try:
+        peer_tls = client_tls = None
+        if config.cacert and config.cert and config.key:
+            peer_tls = tls_contexts(config.cacert, config.cert, config.key)
+            client_tls = server_ssl_context(config.cert, config.key, config.cacert)
+        kv = ReplicatedKV()
+        transport = PeerTransport(config.id, config.cluster_token,
+                                  (config.listen_peer.host, config.listen_peer.port),
+                                  config.peer_addresses(), tls=peer_tls)
+        node = RaftNode(Config(config.id, election_tick=config.election_ticks),
+                        disk, kv, WatchHub(_as_bytes), rng=random.Random(),
+                        transport=transport, tick_seconds=config.tick_seconds,
+                        snapshot_every=config.snapshot_every)
+        transport.attach(node)
+        endpoints: dict[int, str] = {member_id(name, config.cluster_token): endpoint
+                     for name, endpoint in config.client_endpoints.items()}
+        endpoints[config.id] = f"{config.listen_client.host}:{config.listen_client.port}"
+        server = RaftServer(node, ssl_context=client_tls, client_endpoints=endpoints)
+        async with trio.open_nursery() as nursery:
+            peer_address = await nursery.start(transport.run)
+            await nursery.start(node.run)
+            client_port = await nursery.start(server.serve, config.listen_client.host,
+                                              config.listen_client.port)
+            log.info("raft member %s (id %x) of cluster %r: peers on %s:%d, clients on "
+                     "%s:%d", config.name, config.id, config.cluster_token,
+                     config.listen_peer.host, peer_address[1], config.listen_client.host,
+                     client_port)
+            task_status.started((peer_address[1], client_port))
+    finally:
+        disk.close()
+
+
+async def _as_bytes(value: object) -> bytes:
+    assert isinstance(value, bytes)
+    return value
