@@ -55,6 +55,8 @@ run_tests() {
 	.venv/bin/python posix-tests/run.py --keep-going
 	log "running posix-tests/ on a real mount of an etcd volume"
 	.venv/bin/python posix-tests/run.py --keep-going --engine etcd
+	log "running posix-tests/ on a real mount of a three-member Raft store volume"
+	.venv/bin/python posix-tests/run.py --keep-going --engine raft
 }
 
 case "$mode" in

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Run the kvfs POSIX conformance checks (as root).
 
-    .venv/bin/python posix-tests/run.py [--engine embedded|etcd|mem] [--url META_URL]
+    .venv/bin/python posix-tests/run.py [--engine embedded|etcd|raft|mem] [--url META_URL]
                                         [--keep-going] [-k PATTERN] [-v]
 
 Formats a fresh volume (embedded engine: in a temporary directory; etcd: on a throwaway
-single-member etcd started on loopback for this run and always stopped at the end; mem:
+single-member etcd started on loopback for this run and always stopped at the end; raft:
+on three throwaway ``kvfs raft serve`` members on loopback, stopped likewise; mem:
 nothing to format), mounts it in the background, runs every registered check against the
 mountpoint, unmounts (always), prints one line per failed assertion and, last,
 ``N passed, M failed``.  Exit status 0 only when nothing failed.
@@ -170,12 +171,88 @@ def prepare_etcd(tmp: str, stack: contextlib.ExitStack) -> str:
     return url
 
 
+RAFT_START_TIMEOUT = 30  # seconds for a fresh member to listen
+
+
+class RaftCluster:
+    """Three throwaway ``kvfs raft serve`` members on 127.0.0.1 with their data in ``dir``,
+    stopped by PID (SIGTERM, then SIGKILL) when the context exits."""
+
+    NAMES = ("p1", "p2", "p3")
+
+    def __init__(self, dir: str):
+        self.dir = dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.peer = {n: free_port() for n in self.NAMES}
+        self.client = {n: free_port() for n in self.NAMES}
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.client.values())
+
+    def __enter__(self) -> RaftCluster:
+        os.makedirs(self.dir, exist_ok=True)
+        initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in self.peer.items())
+        clients = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.client.items())
+        try:
+            for name in self.NAMES:
+                log = open(os.path.join(self.dir, f"{name}.log"), "ab")  # noqa: SIM115
+                cmd = kvfs_cmd() + [
+                    "raft", "serve", "--name", name,
+                    "--data-dir", os.path.join(self.dir, name),
+                    "--listen-peer", f"http://127.0.0.1:{self.peer[name]}",
+                    "--listen-client", f"http://127.0.0.1:{self.client[name]}",
+                    "--initial-cluster", initial, "--initial-cluster-clients", clients,
+                    "--initial-cluster-token", "posix"]
+                # own session, as for etcd: ^C must not stop a member under a live mount
+                self.procs.append(subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    start_new_session=True))
+                log.close()
+            for name, proc in zip(self.NAMES, self.procs, strict=True):
+                end = time.monotonic() + RAFT_START_TIMEOUT
+                while True:
+                    if proc.poll() is not None or time.monotonic() > end:
+                        raise RuntimeError(f"raft member {name} did not start; see "
+                                           f"{os.path.join(self.dir, name + '.log')}")
+                    try:
+                        socket.create_connection(("127.0.0.1", self.client[name]), 1).close()
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(15)
+
+
+def prepare_raft(tmp: str, stack: contextlib.ExitStack) -> str:
+    """Start a throwaway three-member Raft store, format a volume on it."""
+    cluster = stack.enter_context(RaftCluster(os.path.join(tmp, "raft")))
+    url = f"raft://{cluster.endpoints}/posix"
+    subprocess.run(kvfs_cmd() + ["format", url, "posix"], check=True,
+                   stdout=subprocess.DEVNULL, timeout=120)
+    return url
+
+
 # engine name -> function(tmpdir, exit_stack) returning the META_URL to mount; whatever
 # the engine starts must be registered on exit_stack, which closes after the last unmount.
 ENGINES = {
     "embedded": prepare_embedded,
     "etcd": prepare_etcd,
     "mem": prepare_mem,
+    "raft": prepare_raft,
 }
 
 
