@@ -44,7 +44,7 @@ def test_random_slice_of_seeds_keeps_every_invariant() -> None:
     ran = 0
     with ProcessPoolExecutor(max_workers=JOBS) as pool:
         for results in pool.map(_run_chunk, chunks):
-            for seed, violation, _gap, _steps in results:
+            for seed, violation, _steps in results:
                 ran += 1
                 if violation is not None:
                     failures.append(f"{violation}\n  replay: {replay_command(seed)}")

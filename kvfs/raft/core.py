@@ -231,6 +231,7 @@ class Raft:
         # one until all of it and this term's first entry are applied -- the fix for the
         # single-server change bug reported on raft-dev in 2015.
         self.pending_conf_index = self.log.last_index()
+        self._hand_over_if_removed()
 
     # -- time --------------------------------------------------------------------------------
 
@@ -247,9 +248,14 @@ class Raft:
         self.election_elapsed += 1
         if self.transfer_campaign_ticks:
             self.transfer_campaign_ticks -= 1
-        if self.promotable() and self._past_election_timeout():
-            self.election_elapsed = 0
-            self.hup()
+        if self._past_election_timeout():
+            if self.promotable():
+                self.election_elapsed = 0
+                self.hup()
+            elif self.role is not Role.FOLLOWER:
+                # A non-voter's election (see _step_vote_request) that did not finish in time
+                # is given up; a voter's next request starts another.
+                self.become_follower(self.term, NO_NODE)
 
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
@@ -275,9 +281,12 @@ class Raft:
         return any(e.kind is EntryKind.CONF_CHANGE
                    for e in self.log.slice(lo, self.log.committed + 1))
 
-    def hup(self, *, transfer: bool = False) -> None:
-        """Start an election (pre-vote first, unless a leader asked us to take over)."""
-        if self.role is Role.LEADER or not self.promotable():
+    def hup(self, *, transfer: bool = False, removed: bool = False) -> None:
+        """Start an election (pre-vote first, unless a leader asked us to take over).
+        ``removed``: as a non-voter that must hand over (see _step_vote_request)."""
+        if self.role is Role.LEADER or not (self.promotable() or removed):
+            return
+        if removed and (self.tracker.is_voter(self.id) or not self.tracker.voters):
             return
         if self._has_unapplied_conf_change():
             # The configuration to campaign in is not known until those are applied.
@@ -375,6 +384,14 @@ class Raft:
                 self.vote = m.sender
         else:
             self._reply(m.sender, response, reject=True)
+            if (can_vote and not self.promotable() and self.role is not Role.LEADER
+                    and self.tracker.is_voter(m.sender)):
+                # We were removed or demoted, yet a voter that has not learned the change is
+                # committed still counts us -- and cannot win without our vote, which our
+                # longer log withholds.  Lead just long enough to bring it up to date and
+                # hand over (4.2.2); our configuration's voters elect us, which is safe for
+                # the same reason a removed leader may lead on.
+                self.hup(removed=True)
 
     # -- follower ----------------------------------------------------------------------------
 

@@ -22,12 +22,12 @@ def replay_command(seed: int) -> str:
     return f"python -m kvfs.raftsim --seed {seed} -v"
 
 
-def _run_chunk(seeds: range) -> list[tuple[int, str | None, str | None, int]]:
-    """(seed, violation text or None, known-gap text or None, steps) per seed."""
+def _run_chunk(seeds: range) -> list[tuple[int, str | None, int]]:
+    """(seed, violation text or None, steps) per seed."""
     out = []
     for seed in seeds:
         r: Result = run_seed(seed)
-        out.append((seed, str(r.violation) if r.violation else None, r.known_gap,
+        out.append((seed, str(r.violation) if r.violation else None,
                     r.stats.steps + r.stats.rounds))
     return out
 
@@ -40,8 +40,6 @@ def run_one(seed: int, verbose: bool) -> int:
     r = run_seed(seed, trace if verbose else None)
     print(f"seed {seed}: {r.params.describe()}")
     print(f"  {r.stats}")
-    if r.known_gap:
-        print(f"  {r.known_gap}")
     print(f"  {time.monotonic() - started:.2f}s")
     if r.violation is not None:
         print(f"VIOLATION {r.violation}")
@@ -55,21 +53,18 @@ def run_range(start: int, count: int, jobs: int, chunk: int = 50) -> int:
     started = time.monotonic()
     chunks = [range(s, min(s + chunk, start + count)) for s in range(start, start + count, chunk)]
     violations: list[tuple[int, str]] = []
-    gaps: list[int] = []
     done = 0
     steps = 0
     last_report = started
 
-    def take(results: list[tuple[int, str | None, str | None, int]]) -> None:
+    def take(results: list[tuple[int, str | None, int]]) -> None:
         nonlocal done, steps, last_report
-        for seed, violation, gap, n in results:
+        for seed, violation, n in results:
             done += 1
             steps += n
             if violation is not None:
                 violations.append((seed, violation))
                 print(f"VIOLATION {violation}\nreplay: {replay_command(seed)}", flush=True)
-            if gap is not None:
-                gaps.append(seed)
         now = time.monotonic()
         if now - last_report >= 30 or done == count:
             last_report = now
@@ -84,10 +79,8 @@ def run_range(start: int, count: int, jobs: int, chunk: int = 50) -> int:
             for results in pool.map(_run_chunk, chunks):
                 take(results)
     wall = time.monotonic() - started
-    print(f"seeds {start}..{start + count - 1}: {count} run, {len(violations)} violations, "
-          f"{len(gaps)} ended in the known membership liveness gap"
-          + (f" (seeds {gaps[:20]}{' ...' if len(gaps) > 20 else ''})" if gaps else "")
-          + f"; {steps} steps; wall time {wall:.1f}s with {jobs} job(s)")
+    print(f"seeds {start}..{start + count - 1}: {count} run, {len(violations)} violations; "
+          f"{steps} steps; wall time {wall:.1f}s with {jobs} job(s)")
     for seed, _ in violations:
         print(f"replay: {replay_command(seed)}")
     return 1 if violations else 0

@@ -52,12 +52,12 @@ pending acknowledged (clients retry each election timeout), nothing uncommitted 
 and every member of its configuration (including nodes added during the run) applied up to
 its commit index.  Measured, most runs settle within a tenth of that bound.
 
-One stuck state is reported apart, not as a violation: the known liveness gap of membership
-changes applied at apply time (etcd-io/etcd#12359), where a voter that has not learned that
-a change removing or demoting node X is committed still needs X's vote, and X refuses it for
-holding a longer log (``World.membership_gap``).  The core narrows it (a removed leader leads
-on and hands leadership to the most up-to-date voter), but a removed leader that crashes or
-is cut off before the hand-over can still leave the cluster in it.
+No stuck state is exempt.  The one the simulator used to report apart -- membership
+changes applied at apply time (etcd-io/etcd#12359) can leave a voter that has not learned
+that a change removing or demoting node X is committed needing X's vote, which X's longer
+log withholds -- is closed in the core: X, asked for its vote by a voter of its
+configuration with a shorter log, campaigns itself, brings the voter up to date and hands
+leadership over.
 """
 
 from __future__ import annotations
@@ -214,11 +214,6 @@ def disk_holds(disk: MemoryStorage, index: int, term: int) -> bool:
         return disk.term(index) == term
     except (LogCompacted, LogUnavailable):
         return False
-
-
-class KnownGap(Exception):
-    """The run ended stuck in the known liveness gap of apply-time membership changes
-    (:meth:`World.membership_gap`): reported, not counted as a violation."""
 
 
 @dataclass(slots=True)
@@ -666,10 +661,7 @@ class World:
                 and target_host.node.raft.role is Role.LEADER and rng.random() < 0.5):
             # Half the time the operator moves leadership off a server before removing or
             # demoting it (as etcd's do); the other half the leader removes itself and the
-            # core must hand leadership over.  A removed leader that loses leadership before
-            # the remaining voters learn its removal is committed can leave them unable to
-            # elect anyone (the known liveness gap of membership changes applied at apply
-            # time, see etcd-io/etcd#12359, reported apart by membership_gap).
+            # core must hand leadership over.
             others = sorted(conf.voters - {target})
             if others:
                 to = rng.choice(others)
@@ -856,30 +848,7 @@ class World:
                 return
         why = f"not settled after {limit} rounds ({LIVENESS_TIMEOUTS} election timeouts): " \
               f"{self.settled()}\n" + self.describe_hosts()
-        gap = self.membership_gap()
-        if gap is not None:
-            raise KnownGap(f"{gap}\n{why}")
         self.fail("liveness", why)
-
-    def membership_gap(self) -> str | None:
-        """The known liveness gap of membership changes applied at apply time (see
-        act_conf): a voter of the committed configuration has not yet learned that a change
-        removing or demoting node X is committed, so it still needs X's vote, and X -- no
-        longer a voter, so never a candidate -- refuses it for holding a longer log.  None
-        if the cluster is not stuck that way."""
-        for x in self.running():
-            if x.id in self.conf.voters:
-                continue
-            assert x.node is not None
-            xlog = x.node.raft.log
-            for y in self.running():
-                assert y.node is not None
-                if (y.id in self.conf.voters and x.id in y.node.raft.tracker.conf.voters
-                        and not xlog.is_up_to_date(y.node.raft.log.last_index(),
-                                                   y.node.raft.log.last_term())):
-                    return (f"known gap: voter {y.id} still counts removed or demoted node "
-                            f"{x.id}, whose longer log refuses it its vote")
-        return None
 
     def describe_hosts(self) -> str:
         lines = []
@@ -987,7 +956,6 @@ class Result:
     violation: SafetyViolation | None
     stats: Stats
     params: Params
-    known_gap: str | None = None
 
 
 def run_seed(seed: int, trace: Callable[[str], None] | None = None) -> Result:
@@ -997,8 +965,6 @@ def run_seed(seed: int, trace: Callable[[str], None] | None = None) -> Result:
         world.run()
     except SafetyViolation as v:
         return Result(seed, v, world.stats, world.params)
-    except KnownGap as gap:
-        return Result(seed, None, world.stats, world.params, known_gap=str(gap))
     except Exception as e:  # noqa: BLE001 -- a crash of the simulator itself fails the seed
         crashed = SafetyViolation("simulator error", f"{type(e).__name__}: {e}", seed,
                                   world.step_no)
