@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote
 
+from kvfs.kv.urlquery import check_tls, parse_query, parse_timeout, safe
+
 DEFAULT_PORT = 2379
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_PASSWORD_ENV = "KVFS_ETCD_PASSWORD"
@@ -72,49 +74,27 @@ class EtcdURL:
 def parse_etcd_url(url: str) -> EtcdURL:
     """Parse ``url``; :class:`ValueError` with a one-line message if it is malformed."""
     if not url.startswith("etcd://"):
-        raise ValueError(f"not an etcd URL (expected etcd://host:port/PREFIX): {_safe(url)}")
+        raise ValueError(f"not an etcd URL (expected etcd://host:port/PREFIX): {safe(url)}")
     rest = url[len("etcd://"):]
     rest, _, query = rest.partition("?")
     hosts, slash, prefix = rest.partition("/")
     if not slash or not prefix:
         raise ValueError("etcd URL needs a volume prefix: etcd://host:port/PREFIX")
     if not _PREFIX_RE.match(prefix):
-        raise ValueError(f"invalid etcd prefix {_safe(prefix)!r} (one name of letters, "
+        raise ValueError(f"invalid etcd prefix {safe(prefix)!r} (one name of letters, "
                          "digits, . _ -; no slashes)")
     endpoints = tuple(_endpoint(h) for h in hosts.split(","))
-    params: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
-        if name == "password":
-            raise ValueError("etcd URL must not contain a password; set it in the "
-                             f"environment variable {DEFAULT_PASSWORD_ENV}")
-        if name not in _KNOWN:
-            raise ValueError(f"unknown etcd URL parameter {_safe(name)!r} "
-                             f"(known: {', '.join(_KNOWN)})")
-        if name in params:
-            raise ValueError(f"etcd URL parameter {name!r} given twice")
-        if not value:
-            raise ValueError(f"etcd URL parameter {name!r} is empty")
-        params[name] = value
-    if query and not params:
-        raise ValueError("malformed etcd URL query (expected name=value&...)")
-    timeout = DEFAULT_TIMEOUT
-    if "timeout" in params:
-        try:
-            timeout = float(params["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout <= 86400:
-            raise ValueError(f"etcd URL timeout must be a number of seconds in (0, 86400], "
-                             f"not {_safe(params['timeout'])!r}")
-    if ("cert" in params) != ("key" in params):
-        raise ValueError("etcd URL parameters cert= and key= must be given together")
-    if "cert" in params and "cacert" not in params:
-        raise ValueError("etcd URL: client certificates (cert=, key=) need cacert= (TLS)")
+    if any(name == "password" for name, _ in parse_qsl(query, keep_blank_values=True)):
+        raise ValueError("etcd URL must not contain a password; set it in the "
+                         f"environment variable {DEFAULT_PASSWORD_ENV}")
+    params = parse_query(query, "etcd URL", _KNOWN)
+    timeout = parse_timeout(params, "etcd URL", DEFAULT_TIMEOUT)
+    check_tls(params, "etcd URL")
     if "server_name" in params and "cacert" not in params:
         raise ValueError("etcd URL: server_name= only applies to TLS (give cacert=)")
     password_env = params.get("password_env", DEFAULT_PASSWORD_ENV)
     if not _ENV_RE.match(password_env):
-        raise ValueError(f"invalid password_env variable name {_safe(password_env)!r}")
+        raise ValueError(f"invalid password_env variable name {safe(password_env)!r}")
     if "password_env" in params and "user" not in params:
         raise ValueError("etcd URL: password_env= only applies with user=")
     return EtcdURL(endpoints, prefix, params.get("cacert"), params.get("cert"),
@@ -125,14 +105,8 @@ def parse_etcd_url(url: str) -> EtcdURL:
 def _endpoint(text: str) -> str:
     m = _HOST_RE.match(text)
     if not text or m is None:
-        raise ValueError(f"invalid etcd endpoint {_safe(text)!r} (expected host:port)")
+        raise ValueError(f"invalid etcd endpoint {safe(text)!r} (expected host:port)")
     port = int(m.group(2)) if m.group(2) else DEFAULT_PORT
     if not 0 < port < 65536:
-        raise ValueError(f"invalid port in etcd endpoint {_safe(text)!r}")
+        raise ValueError(f"invalid port in etcd endpoint {safe(text)!r}")
     return f"{m.group(1)}:{port}"
-
-
-def _safe(text: str) -> str:
-    """Shorten and flatten user text quoted in an error message (keeps it one line)."""
-    text = text.replace("\n", " ").replace("\r", " ")
-    return text if len(text) <= 200 else text[:200] + "..."

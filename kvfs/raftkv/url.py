@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
+
+from kvfs.kv.urlquery import check_tls, parse_query, parse_timeout, safe
 
 DEFAULT_TIMEOUT = 30.0
 SCHEME = "raft://"
@@ -74,7 +76,7 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 def parse_raft_url(url: str) -> RaftURL:
     """Parse ``url``; :class:`ValueError` with a one-line message if it is malformed."""
     if not url.startswith(SCHEME):
-        raise ValueError(f"not a raft URL (expected raft://HOST:PORT/PREFIX): {_safe(url)}")
+        raise ValueError(f"not a raft URL (expected raft://HOST:PORT/PREFIX): {safe(url)}")
     rest, _, query = url[len(SCHEME):].partition("?")
     hosts, slash, prefix = rest.partition("/")
     if not hosts:
@@ -82,36 +84,14 @@ def parse_raft_url(url: str) -> RaftURL:
     if not slash or not prefix:
         raise ValueError("raft URL needs a volume prefix: raft://HOST:PORT/PREFIX")
     if not _PREFIX_RE.match(prefix):
-        raise ValueError(f"invalid raft URL prefix {_safe(prefix)!r} (one name of letters, "
+        raise ValueError(f"invalid raft URL prefix {safe(prefix)!r} (one name of letters, "
                          "digits, . _ -; no slashes)")
     endpoints = tuple(_endpoint(h) for h in hosts.split(","))
     if len(set(endpoints)) != len(endpoints):
         raise ValueError("raft URL lists a member endpoint twice")
-    params: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name not in _KNOWN:
-            raise ValueError(f"unknown raft URL parameter {_safe(name)!r} "
-                             f"(known: {', '.join(_KNOWN)})")
-        if name in params:
-            raise ValueError(f"raft URL parameter {name!r} given twice")
-        if not value:
-            raise ValueError(f"raft URL parameter {name!r} is empty")
-        params[name] = value
-    if query and not params:
-        raise ValueError("malformed raft URL query (expected name=value&...)")
-    timeout = DEFAULT_TIMEOUT
-    if "timeout" in params:
-        try:
-            timeout = float(params["timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not 0 < timeout <= 86400:
-            raise ValueError(f"raft URL timeout must be a number of seconds in (0, 86400], "
-                             f"not {_safe(params['timeout'])!r}")
-    if ("cert" in params) != ("key" in params):
-        raise ValueError("raft URL parameters cert= and key= must be given together")
-    if "cert" in params and "cacert" not in params:
-        raise ValueError("raft URL: client certificates (cert=, key=) need cacert= (TLS)")
+    params = parse_query(query, "raft URL", _KNOWN)
+    timeout = parse_timeout(params, "raft URL", DEFAULT_TIMEOUT)
+    check_tls(params, "raft URL")
     return RaftURL(endpoints, prefix, params.get("cacert"), params.get("cert"),
                    params.get("key"), timeout)
 
@@ -120,15 +100,9 @@ def _endpoint(text: str) -> str:
     m = _HOST_RE.match(text)
     if m is None:
         if text and ":" not in text:
-            raise ValueError(f"raft URL endpoint {_safe(text)!r} needs a port (HOST:PORT)")
-        raise ValueError(f"invalid raft URL endpoint {_safe(text)!r} (expected HOST:PORT)")
+            raise ValueError(f"raft URL endpoint {safe(text)!r} needs a port (HOST:PORT)")
+        raise ValueError(f"invalid raft URL endpoint {safe(text)!r} (expected HOST:PORT)")
     port = int(m.group(2))
     if not 0 < port < 65536:
-        raise ValueError(f"invalid port in raft URL endpoint {_safe(text)!r}")
+        raise ValueError(f"invalid port in raft URL endpoint {safe(text)!r}")
     return f"{m.group(1)}:{port}"
-
-
-def _safe(text: str) -> str:
-    """User text quoted in an error message, flattened and shortened (keeps it one line)."""
-    text = " ".join(text.split())
-    return text if len(text) <= 200 else text[:200] + "..."
