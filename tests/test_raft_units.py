@@ -17,6 +17,8 @@ from kvfs.raft import (
     LogCompacted,
     LogUnavailable,
     MemoryStorage,
+    Message,
+    MessageType,
     NodeId,
     RawNode,
     bootstrap,
@@ -179,3 +181,57 @@ def test_a_single_node_commits_only_after_persisting() -> None:
     node.advance(rd)
     assert [e.data for e in handle()] == [b"x"]
     assert storage.hard_state == HardState(term=2, vote=N1, commit=3)
+
+
+# -- regressions found by the simulator (docs/raft.md lists them) ---------------------------
+
+
+def _node_on(storage: MemoryStorage, node: NodeId = N1) -> RawNode:
+    return RawNode(Config(node), storage, random.Random(1))
+
+
+def test_a_restart_does_not_reapply_what_its_snapshot_holds() -> None:
+    """A disk compacted short of its snapshot (entries kept for slow followers) restarts
+    applied at the snapshot, not at the first kept entry (simulator seed 0)."""
+    storage = MemoryStorage()
+    storage.append(entries(*([1] * 10)))
+    storage.set_hard_state(HardState(term=1, commit=10))
+    storage.create_snapshot(8, ConfState(frozenset({N1})), b"state at 8")
+    storage.compact(5)
+    node = _node_on(storage)
+    assert node.raft.log.applied == 8
+    assert [e.index for e in node.ready().committed_entries] == [9, 10]
+
+
+def test_a_torn_hard_state_does_not_leave_a_node_behind_its_log() -> None:
+    """Entries of term 5 persisted, the hard state of term 5 after them lost: the node
+    restarts in term 5 with no vote, not in its older term 4 (simulator seed 44)."""
+    storage = MemoryStorage()
+    bootstrap(storage, [N1, N2, N3])
+    storage.set_hard_state(HardState(term=4, vote=N2, commit=3))
+    storage.append([Entry(5, 4)])
+    node = _node_on(storage)
+    assert (node.raft.term, node.raft.vote) == (5, 0)
+
+
+def test_a_proposal_forwarded_back_to_its_origin_is_dropped_quietly() -> None:
+    """A peer message never raises out of step(), even a proposal whose sender is this
+    node, forwarded around while leadership moved (simulator seeds 41 and 188)."""
+    storage = MemoryStorage()
+    bootstrap(storage, [N1, N2, N3])
+    node = _node_on(storage)
+    node.step(Message(MessageType.PROPOSE, to=N1, sender=N1, entries=(Entry(0, 0),)))
+    assert not node.raft.messages  # no leader: dropped, not forwarded
+
+
+def test_a_vote_request_of_an_older_term_is_rejected_with_ours() -> None:
+    """Dissertation Figure 3.1: a stale candidate must learn the newer term, or it may never
+    catch up (simulator seed 987658298)."""
+    storage = MemoryStorage()
+    bootstrap(storage, [N1, N2, N3])
+    storage.set_hard_state(HardState(term=5, commit=3))
+    node = _node_on(storage)
+    for kind in (MessageType.VOTE, MessageType.PRE_VOTE):
+        node.step(Message(kind, to=N1, sender=N2, term=3, log_term=1, index=3))
+        reply = node.raft.messages.pop()
+        assert reply.reject and reply.term == 5 and reply.to == N2
