@@ -206,3 +206,26 @@ def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
     assert other.returncode == 1
     assert other.stderr.startswith("kvfs: error:") and len(other.stderr.splitlines()) == 1
     assert "first" in other.stderr or "cluster" in other.stderr, other.stderr
+
+
+def test_raft_status_shows_every_member_and_who_is_unreachable(cluster: Cluster) -> None:
+    url = "raft://" + ",".join(f"127.0.0.1:{cluster.client[n]}" for n in NAMES)
+    ids = {f"{member_id(n, TOKEN):x}" for n in NAMES}
+    deadline = time.monotonic() + 30
+    while True:
+        proc = run_kvfs("raft", "status", url)
+        assert proc.returncode == 0, proc.stderr
+        if "none known" not in proc.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[1] in ids, proc.stdout
+    assert sum(" leader " in line for line in lines[1:]) == 1, proc.stdout
+    assert len(lines) == 4 and all("lag" in line for line in lines[1:]), proc.stdout
+    cluster.kill("m3")
+    proc = run_kvfs("raft", "status", url)
+    assert proc.returncode == 0, proc.stderr
+    assert f"127.0.0.1:{cluster.client['m3']}: unreachable" in proc.stdout, proc.stdout
+    bad = run_kvfs("raft", "status", "raft://nowhere")
+    assert bad.returncode == 1 and bad.stderr.startswith("kvfs: error:"), bad.stderr
+    assert len(bad.stderr.splitlines()) == 1, bad.stderr

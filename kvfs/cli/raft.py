@@ -1,16 +1,22 @@
 """``kvfs raft ...``: run and operate the bundled Raft store.
 
-``kvfs raft serve`` runs one member until SIGINT/SIGTERM (see :mod:`kvfs.raftkv.member`).
+``kvfs raft serve`` runs one member until SIGINT/SIGTERM (see :mod:`kvfs.raftkv.member`);
+``kvfs raft status`` asks every member named in a ``raft://`` URL how it is doing.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import trio
 
+from kvfs.kv.api import EngineUnavailable, KVError
+from kvfs.raftkv.client import RaftClientEngine, client_ssl_context
 from kvfs.raftkv.member import (
     MemberConfig,
     parse_client_endpoints,
@@ -18,6 +24,8 @@ from kvfs.raftkv.member import (
     parse_member_url,
     serve,
 )
+from kvfs.raftkv.url import parse_raft_url
+from kvfs.volume import VolumeError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -50,6 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     s.add_argument("--snapshot-count", type=int, default=10_000,
                    help="applied entries between snapshots (default 10000)")
     s.set_defaults(run=run_serve)
+    st = raft_sub.add_parser(
+        "status", help="each member's role, term, commit and applied index, and lag",
+        description="Ask every member named in RAFT_URL (raft://HOST:PORT,...[/PREFIX]"
+                    "[?cacert=&cert=&key=&timeout=]) for its status.")
+    st.add_argument("url", metavar="RAFT_URL")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(run=run_status)
     return p
 
 
@@ -99,3 +114,50 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(exc)
         else:
             yield exc
+
+
+def run_status(args: argparse.Namespace) -> int:
+    url = args.url
+    head, sep, query = url.partition("?")
+    if head.startswith("raft://") and "/" not in head[len("raft://"):]:
+        url = head + "/status" + sep + query  # the prefix does not matter here
+    try:
+        parsed = parse_raft_url(url)
+        context = client_ssl_context(parsed) if parsed.tls else None
+    except ValueError as e:
+        raise VolumeError(str(e)) from None
+
+    async def ask(endpoint: str) -> dict[str, Any]:
+        one = dataclasses.replace(parsed, endpoints=(endpoint,),
+                                  timeout=min(parsed.timeout, 5.0))
+        engine = RaftClientEngine(one, context)
+        try:
+            return {"endpoint": endpoint, **await engine.status()}
+        except KVError as e:
+            return {"endpoint": endpoint, "error": str(e).splitlines()[0]}
+        finally:
+            await engine.aclose()
+
+    async def main() -> list[dict[str, Any]]:
+        return [await ask(endpoint) for endpoint in parsed.endpoints]
+
+    members = trio.run(main)
+    reachable = [m for m in members if "error" not in m]
+    if not reachable:
+        raise EngineUnavailable(f"no member of {parsed.describe()} answered: "
+                                f"{members[-1]['error']}")
+    commit = max(m["commit"] for m in reachable)
+    for m in reachable:
+        m["lag"] = commit - m["applied"]
+    if args.json:
+        print(json.dumps({"members": members}, indent=2))
+        return 0
+    leaders = {m["leader"] for m in reachable if m["leader"]}
+    print(f"leader: {', '.join(f'{x:x}' for x in sorted(leaders)) or 'none known'}")
+    for m in members:
+        if "error" in m:
+            print(f"  {m['endpoint']}: unreachable ({m['error']})")
+        else:
+            print(f"  {m['endpoint']}: member {m['member']:x} {m['role']} term {m['term']} "
+                  f"commit {m['commit']} applied {m['applied']} lag {m['lag']}")
+    return 0
