@@ -40,12 +40,10 @@ async def test_create_over_a_symlink_restarts_the_walk_once(fs: FileSystem) -> N
     await fs.symlink(USER, ROOT, b"x", b"target")
     with raises_errno(errno.ESTALE):  # the kernel looks the path up again, follows it
         await fs.create(USER, ROOT, b"x", 0o644, CREATE)
-    # The restarted walk looks the name up (here it finds the symlink; in the race it
-    # found nothing) and its create finds a symlink again: ESTALE now would reach the
-    # application.
-    await fs.lookup(ROOT, b"x")
+    # The restarted walk's fresh lookup found nothing (the race), and its create finds a
+    # symlink again: ESTALE now would reach the application.
     with raises_errno(errno.EEXIST):
-        await fs.create(USER, ROOT, b"x", 0o644, CREATE)
+        await fs.create(USER, ROOT, b"x", 0o644, CREATE, restarted_walk=True)
     # A later, independent open gets its own restart.
     with raises_errno(errno.ESTALE):
         await fs.create(USER, ROOT, b"x", 0o644, CREATE)
@@ -56,8 +54,7 @@ async def _create_after_a_raced_walk(fs: FileSystem, ctx: Ctx, name: bytes,
     """A create the kernel restarted (ESTALE), whose restarted walk raced again."""
     with raises_errno(errno.ESTALE):
         await fs.create(ctx, ROOT, name, 0o644, flags)
-    await fs.lookup(ROOT, name)
-    return await fs.create(ctx, ROOT, name, 0o644, flags)
+    return await fs.create(ctx, ROOT, name, 0o644, flags, restarted_walk=True)
 
 
 async def test_create_of_an_existing_file(fs: FileSystem) -> None:
@@ -116,6 +113,27 @@ async def test_a_walk_is_restarted_once(fs: FileSystem) -> None:
     await fs.rmdir(ROOT, b"d2")  # ...races another mount again
     assert await _fuse_errno(ops.getattr(gone[1], caller)) == errno.ENOENT
     assert await _fuse_errno(ops.getattr(gone[0], _caller(8))) == errno.ESTALE
+
+
+async def test_one_restart_per_walk_whichever_request_met_the_race(fs: FileSystem) -> None:
+    """The kernel restarts a walk once, whichever request of it got ESTALE: a walk
+    restarted because its open met a vanished inode, whose create then finds the name
+    made by another mount, opens that file; a walk restarted by a raced create, whose
+    fresh lookup finds a file that then vanishes, gets ENOENT."""
+    ops, caller = KvfsOperations(fs), _caller(7)
+    gone = await mkfile(fs, ROOT, b"f", b"old")
+    await ops.lookup(ROOT, b"f", caller)
+    await fs.unlink(ROOT, b"f")
+    assert await _fuse_errno(ops.open(gone, os.O_RDONLY, caller)) == errno.ESTALE
+    made = await mkfile(fs, ROOT, b"f", b"new")  # another mount, before the create
+    info, entry = await ops.create(ROOT, b"f", 0o644, CREATE, caller)
+    assert entry.st_ino == made
+    await ops.release(info.fh)
+
+    assert await _fuse_errno(ops.create(ROOT, b"f", 0o644, CREATE, caller)) == errno.ESTALE
+    await ops.lookup(ROOT, b"f", caller)  # the restarted walk finds the file...
+    await fs.unlink(ROOT, b"f")  # ...which another mount removes before the open
+    assert await _fuse_errno(ops.open(made, os.O_RDONLY, caller)) == errno.ENOENT
 
 
 async def _moved_by_another_mount(ops: KvfsOperations, caller: pyfuse3.RequestContext

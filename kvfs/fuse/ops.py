@@ -107,8 +107,9 @@ class KvfsOperations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}
         # What the kernel was last told about each inode (ctime, mtime, size).
         self._told: dict[int, tuple[int, int, int]] = {}
-        # pid -> when a request of it last got ESTALE; inode -> when the kernel last
-        # looked it up (see _stale)
+        # pid -> when its path walk may last have been restarted by ESTALE -- ours, or the
+        # kernel's own when it could not move a directory's dentry; inode -> when the
+        # kernel last looked it up (see _stale and create)
         self._stale_at: dict[int, float] = {}
         self._looked_up_at: dict[int, float] = {}
         # Where the kernel was last told each directory it may hold is, both ways (see
@@ -137,16 +138,27 @@ class KvfsOperations(pyfuse3.Operations):
         except FSError as e:
             if e.errno != errno.ENOENT:
                 raise
-            now = trio.current_time()
-            if len(self._stale_at) > 1000:
-                self._stale_at = {p: t for p, t in self._stale_at.items()
-                                  if now - t < _RESTARTED_WALK}
-            last = self._stale_at.pop(ctx.pid, None)
-            if (last is not None and now - last < _RESTARTED_WALK
-                    and self._looked_up_at.get(ino, -math.inf) > last):
+            last = self._restarted_at(ctx.pid)
+            if last is not None and self._looked_up_at.get(ino, -math.inf) > last:
                 raise
-            self._stale_at[ctx.pid] = now
+            self._note_restart(ctx.pid)
             raise FSError(errno.ESTALE) from None
+
+    def _restarted_at(self, pid: int) -> float | None:
+        """When process ``pid``'s current path walk was restarted by ESTALE, if it was
+        (one within the last ``_RESTARTED_WALK`` seconds); the record is used up."""
+        last = self._stale_at.pop(pid, None)
+        if last is None or trio.current_time() - last >= _RESTARTED_WALK:
+            return None
+        return last
+
+    def _note_restart(self, pid: int) -> None:
+        """Process ``pid``'s path walk is (or may be) restarted by ESTALE now."""
+        now = trio.current_time()
+        if len(self._stale_at) > 1000:
+            self._stale_at = {p: t for p, t in self._stale_at.items()
+                              if now - t < _RESTARTED_WALK}
+        self._stale_at[pid] = now
 
     def _moved_from(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes
                     ) -> tuple[int, bytes] | None:
@@ -261,10 +273,14 @@ class KvfsOperations(pyfuse3.Operations):
             raise
         entry = self._entry(ino, a)
         moved_from = self._moved_from(parent_inode, name, entry)
-        if moved_from is not None and not await self._drop_old_name(moved_from):
-            # The kernel could not place the directory here (ESTALE): report the name
-            # absent for now, uncached -- a name another mount is moving about.
-            return self._negative(0.0)
+        if moved_from is not None:
+            if not await self._drop_old_name(moved_from):
+                # The kernel could not place the directory here (ESTALE): report the name
+                # absent for now, uncached -- a name another mount is moving about.
+                return self._negative(0.0)
+            # The old dentry may outlive the drop while a walk still holds it; then the
+            # kernel fails this lookup with ESTALE itself and restarts the walk.
+            self._note_restart(ctx.pid)
         self._place_dir(parent_inode, name, entry)
         self._looked_up_at[ino] = trio.current_time()
         return self._new_ref(entry)
@@ -378,7 +394,14 @@ class KvfsOperations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        fh, ino, a = await self.fs.create(_ctx(ctx), parent_inode, name, mode, flags)
+        restarted = self._restarted_at(ctx.pid) is not None
+        try:
+            fh, ino, a = await self.fs.create(_ctx(ctx), parent_inode, name, mode, flags,
+                                              restarted_walk=restarted)
+        except FSError as e:
+            if e.errno == errno.ESTALE:
+                self._note_restart(ctx.pid)
+            raise
         return pyfuse3.FileInfo(fh=fh), self._new_ref(self._entry(ino, a))
 
     @_errors

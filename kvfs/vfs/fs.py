@@ -42,8 +42,6 @@ log = logging.getLogger("kvfs.vfs")
 # statfs capacity of a volume whose storage gives no local free-space figure (etcd, memory):
 # 1 PiB, far above what such an engine holds (usage counts data written, not file lengths).
 NOMINAL_CAPACITY = 1 << 50
-# A kernel path walk restarted by ESTALE comes back within this many seconds.
-_WALK_RETRY_WINDOW = 1.0
 
 
 @dataclass(slots=True)
@@ -97,9 +95,6 @@ class FileSystem:
         # inode -> (its data, file length) awaiting background compaction
         self._compact_pending: dict[int, tuple[FileData, int]] = {}
         self._compact_wake = trio.Event()
-        # (parent, name) -> when a create of it answered ESTALE, and whether the name was
-        # looked up since (see _walk_raced_again)
-        self._walks_restarted: dict[tuple[int, bytes], tuple[float, bool]] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -138,9 +133,6 @@ class FileSystem:
     # -- attributes and names ----------------------------------------------------------
 
     async def lookup(self, parent: int, name: bytes) -> tuple[Ino, Attr]:
-        restarted = self._walks_restarted.get((parent, name))
-        if restarted is not None:  # the restarted walk's fresh lookup
-            self._walks_restarted[(parent, name)] = (restarted[0], True)
         ino, attr = await self.meta.lookup(parent, name)
         return ino, self._overlay(ino, attr)
 
@@ -225,16 +217,21 @@ class FileSystem:
                 raise
         return fh, self._overlay(ino, attr)
 
-    async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int,
-                     flags: int) -> tuple[int, Ino, Attr]:
+    async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int, *,
+                     restarted_walk: bool = False) -> tuple[int, Ino, Attr]:
+        """open(2) with O_CREAT of ``name``, which the kernel believed absent.
+
+        ``restarted_walk``: this create comes from a path walk the kernel already restarted
+        after ESTALE.  The kernel restarts a walk only once, so ESTALE now would reach the
+        application: a name found existing is opened here instead.
+        """
         ino, attr, created = await self.meta.create(
             ctx, parent, name, stat.S_IFREG | (mode & 0o7777), exclusive=bool(flags & os.O_EXCL))
         if not created:
-            # The kernel asks to create only a name it believed absent: another mount made
-            # it meanwhile.  Answer as open(2) of that name would.
+            # Another mount made the name meanwhile.  Answer as open(2) of that name would.
             if attr.is_dir:
                 raise FSError(errno.EISDIR)
-            if not self._walk_raced_again(parent, name):
+            if not restarted_walk:
                 # The kernel's own walk, restarted by ESTALE, looks the name up afresh
                 # and opens what it finds with its own checks: permissions (supplementary
                 # groups included), O_TRUNC, following a symlink, opening a device.
@@ -248,21 +245,6 @@ class FileSystem:
         if not created and flags & os.O_TRUNC and attr.size:
             attr = await self.setattr(ino, SetAttr(size=0))
         return fh, ino, attr
-
-    def _walk_raced_again(self, parent: int, name: bytes) -> bool:
-        """Whether this create, which found ``name`` existing, comes from a kernel walk
-        that ESTALE already restarted -- its fresh lookup found no name, its create finds
-        one.  The kernel restarts a walk only once: ESTALE now would reach the
-        application.  Otherwise the create is remembered as restarting a walk."""
-        now = trio.current_time()
-        if len(self._walks_restarted) > 1000:
-            self._walks_restarted = {k: v for k, v in self._walks_restarted.items()
-                                     if now - v[0] < _WALK_RETRY_WINDOW}
-        last = self._walks_restarted.pop((parent, name), None)
-        if last is not None and last[1] and now - last[0] < _WALK_RETRY_WINDOW:
-            return True
-        self._walks_restarted[(parent, name)] = (now, False)
-        return False
 
     def _handle(self, fh: int) -> FileHandle:
         h = self._files.get(fh)
