@@ -44,18 +44,26 @@ _CONF_CHANGE = struct.Struct(">BQ")
 
 @dataclass(frozen=True, slots=True)
 class ConfChange:
-    """One membership change: the cluster moves one server at a time (dissertation 4.1)."""
+    """One membership change: the cluster moves one server at a time (dissertation 4.1).
+
+    ``context`` is opaque to the core: the host's own data about the change (the Raft
+    store puts the member's name and addresses there, as etcd does).  It travels in the
+    entry after the fixed part, so a change without one encodes exactly as before.
+    """
 
     kind: ConfChangeKind
     node: NodeId
+    context: bytes = b""
 
     def encode(self) -> bytes:
-        return _CONF_CHANGE.pack(self.kind, self.node)
+        return _CONF_CHANGE.pack(self.kind, self.node) + self.context
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
-        kind, node = _CONF_CHANGE.unpack(data)
-        return cls(ConfChangeKind(kind), NodeId(node))
+        if len(data) < _CONF_CHANGE.size:
+            raise ValueError(f"a membership change of {len(data)} bytes is too short")
+        kind, node = _CONF_CHANGE.unpack_from(data)
+        return cls(ConfChangeKind(kind), NodeId(node), bytes(data[_CONF_CHANGE.size:]))
 
 
 @dataclass(frozen=True, slots=True)
