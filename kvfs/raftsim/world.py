@@ -480,6 +480,17 @@ class World:
             raise
         disk = host.disk
         self.touched.add(host.id)
+        # As the real host does (RaftNode._leader_may_send_first): a leader whose term and
+        # vote are already on disk sends its appends before it persists the same entries,
+        # so followers may hold entries their leader loses in a crash.
+        send_first = (node.raft.role is Role.LEADER and rd.soft_state is None
+                      and rd.snapshot is None
+                      and (rd.hard_state is None
+                           or (rd.hard_state.term, rd.hard_state.vote)
+                           == (disk.hard_state.term, disk.hard_state.vote)))
+        if send_first:
+            for m in rd.messages:
+                self.send(m)
         if torn:
             self.torn_write(host, rd)
             return
@@ -492,8 +503,9 @@ class World:
         if rd.hard_state is not None:
             disk.set_hard_state(rd.hard_state)
             self.checker.persisted_commit(host.id, rd.hard_state.commit)
-        for m in rd.messages:
-            self.send(m)
+        if not send_first:
+            for m in rd.messages:
+                self.send(m)
         if rd.snapshot is not None:
             meta = rd.snapshot.meta
             host.kv = KV.decode(rd.snapshot.data)
@@ -536,9 +548,9 @@ class World:
 
     def persist_entries(self, host: Host, entries: list[Entry]) -> None:
         # Log matching is checked on what reaches a disk: an entry that dies unpersisted
-        # with its node never left it (messages leave only after the Ready is persisted),
-        # and a leader that crashed before persisting its term may legitimately win that
-        # term again and append other entries at the same indexes.
+        # with its node left it only if the node led a term already on its disk (which it
+        # can never lead again), and a leader that crashed before persisting its term may
+        # legitimately win that term again and append other entries at the same indexes.
         try:
             previous: int | None = host.disk.term(entries[0].index - 1)
         except (LogCompacted, LogUnavailable):
