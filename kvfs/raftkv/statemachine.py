@@ -24,6 +24,31 @@ Invariants:
   * The watch history is part of the replicated state (and of snapshots): a watch from any
     revision at or above ``state.history_start`` succeeds on every member, below it
     raises ``Compacted`` on every member.
+
+Space quota (etcd's ``--quota-backend-bytes``)
+----------------------------------------------
+``size_bytes`` is the state's size: the keys and values held, ``len(key) + len(value)``
+summed over every key.  It is a running total kept by :meth:`ReplicatedKV.apply` (each
+transaction's growth is worked out from the state before it is applied) and recomputed
+from the items on :meth:`ReplicatedKV.restore`, so it is the same on every member at every
+index.
+
+The quota travels in the log entry itself: ``encode_command`` appends the proposing
+member's ``--quota-bytes`` as a fourth payload element (absent or 0: no quota).  A
+transaction whose growth is positive and would take ``size_bytes`` beyond the quota *of its
+entry* is refused -- nothing changes, it answers :class:`~kvfs.kv.api.NoSpace` -- whether
+or not its compares hold (as etcd refuses writes under its NOSPACE alarm).  The decision
+is a function of the replicated state and the entry alone, so every member makes the same
+one; a member's own flag never decides anything about another member's entries.  Members
+are meant to share one quota; when they do not, the quota of the member a client talks to
+applies to that client's writes, and raising it is a rolling restart with the new flag.
+A transaction that frees space or keeps the size (a delete, a smaller overwrite) is never
+refused, so a full store can always be cleaned up.  Lease grants, revocations and
+compactions add no keys and are never refused.
+
+A refusal is recorded in the client's session like any result, so a retry of the same
+``seq`` is refused again rather than applied later when space has been freed (the client
+was already told its write did not happen).
 """
 
 from __future__ import annotations
@@ -49,18 +74,30 @@ class Applied:
     result: ApplyResult | None  # None: a stale retry (an older seq than the session's)
     events: list[Event]
     fresh: bool  # False: a retry answered from the session table; nothing changed
+    # Set when the space quota refused the command (nothing changed): the NoSpace message.
+    refusal: str | None = None
 
 
 STALE = None
 
 
-def encode_command(client_id: int, seq: int, command: Command) -> bytes:
-    return msgpack.packb([client_id, seq, list(command)], use_bin_type=True)
+def encode_command(client_id: int, seq: int, command: Command, quota_bytes: int = 0) -> bytes:
+    """A log entry's payload; ``quota_bytes`` (0: none) is the space quota it is applied
+    under (see "Space quota" above)."""
+    payload: list[Any] = [client_id, seq, list(command)]
+    if quota_bytes:
+        payload.append(quota_bytes)
+    return msgpack.packb(payload, use_bin_type=True)
 
 
-def _decode(data: bytes) -> tuple[int, int, Command]:
-    client_id, seq, command = msgpack.unpackb(data, raw=False)
-    return client_id, seq, _command_tuple(command)
+def _decode(data: bytes) -> tuple[int, int, Command, int]:
+    client_id, seq, command, *quota = msgpack.unpackb(data, raw=False)
+    return client_id, seq, _command_tuple(command), int(quota[0]) if quota else 0
+
+
+def _size(key: bytes, value: bytes) -> int:
+    """What one key counts against the space quota."""
+    return len(key) + len(value)
 
 
 def _command_tuple(command: list[Any]) -> Command:
@@ -78,8 +115,10 @@ class ReplicatedKV:
         self.state = KVState(history_limit=history_limit)
         self.applied_index = 0
         self.max_sessions = max_sessions
-        # client id -> (last applied seq, its result); most recently used last.
-        self.sessions: OrderedDict[int, tuple[int, ApplyResult]] = OrderedDict()
+        # client id -> (last applied seq, its result, the quota's refusal of it or None);
+        # most recently used last.
+        self.sessions: OrderedDict[int, tuple[int, ApplyResult, str | None]] = OrderedDict()
+        self.size_bytes = 0  # keys and values held (see "Space quota")
 
     def apply(self, index: int, data: bytes) -> Applied | None:
         """Apply the committed entry at ``index`` (``data`` empty: a leader's no-op entry).
@@ -89,25 +128,64 @@ class ReplicatedKV:
         self.applied_index = index
         if not data:
             return None
-        client_id, seq, command = _decode(data)
+        client_id, seq, command, quota = _decode(data)
         if command[0] == "noop":
             return None
         if client_id:
             session = self.sessions.get(client_id)
             if session is not None and seq <= session[0]:
                 self.sessions.move_to_end(client_id)
-                return Applied(client_id, seq, command,
-                               session[1] if seq == session[0] else STALE, [], fresh=False)
-        before = self.state.revision
-        result = self.state.apply(command)
-        events = self._events_of(result) if self.state.revision != before else []
+                if seq < session[0]:
+                    return Applied(client_id, seq, command, STALE, [], fresh=False)
+                return Applied(client_id, seq, command, session[1], [], fresh=False,
+                               refusal=session[2])
+        growth = self._growth(command)
+        refusal = None
+        if quota and growth > 0 and self.size_bytes + growth > quota:
+            refusal = (f"raft store space quota exceeded: {self.size_bytes} of {quota} bytes "
+                       f"held, the commit adds {growth}; delete data to free space")
+            result = ApplyResult(False, self.state.revision)
+            events: list[Event] = []
+        else:
+            before = self.state.revision
+            result = self.state.apply(command)
+            events = self._events_of(result) if self.state.revision != before else []
+            if result.succeeded:
+                self.size_bytes += growth
         if client_id:
             self.sessions[client_id] = (seq, ApplyResult(result.succeeded, result.revision,
-                                                         result.lease_id))
+                                                         result.lease_id), refusal)
             self.sessions.move_to_end(client_id)
             while len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
-        return Applied(client_id, seq, command, result, events, fresh=True)
+        return Applied(client_id, seq, command, result, events, fresh=True, refusal=refusal)
+
+    def _growth(self, command: Command) -> int:
+        """How many bytes ``command`` adds to ``size_bytes`` if it succeeds (negative: it
+        frees space), worked out from the state before it is applied."""
+        data = self.state.data
+        if command[0] == "lease_revoke":
+            lease = self.state.leases.get(int(command[1]))
+            return -sum(_size(k, data[k].value) for k in lease.keys) if lease else 0
+        if command[0] != "txn":
+            return 0
+        _, _, puts, deletes = command
+        freed: dict[bytes, int] = {}  # deletes run first, then puts (KVState._txn)
+        for key, end in deletes:
+            if end is None:
+                entry = data.get(key)
+                if entry is not None:
+                    freed[key] = _size(key, entry.value)
+            else:
+                for k, entry in self.state.scan(key, end):
+                    freed[k] = _size(k, entry.value)
+        written = {key: _size(key, value) for key, value, _ in puts}  # the last put wins
+        growth = sum(written.values()) - sum(freed.values())
+        for key in written.keys() - freed.keys():
+            entry = data.get(key)
+            if entry is not None:
+                growth -= _size(key, entry.value)  # overwritten
+        return growth
 
     def skip(self, index: int) -> None:
         """Account for a committed entry that is not a state machine command (a membership
@@ -141,8 +219,8 @@ class ReplicatedKV:
                       for k, e in state.snapshot_items()],
             "history_start": state.history_start,
             "history": [[e.key, e.value, e.mod_revision] for e in state.history],
-            "sessions": [[cid, seq, r.succeeded, r.revision, r.lease_id]
-                         for cid, (seq, r) in self.sessions.items()],
+            "sessions": [[cid, seq, r.succeeded, r.revision, r.lease_id, refusal]
+                         for cid, (seq, r, refusal) in self.sessions.items()],
         }, use_bin_type=True)
 
     def restore(self, index: int, data: bytes) -> None:
@@ -161,6 +239,7 @@ class ReplicatedKV:
                      for k, v, rev in snap["history"]],
             history_start=snap["history_start"])
         self.sessions = OrderedDict(
-            (cid, (seq, ApplyResult(ok, rev, lease))) for cid, seq, ok, rev, lease
-            in snap["sessions"])
+            (cid, (seq, ApplyResult(ok, rev, lease), refusal[0] if refusal else None))
+            for cid, seq, ok, rev, lease, *refusal in snap["sessions"])
+        self.size_bytes = sum(_size(k, e.value) for k, e in self.state.snapshot_items())
         self.applied_index = index
