@@ -43,6 +43,8 @@ from kvfs.kv.api import Compacted, EngineUnavailable, KVError
 from kvfs.kv.state import ApplyResult, Command
 from kvfs.kv.watchhub import WatchHub
 from kvfs.raft import (
+    ConfChange,
+    ConfChangeRefused,
     Config,
     Entry,
     EntryKind,
@@ -58,7 +60,7 @@ from kvfs.raft import (
     Storage,
 )
 from kvfs.raftkv.lessor import Lessor
-from kvfs.raftkv.statemachine import ReplicatedKV, encode_command
+from kvfs.raftkv.statemachine import Applied, ReplicatedKV, encode_command
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +247,12 @@ class RaftNode:
             self.hub.notify(events)
 
     def _apply(self, entry: Entry) -> None:
-        if entry.kind is not EntryKind.NORMAL:
-            self.kv.skip(entry.index)  # membership changes are the core's business
-            return
-        applied = self.kv.apply(entry.index, entry.data)
+        applied: Applied | None
+        if entry.kind is EntryKind.CONF_CHANGE:
+            # The core switches configuration at advance(); the member table here.
+            applied = self.kv.apply_conf_change(entry.index, entry.data)
+        else:
+            applied = self.kv.apply(entry.index, entry.data)
         if applied is None:
             return
         self.hub.notify(applied.events)
@@ -320,6 +324,11 @@ class RaftNode:
         """The transport wrote a snapshot message to ``peer`` (or failed to)."""
         self._push(functools.partial(self.rawnode.report_snapshot, peer, ok))
 
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Ask the leader (through this member) to hand leadership to ``target`` (3.10);
+        best effort: whether it happened shows in :attr:`leader`."""
+        self._push(functools.partial(self.rawnode.transfer_leadership, target))
+
     def sole_voter(self) -> bool:
         """Whether this member is the only voter of the configuration it has applied."""
         return self.rawnode.status().conf_state.voters == {self.id}
@@ -334,13 +343,40 @@ class RaftNode:
                      deadline: float) -> ApplyResult:
         """Propose ``command`` as (``client_id``, ``seq``) and return its result once it is
         applied here.  Raises EngineUnavailable at ``deadline`` (trio time)."""
-        key = (client_id, seq)
-        waiter = self._proposals.setdefault(key, _Proposal())
         data = encode_command(client_id, seq, command)
+        return await self._submit((client_id, seq), functools.partial(self._propose, data),
+                                  deadline)
+
+    async def submit_conf_change(self, change: ConfChange, *, client_id: int, seq: int,
+                                 deadline: float) -> ApplyResult:
+        """Propose the membership ``change``, whose context carries (``client_id``,
+        ``seq``), and return its result once it is applied here (succeeded: the
+        configuration changed).  A change the leader -- this member -- refuses (another
+        one pending, invalid for the configuration) raises KVError with its reason; on a
+        follower it is forwarded, and a refusal there looks like a lost proposal."""
+        waiter = self._proposals.setdefault((client_id, seq), _Proposal())
+
+        def propose(dropped: trio.Event) -> None:
+            try:
+                self.rawnode.propose_conf_change(change)
+            except ConfChangeRefused as exc:
+                waiter.error = KVError(f"the leader refused the membership change: {exc}")
+                waiter.done.set()
+            except ProposalDropped:
+                dropped.set()
+
+        return await self._submit((client_id, seq), propose, deadline)
+
+    async def _submit(self, key: tuple[int, int], propose: Callable[[trio.Event], None],
+                      deadline: float) -> ApplyResult:
+        """Run ``propose`` in the loop (it sets the event it is given when the proposal was
+        dropped) until the entry of ``key`` is applied here; re-propose after each retry
+        interval."""
+        waiter = self._proposals.setdefault(key, _Proposal())
         try:
             while True:
                 dropped = trio.Event()
-                self._push(functools.partial(self._propose, data, dropped))
+                self._push(functools.partial(propose, dropped))
                 retry_at = min(deadline, trio.current_time() + self.retry_interval())
                 with trio.move_on_at(retry_at):
                     await _wait_any(waiter.done, dropped)

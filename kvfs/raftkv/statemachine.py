@@ -19,8 +19,15 @@ changes nothing, an older ``seq`` is answered with :data:`STALE`.  The table is 
 the least recently used session is evicted once ``max_sessions`` is exceeded -- in apply
 order, so every member evicts the same one.
 
+Membership changes are applied here too (:meth:`ReplicatedKV.apply_conf_change`): they
+update the member table (:mod:`kvfs.raftkv.members`), which is part of every snapshot, and
+are answered through the same session table as commands, under the ``(client_id, seq)``
+of their context.  The host learns of table changes through ``member_listeners``.
+
 Invariants:
   * ``applied_index`` is the index of the last entry applied (or the snapshot's index).
+  * ``members`` always equals the core's configuration after the same entries (see
+    :mod:`kvfs.raftkv.members`).
   * The watch history is part of the replicated state (and of snapshots): a watch from any
     revision at or above ``state.history_start`` succeeds on every member, below it
     raises ``Compacted`` on every member.
@@ -54,14 +61,19 @@ was already told its write did not happen).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from kvfs.kv.state import ApplyResult, Command, Entry, Event, KVState
+from kvfs.raft import ConfChange, ConfChangeKind
+from kvfs.raftkv.members import ChangeContext, MembersChanged, MemberTable
 
-SNAPSHOT_FORMAT = 1
+# 2: the member table is part of the snapshot.  1 (without it) is still read.
+SNAPSHOT_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,80 +131,124 @@ class ReplicatedKV:
         # most recently used last.
         self.sessions: OrderedDict[int, tuple[int, ApplyResult, str | None]] = OrderedDict()
         self.size_bytes = 0  # keys and values held (see "Space quota")
+        self.members = MemberTable()
+        # Called after every change of ``members`` (not part of the replicated state).
+        self.member_listeners: list[Callable[[MembersChanged], None]] = []
 
     def apply(self, index: int, data: bytes) -> Applied | None:
         """Apply the committed entry at ``index`` (``data`` empty: a leader's no-op entry).
         Returns None for entries that carry no command."""
-        if index <= self.applied_index:
-            raise AssertionError(f"entry {index} applied twice (applied: {self.applied_index})")
-        self.applied_index = index
+        self._advance(index)
         if not data:
             return None
         client_id, seq, command, quota = _decode(data)
         if command[0] == "noop":
             return None
-        if client_id:
-            session = self.sessions.get(client_id)
-            if session is not None and seq <= session[0]:
-                self.sessions.move_to_end(client_id)
-                if seq < session[0]:
-                    return Applied(client_id, seq, command, STALE, [], fresh=False)
-                return Applied(client_id, seq, command, session[1], [], fresh=False,
-                               refusal=session[2])
+        retry = self._retry(client_id, seq, command)
+        if retry is not None:
+            return retry
         growth = self._growth(command)
-        refusal = None
         if quota and growth > 0 and self.size_bytes + growth > quota:
-            refusal = (f"raft store space quota exceeded: {self.size_bytes} of {quota} bytes "
-                       f"held, the commit adds {growth}; delete data to free space")
+            refusal = (f"the store's space quota of {quota} bytes is exhausted "
+                       f"({self.size_bytes} bytes held, the write adds {growth})")
             result = ApplyResult(False, self.state.revision)
-            events: list[Event] = []
-        else:
-            before = self.state.revision
-            result = self.state.apply(command)
-            events = self._events_of(result) if self.state.revision != before else []
-            if result.succeeded:
-                self.size_bytes += growth
-        if client_id:
-            self.sessions[client_id] = (seq, ApplyResult(result.succeeded, result.revision,
-                                                         result.lease_id), refusal)
-            self.sessions.move_to_end(client_id)
-            while len(self.sessions) > self.max_sessions:
-                self.sessions.popitem(last=False)
-        return Applied(client_id, seq, command, result, events, fresh=True, refusal=refusal)
+            self._remember(client_id, seq, result, refusal)
+            return Applied(client_id, seq, command, result, [], fresh=True, refusal=refusal)
+        before = self.state.revision
+        result = self.state.apply(command)
+        events: list[Event] = []
+        if self.state.revision != before:
+            events = self._events_of(result)
+            self.size_bytes += growth
+        self._remember(client_id, seq, result)
+        return Applied(client_id, seq, command, result, events, fresh=True)
 
     def _growth(self, command: Command) -> int:
-        """How many bytes ``command`` adds to ``size_bytes`` if it succeeds (negative: it
-        frees space), worked out from the state before it is applied."""
-        data = self.state.data
+        """How much ``command`` changes ``size_bytes`` if it changes the state now: a
+        transaction's deletes first, then its puts (the last put of a key wins), as
+        ``KVState`` applies them; a lease revocation frees its keys."""
+        state = self.state
         if command[0] == "lease_revoke":
-            lease = self.state.leases.get(int(command[1]))
-            return -sum(_size(k, data[k].value) for k in lease.keys) if lease else 0
+            lease = state.leases.get(int(command[1]))
+            keys = sorted(lease.keys) if lease is not None else []
+            return -sum(_size(k, entry.value) for k in keys
+                        if (entry := state.get(k)) is not None)
         if command[0] != "txn":
             return 0
         _, _, puts, deletes = command
-        freed: dict[bytes, int] = {}  # deletes run first, then puts (KVState._txn)
+        gone: dict[bytes, int] = {}
         for key, end in deletes:
             if end is None:
-                entry = data.get(key)
+                entry = state.get(key)
                 if entry is not None:
-                    freed[key] = _size(key, entry.value)
+                    gone[key] = _size(key, entry.value)
             else:
-                for k, entry in self.state.scan(key, end):
-                    freed[k] = _size(k, entry.value)
-        written = {key: _size(key, value) for key, value, _ in puts}  # the last put wins
-        growth = sum(written.values()) - sum(freed.values())
-        for key in written.keys() - freed.keys():
-            entry = data.get(key)
-            if entry is not None:
-                growth -= _size(key, entry.value)  # overwritten
+                for k, entry in state.scan(key, end):
+                    gone[k] = _size(k, entry.value)
+        growth = -sum(gone.values())
+        final = {key: value for key, value, _lease in puts}
+        for key, value in final.items():
+            entry = state.get(key)
+            held = 0 if key in gone or entry is None else _size(key, entry.value)
+            growth += _size(key, value) - held
         return growth
 
-    def skip(self, index: int) -> None:
-        """Account for a committed entry that is not a state machine command (a membership
-        change)."""
+    def apply_conf_change(self, index: int, data: bytes) -> Applied:
+        """Apply the committed membership change at ``index`` to the member table.
+
+        The table changes whether or not the change's ``(client_id, seq)`` was applied
+        before -- the core applies every committed change, and the table must stay its
+        mirror -- but a retry is answered with the first result.  The result succeeds
+        when the change changed the configuration."""
+        self._advance(index)
+        change = ConfChange.decode(data)
+        context = ChangeContext.decode(change.context)
+        changed = self.members.apply(change, context)
+        if changed:
+            removed = change.node if change.kind is ConfChangeKind.REMOVE else None
+            self._members_changed(MembersChanged(self.members, removed=removed))
+        command: Command = ("conf_change", int(change.kind), int(change.node))
+        client_id, seq = context.client_id, context.seq
+        if client_id and seq:
+            retry = self._retry(client_id, seq, command)
+            if retry is not None:
+                return retry
+        result = ApplyResult(changed, self.state.revision)
+        if client_id and seq:
+            self._remember(client_id, seq, result)
+        return Applied(client_id, seq, command, result, [], fresh=True)
+
+    def _advance(self, index: int) -> None:
         if index <= self.applied_index:
             raise AssertionError(f"entry {index} applied twice (applied: {self.applied_index})")
         self.applied_index = index
+
+    def _retry(self, client_id: int, seq: int, command: Command) -> Applied | None:
+        """The answer to an already applied (or older) seq of a session, or None."""
+        if not client_id:
+            return None
+        session = self.sessions.get(client_id)
+        if session is None or seq > session[0]:
+            return None
+        self.sessions.move_to_end(client_id)
+        if seq < session[0]:
+            return Applied(client_id, seq, command, STALE, [], fresh=False)
+        return Applied(client_id, seq, command, session[1], [], fresh=False,
+                       refusal=session[2])
+
+    def _remember(self, client_id: int, seq: int, result: ApplyResult,
+                  refusal: str | None = None) -> None:
+        if not client_id:
+            return
+        self.sessions[client_id] = (seq, ApplyResult(result.succeeded, result.revision,
+                                                     result.lease_id), refusal)
+        self.sessions.move_to_end(client_id)
+        while len(self.sessions) > self.max_sessions:
+            self.sessions.popitem(last=False)
+
+    def _members_changed(self, change: MembersChanged) -> None:
+        for listener in list(self.member_listeners):
+            listener(change)
 
     def _events_of(self, result: ApplyResult) -> list[Event]:
         out: list[Event] = []
@@ -221,12 +277,14 @@ class ReplicatedKV:
             "history": [[e.key, e.value, e.mod_revision] for e in state.history],
             "sessions": [[cid, seq, r.succeeded, r.revision, r.lease_id, refusal]
                          for cid, (seq, r, refusal) in self.sessions.items()],
+            "members": self.members.to_wire(),
         }, use_bin_type=True)
 
     def restore(self, index: int, data: bytes) -> None:
-        """Replace everything with a snapshot taken at ``index``."""
+        """Replace everything with a snapshot taken at ``index``; the member listeners are
+        told the table was replaced."""
         snap = msgpack.unpackb(data, raw=False)
-        if snap.get("format") != SNAPSHOT_FORMAT:
+        if snap.get("format") not in _READABLE_FORMATS:
             raise ValueError(f"unknown state machine snapshot format {snap.get('format')!r}")
         if snap["applied"] != index:
             raise ValueError(f"snapshot data is at index {snap['applied']}, not {index}")
@@ -242,4 +300,6 @@ class ReplicatedKV:
             (cid, (seq, ApplyResult(ok, rev, lease), refusal[0] if refusal else None))
             for cid, seq, ok, rev, lease, *refusal in snap["sessions"])
         self.size_bytes = sum(_size(k, e.value) for k, e in self.state.snapshot_items())
+        self.members = MemberTable.from_wire(snap.get("members", []))
         self.applied_index = index
+        self._members_changed(MembersChanged(self.members, replaced=True))
