@@ -138,59 +138,68 @@ class ReplicatedKV:
     def apply(self, index: int, data: bytes) -> Applied | None:
         """Apply the committed entry at ``index`` (``data`` empty: a leader's no-op entry).
         Returns None for entries that carry no command."""
-        self._advance(index)
+        if index <= self.applied_index:
+            raise AssertionError(f"entry {index} applied twice (applied: {self.applied_index})")
+        self.applied_index = index
         if not data:
             return None
         client_id, seq, command, quota = _decode(data)
         if command[0] == "noop":
             return None
-        retry = self._retry(client_id, seq, command)
-        if retry is not None:
-            return retry
+        if client_id:
+            session = self.sessions.get(client_id)
+            if session is not None and seq <= session[0]:
+                self.sessions.move_to_end(client_id)
+                if seq < session[0]:
+                    return Applied(client_id, seq, command, STALE, [], fresh=False)
+                return Applied(client_id, seq, command, session[1], [], fresh=False,
+                               refusal=session[2])
         growth = self._growth(command)
+        refusal = None
         if quota and growth > 0 and self.size_bytes + growth > quota:
-            refusal = (f"the store's space quota of {quota} bytes is exhausted "
-                       f"({self.size_bytes} bytes held, the write adds {growth})")
+            refusal = (f"raft store space quota exceeded: {self.size_bytes} of {quota} bytes "
+                       f"held, the commit adds {growth}; delete data to free space")
             result = ApplyResult(False, self.state.revision)
-            self._remember(client_id, seq, result, refusal)
-            return Applied(client_id, seq, command, result, [], fresh=True, refusal=refusal)
-        before = self.state.revision
-        result = self.state.apply(command)
-        events: list[Event] = []
-        if self.state.revision != before:
-            events = self._events_of(result)
-            self.size_bytes += growth
-        self._remember(client_id, seq, result)
-        return Applied(client_id, seq, command, result, events, fresh=True)
+            events: list[Event] = []
+        else:
+            before = self.state.revision
+            result = self.state.apply(command)
+            events = self._events_of(result) if self.state.revision != before else []
+            if result.succeeded:
+                self.size_bytes += growth
+        if client_id:
+            self.sessions[client_id] = (seq, ApplyResult(result.succeeded, result.revision,
+                                                         result.lease_id), refusal)
+            self.sessions.move_to_end(client_id)
+            while len(self.sessions) > self.max_sessions:
+                self.sessions.popitem(last=False)
+        return Applied(client_id, seq, command, result, events, fresh=True, refusal=refusal)
 
     def _growth(self, command: Command) -> int:
-        """How much ``command`` changes ``size_bytes`` if it changes the state now: a
-        transaction's deletes first, then its puts (the last put of a key wins), as
-        ``KVState`` applies them; a lease revocation frees its keys."""
-        state = self.state
+        """How many bytes ``command`` adds to ``size_bytes`` if it succeeds (negative: it
+        frees space), worked out from the state before it is applied."""
+        data = self.state.data
         if command[0] == "lease_revoke":
-            lease = state.leases.get(int(command[1]))
-            keys = sorted(lease.keys) if lease is not None else []
-            return -sum(_size(k, entry.value) for k in keys
-                        if (entry := state.get(k)) is not None)
+            lease = self.state.leases.get(int(command[1]))
+            return -sum(_size(k, data[k].value) for k in lease.keys) if lease else 0
         if command[0] != "txn":
             return 0
         _, _, puts, deletes = command
-        gone: dict[bytes, int] = {}
+        freed: dict[bytes, int] = {}  # deletes run first, then puts (KVState._txn)
         for key, end in deletes:
             if end is None:
-                entry = state.get(key)
+                entry = data.get(key)
                 if entry is not None:
-                    gone[key] = _size(key, entry.value)
+                    freed[key] = _size(key, entry.value)
             else:
-                for k, entry in state.scan(key, end):
-                    gone[k] = _size(k, entry.value)
-        growth = -sum(gone.values())
-        final = {key: value for key, value, _lease in puts}
-        for key, value in final.items():
-            entry = state.get(key)
-            held = 0 if key in gone or entry is None else _size(key, entry.value)
-            growth += _size(key, value) - held
+                for k, entry in self.state.scan(key, end):
+                    freed[k] = _size(k, entry.value)
+        written = {key: _size(key, value) for key, value, _ in puts}  # the last put wins
+        growth = sum(written.values()) - sum(freed.values())
+        for key in written.keys() - freed.keys():
+            entry = data.get(key)
+            if entry is not None:
+                growth -= _size(key, entry.value)  # overwritten
         return growth
 
     def apply_conf_change(self, index: int, data: bytes) -> Applied:
@@ -200,7 +209,9 @@ class ReplicatedKV:
         before -- the core applies every committed change, and the table must stay its
         mirror -- but a retry is answered with the first result.  The result succeeds
         when the change changed the configuration."""
-        self._advance(index)
+        if index <= self.applied_index:
+            raise AssertionError(f"entry {index} applied twice (applied: {self.applied_index})")
+        self.applied_index = index
         change = ConfChange.decode(data)
         context = ChangeContext.decode(change.context)
         changed = self.members.apply(change, context)
@@ -209,42 +220,19 @@ class ReplicatedKV:
             self._members_changed(MembersChanged(self.members, removed=removed))
         command: Command = ("conf_change", int(change.kind), int(change.node))
         client_id, seq = context.client_id, context.seq
-        if client_id and seq:
-            retry = self._retry(client_id, seq, command)
-            if retry is not None:
-                return retry
         result = ApplyResult(changed, self.state.revision)
-        if client_id and seq:
-            self._remember(client_id, seq, result)
-        return Applied(client_id, seq, command, result, [], fresh=True)
-
-    def _advance(self, index: int) -> None:
-        if index <= self.applied_index:
-            raise AssertionError(f"entry {index} applied twice (applied: {self.applied_index})")
-        self.applied_index = index
-
-    def _retry(self, client_id: int, seq: int, command: Command) -> Applied | None:
-        """The answer to an already applied (or older) seq of a session, or None."""
-        if not client_id:
-            return None
+        if not (client_id and seq):
+            return Applied(0, 0, command, result, [], fresh=True)
         session = self.sessions.get(client_id)
-        if session is None or seq > session[0]:
-            return None
-        self.sessions.move_to_end(client_id)
-        if seq < session[0]:
-            return Applied(client_id, seq, command, STALE, [], fresh=False)
-        return Applied(client_id, seq, command, session[1], [], fresh=False,
-                       refusal=session[2])
-
-    def _remember(self, client_id: int, seq: int, result: ApplyResult,
-                  refusal: str | None = None) -> None:
-        if not client_id:
-            return
-        self.sessions[client_id] = (seq, ApplyResult(result.succeeded, result.revision,
-                                                     result.lease_id), refusal)
+        if session is not None and seq <= session[0]:
+            self.sessions.move_to_end(client_id)
+            return Applied(client_id, seq, command,
+                           session[1] if seq == session[0] else STALE, [], fresh=False)
+        self.sessions[client_id] = (seq, result, None)
         self.sessions.move_to_end(client_id)
         while len(self.sessions) > self.max_sessions:
             self.sessions.popitem(last=False)
+        return Applied(client_id, seq, command, result, [], fresh=True)
 
     def _members_changed(self, change: MembersChanged) -> None:
         for listener in list(self.member_listeners):
