@@ -140,6 +140,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,7 @@ from kvfs.raft.types import (
     Snapshot,
     SnapshotMeta,
 )
+from kvfs.raftkv.metrics import RaftObserver
 
 log = logging.getLogger(__name__)
 
@@ -463,10 +465,12 @@ class RaftDisk:
     """
 
     def __init__(self, directory: str, lock: DirLock, identity: Identity, *,
-                 keep_entries: int, segment_bytes: int) -> None:
+                 keep_entries: int, segment_bytes: int,
+                 metrics: RaftObserver | None = None) -> None:
         if keep_entries < 0 or segment_bytes <= 0:
             raise ValueError("keep_entries must be >= 0 and segment_bytes > 0")
         self.directory = directory
+        self.metrics = metrics or RaftObserver()  # told each sync's and snapshot's time
         self.identity = identity
         self.keep_entries = keep_entries
         self.segment_bytes = segment_bytes
@@ -485,7 +489,8 @@ class RaftDisk:
 
     @classmethod
     def create(cls, directory: str, cluster_token: str, member_id: int, *,
-               keep_entries: int = 5000, segment_bytes: int = 16 << 20) -> RaftDisk:
+               keep_entries: int = 5000, segment_bytes: int = 16 << 20,
+               metrics: RaftObserver | None = None) -> RaftDisk:
         """Make ``directory`` (created if missing; must be empty) a new member's data
         directory and open it.  Raises :class:`RaftDiskError` if it is not empty and
         :class:`~kvfs.kv.api.StoreLocked` if another process holds it."""
@@ -502,7 +507,7 @@ class RaftDisk:
             identity = Identity(cluster_token, NodeId(member_id))
             _write_identity(directory, identity)
             disk = cls(directory, lock, identity, keep_entries=keep_entries,
-                       segment_bytes=segment_bytes)
+                       segment_bytes=segment_bytes, metrics=metrics)
             disk._load()
         except BaseException:
             lock.release()
@@ -512,7 +517,8 @@ class RaftDisk:
     @classmethod
     def open(cls, directory: str, *, cluster_token: str | None = None,
              member_id: int | None = None, keep_entries: int = 5000,
-             segment_bytes: int = 16 << 20) -> RaftDisk:
+             segment_bytes: int = 16 << 20, metrics: RaftObserver | None = None
+             ) -> RaftDisk:
         """Open an existing member's data directory and recover its state.
 
         Raises :class:`RaftDiskError` if it is not a kvfs Raft data directory or (when
@@ -537,7 +543,7 @@ class RaftDisk:
                 raise RaftDiskError(f"{directory} belongs to member {identity.member_id}, "
                                     f"not {member_id}")
             disk = cls(directory, lock, identity, keep_entries=keep_entries,
-                       segment_bytes=segment_bytes)
+                       segment_bytes=segment_bytes, metrics=metrics)
             disk._load()
         except BaseException:
             lock.release()
@@ -667,7 +673,11 @@ class RaftDisk:
             if not records:
                 return
             try:
-                self._append(records, sync=must_sync or snapshot is not None)
+                synced = must_sync or snapshot is not None
+                started = time.monotonic()
+                self._append(records, sync=synced)
+                if synced:
+                    self.metrics.wal_synced(time.monotonic() - started)
                 new = mirror.copy()
                 if snapshot is not None:
                     new.apply_snapshot(snapshot)
@@ -701,12 +711,14 @@ class RaftDisk:
             if mirror.term(meta.index) != meta.term:
                 raise ValueError(f"snapshot at {meta.index} says term {meta.term}, the log "
                                  f"has term {mirror.term(meta.index)}")
+            started = time.monotonic()
             _write_snapshot_file(self.directory, snapshot)
             try:
                 self._append([_MarkRec(meta.index, meta.term, False)], sync=True)
                 new = mirror.copy()
                 new.create_snapshot(meta.index, meta.conf_state, snapshot.data)
                 self._mirror = new
+                self.metrics.snapshot_saved(time.monotonic() - started)
                 self._prune_snapshots()
                 self._compact_locked(meta.index - self.keep_entries)
             except BaseException as exc:
