@@ -39,7 +39,7 @@ from typing import Protocol
 
 import trio
 
-from kvfs.kv.api import Compacted, EngineUnavailable, KVError
+from kvfs.kv.api import Compacted, EngineUnavailable, KVError, NoSpace
 from kvfs.kv.state import ApplyResult, Command
 from kvfs.kv.watchhub import WatchHub
 from kvfs.raft import (
@@ -60,6 +60,7 @@ from kvfs.raft import (
     Storage,
 )
 from kvfs.raftkv.lessor import Lessor
+from kvfs.raftkv.metrics import RaftObserver
 from kvfs.raftkv.statemachine import Applied, ReplicatedKV, encode_command
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,12 @@ class RaftNode:
     def __init__(self, config: Config, disk: Disk, kv: ReplicatedKV, hub: WatchHub, *,
                  rng: random.Random, transport: Transport | None = None,
                  tick_seconds: float = 0.1, snapshot_every: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 metrics: RaftObserver | None = None, quota_bytes: int = 0) -> None:
         self.id = config.id
+        self.metrics = metrics or RaftObserver()
+        # The space quota this member's proposals carry (0: none; see statemachine).
+        self.quota_bytes = quota_bytes
         self.config = config
         self.disk = disk
         self.kv = kv
@@ -184,9 +189,13 @@ class RaftNode:
         send_first = self._leader_may_send_first(rd)
         if send_first and rd.messages and self.transport is not None:
             self.transport.send(rd.messages)
-        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+        if rd.snapshot is not None or rd.must_sync:
             await trio.to_thread.run_sync(self.disk.save, rd.hard_state, rd.entries,
                                           rd.snapshot, rd.must_sync)
+        elif rd.hard_state is not None or rd.entries:
+            # Nothing to sync (a new commit index, say): one small buffered write, cheaper
+            # than a worker thread's round trip.
+            self.disk.save(rd.hard_state, rd.entries, None, False)
         if rd.hard_state is not None:
             self._persisted_vote = (rd.hard_state.term, rd.hard_state.vote)
         if not send_first and rd.messages and self.transport is not None:
@@ -226,6 +235,8 @@ class RaftNode:
 
     def _leadership(self, leader: NodeId, role: Role) -> None:
         was_leader = self.role is Role.LEADER
+        if leader and leader != self.leader:
+            self.metrics.leader_changed()
         self.leader, self.role = leader, role
         if role is Role.LEADER and not was_leader:
             self.lessor.promote({lid: lease.ttl for lid, lease in self.kv.state.leases.items()})
@@ -268,6 +279,8 @@ class RaftNode:
             if applied.result is None:
                 waiter.error = KVError(f"command {applied.seq} of client {applied.client_id} "
                                        "was superseded by a later one")
+            elif applied.refusal is not None:
+                waiter.error = NoSpace(applied.refusal)
             else:
                 waiter.result = applied.result
             waiter.done.set()
@@ -342,10 +355,20 @@ class RaftNode:
     async def submit(self, client_id: int, seq: int, command: Command, *,
                      deadline: float) -> ApplyResult:
         """Propose ``command`` as (``client_id``, ``seq``) and return its result once it is
-        applied here.  Raises EngineUnavailable at ``deadline`` (trio time)."""
-        data = encode_command(client_id, seq, command)
-        return await self._submit((client_id, seq), functools.partial(self._propose, data),
-                                  deadline)
+        applied here.  Raises EngineUnavailable at ``deadline`` (trio time), NoSpace when
+        the space quota refused it."""
+        data = encode_command(client_id, seq, command, self.quota_bytes)
+        self.metrics.proposal_started()
+        started = trio.current_time()
+        error: BaseException | None = None
+        try:
+            return await self._submit((client_id, seq), functools.partial(self._propose, data),
+                                      deadline)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.metrics.proposal_ended(trio.current_time() - started, error)
 
     async def submit_conf_change(self, change: ConfChange, *, client_id: int, seq: int,
                                  deadline: float) -> ApplyResult:
