@@ -189,9 +189,13 @@ class RaftNode:
         send_first = self._leader_may_send_first(rd)
         if send_first and rd.messages and self.transport is not None:
             self.transport.send(rd.messages)
-        if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+        if rd.snapshot is not None or rd.must_sync:
             await trio.to_thread.run_sync(self.disk.save, rd.hard_state, rd.entries,
                                           rd.snapshot, rd.must_sync)
+        elif rd.hard_state is not None or rd.entries:
+            # Nothing to sync (a new commit index, say): one small buffered write, cheaper
+            # than a worker thread's round trip.
+            self.disk.save(rd.hard_state, rd.entries, None, False)
         if rd.hard_state is not None:
             self._persisted_vote = (rd.hard_state.term, rd.hard_state.vote)
         if not send_first and rd.messages and self.transport is not None:
