@@ -290,5 +290,7 @@ async def serve_metrics(address: str, metrics: RaftMetrics, node: RaftNode,
                     address, exc.strerror or exc)
         task_status.started(None)
         return
+    port = listeners[0].socket.getsockname()[1]
+    log.info("health and metrics on http://%s:%d (/health, /metrics)", host, port)
     await serve_http(listeners, routes(metrics, node, transport, quota_bytes),
                      task_status=task_status)
