@@ -271,14 +271,14 @@ def routes(metrics: RaftMetrics, node: RaftNode, transport: PeerTransport | None
     return {"/health": get_health, "/metrics": get_metrics}
 
 
-async def serve_metrics(address: str, metrics: RaftMetrics, node: RaftNode,
-                        transport: PeerTransport | None, quota_bytes: int, *, optional: bool,
-                        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED
-                        ) -> None:
-    """Serve the health and metrics port on ``address`` (``HOST:PORT``) until cancelled;
-    started with the bound port.  If it cannot listen there: an ``optional`` address (the
-    default one, not asked for) is logged and the port is not served (started with None);
-    otherwise OSError with a one-line message naming the flag."""
+async def open_metrics_port(address: str | None, *, optional: bool
+                            ) -> list[trio.SocketListener] | None:
+    """Listen on the health and metrics port ``address`` (``HOST:PORT``; None: no port).
+    If that fails, an ``optional`` address (the default one, not asked for) is logged and
+    None returned; otherwise OSError with a one-line message naming the flag.  Called
+    before the member starts, so a busy port refuses it before it joins its cluster."""
+    if address is None:
+        return None
     host, port = parse_address(address, "--listen-metrics")
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -288,9 +288,16 @@ async def serve_metrics(address: str, metrics: RaftMetrics, node: RaftNode,
         log.warning("no health and metrics port: cannot listen on %s (%s); choose one with "
                     "--listen-metrics HOST:PORT, or turn it off with --listen-metrics off",
                     address, exc.strerror or exc)
-        task_status.started(None)
-        return
-    port = listeners[0].socket.getsockname()[1]
-    log.info("health and metrics on http://%s:%d (/health, /metrics)", host, port)
+        return None
+    log.info("health and metrics on http://%s:%d (/health, /metrics)", host,
+             listeners[0].socket.getsockname()[1])
+    return listeners
+
+
+async def serve_metrics(listeners: list[trio.SocketListener], metrics: RaftMetrics,
+                        node: RaftNode, transport: PeerTransport | None, quota_bytes: int, *,
+                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``/health`` and ``/metrics`` on ``listeners`` (from
+    :func:`open_metrics_port`) until cancelled; started with the bound port."""
     await serve_http(listeners, routes(metrics, node, transport, quota_bytes),
                      task_status=task_status)
