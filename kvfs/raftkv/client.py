@@ -17,8 +17,10 @@ Responsibilities and invariants:
   malformed frame, no answer within the attempt's time) or the member answers
   ``unavailable`` (it has no leader, or is stopping).  A lease keep-alive answered
   ``not_leader`` moves the connection to the hinted leader when the hint is one of the
-  URL's endpoints.  After every endpoint failed once, it pauses (50 ms, doubling, at most
-  0.5 s) before the next round.
+  URL's endpoints -- or, for an engine opened with ``follow_hints`` (the operator's
+  commands: membership changes need the leader, wherever it is), any endpoint the hint
+  names, which is then added to the engine's endpoints.  After every endpoint failed once,
+  it pauses (50 ms, doubling, at most 0.5 s) before the next round.
 * **Bounded waiting.**  Every call gives up with :class:`EngineUnavailable` once the URL's
   ``timeout`` has passed -- never an endless hang.  Each attempt tells the member how long
   it may wait for a leader (a third of the timeout, at least 1 s, never past the deadline),
@@ -51,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+import xxhash
 
 from kvfs.kv.api import (
     CommitResult,
@@ -295,8 +298,10 @@ class RaftClientEngine(KVEngine):
     shared = True
 
     def __init__(self, url: RaftURL, ssl_context: ssl.SSLContext | None = None, *,
-                 max_sessions: int = 32) -> None:
+                 max_sessions: int = 32, follow_hints: bool = False) -> None:
         self.url = url
+        self._endpoints = list(url.endpoints)
+        self._follow_hints = follow_hints
         self._ssl = ssl_context
         self._pfx = url.key_prefix
         self._pfx_end = prefix_end(self._pfx)
@@ -332,7 +337,7 @@ class RaftClientEngine(KVEngine):
     @property
     def current_endpoint(self) -> str:
         """The endpoint (host:port) requests currently go to."""
-        return self.url.endpoints[self._index]
+        return self._endpoints[self._index]
 
     # -- connections and retries -------------------------------------------------------------
 
@@ -341,7 +346,7 @@ class RaftClientEngine(KVEngine):
             raise KVError("raft engine is closed")
 
     def _unavailable(self) -> EngineUnavailable:
-        msg = (f"raft store at {','.join(self.url.endpoints)}: unavailable for "
+        msg = (f"raft store at {','.join(self._endpoints)}: unavailable for "
                f"{self.url.timeout:g} s")
         if self._last_error:
             msg += f" (last error: {self._last_error})"
@@ -357,7 +362,7 @@ class RaftClientEngine(KVEngine):
         if self._conn is conn:
             self._conn = None
             conn.close(reason)
-            self._index = (self._index + 1) % len(self.url.endpoints) if to is None else to
+            self._index = (self._index + 1) % len(self._endpoints) if to is None else to
 
     async def _connection(self, deadline: float) -> _Connection:
         conn = self._conn
@@ -378,7 +383,7 @@ class RaftClientEngine(KVEngine):
                 if conn.alive:
                     return conn
                 self._drop(conn, conn.error or "closed")
-            endpoint = self.url.endpoints[self._index]
+            endpoint = self._endpoints[self._index]
             error = "no answer to the connection handshake in time"
             try:
                 with trio.move_on_at(min(deadline, trio.current_time() + self._per_try)):
@@ -390,13 +395,13 @@ class RaftClientEngine(KVEngine):
                     p.ProtocolError, ssl.SSLError) as exc:
                 error = _describe(exc)
             self._note(endpoint, error)
-            self._index = (self._index + 1) % len(self.url.endpoints)
+            self._index = (self._index + 1) % len(self._endpoints)
             failures += 1
             await self._pause(failures, deadline)
 
     async def _pause(self, failures: int, deadline: float) -> None:
         """Back off after each full round of endpoints failed."""
-        n = len(self.url.endpoints)
+        n = len(self._endpoints)
         if failures % n == 0:
             pause = min(0.5, 0.05 * 2 ** min(failures // n - 1, 4))
             await trio.sleep(max(0.0, min(pause, deadline - trio.current_time())))
@@ -438,8 +443,10 @@ class RaftClientEngine(KVEngine):
         """Move towards the leader a ``not_leader`` answer names; False when it names
         none."""
         endpoint = exc.fields.get("endpoint")
-        if endpoint in self.url.endpoints and endpoint != conn.endpoint:
-            self._drop(conn, exc.message, to=self.url.endpoints.index(endpoint))
+        if self._follow_hints and endpoint and endpoint not in self._endpoints:
+            self._endpoints.append(endpoint)
+        if endpoint in self._endpoints and endpoint != conn.endpoint:
+            self._drop(conn, exc.message, to=self._endpoints.index(endpoint))
         elif not exc.fields.get("leader"):
             self._note(conn.endpoint, "no leader yet")
             return False
@@ -603,6 +610,46 @@ class RaftClientEngine(KVEngine):
         role, term, commit, applied."""
         _, final = await self._request("status", {})
         return final
+
+    # -- operations (kvfs raft member, transfer-leader, snapshot save) ----------------------
+
+    async def member_list(self) -> dict[str, Any]:
+        """The member table as of a read barrier: ``members`` (``[id, name, peer_url,
+        client_url, learner]`` each), ``leader`` (id, 0 if unknown), ``cluster_token``."""
+        _, final = await self._request("member_list", {})
+        return final
+
+    async def member_add(self, name: str, peer_url: str, client_url: str, *,
+                         learner: bool) -> dict[str, Any]:
+        """Add a member (through the leader); returns its id (``member``) and the table
+        after the change (``members``, ``cluster_token``)."""
+        return await self._write("member_add", {"name": name, "peer_url": peer_url,
+                                                "client_url": client_url,
+                                                "learner": learner})
+
+    async def member_promote(self, target: str) -> int:
+        """Make the learner ``target`` (name or hex id) a voter; returns its id."""
+        return int((await self._write("member_promote", {"target": target}))["member"])
+
+    async def member_remove(self, target: str) -> int:
+        """Remove member ``target`` (name or hex id); returns its id."""
+        return int((await self._write("member_remove", {"target": target}))["member"])
+
+    async def transfer_leader(self, target: str) -> int:
+        """Hand leadership to the voter ``target`` and wait until it leads; returns its id."""
+        _, final = await self._request("transfer_leader", {"target": target})
+        return int(final["leader"])
+
+    async def snapshot(self) -> tuple[int, bytes, str]:
+        """A consistent snapshot of the replicated state: (applied index, data, its xxh64
+        in hex), checked against the member's own size and hash."""
+        parts, final = await self._request("snapshot", {})
+        data = b"".join(part["data"] for part in parts)
+        digest = f"{xxhash.xxh64_intdigest(data):016x}"
+        if len(data) != final["size"] or digest != final["hash"]:
+            raise KVError(f"the snapshot arrived damaged: {len(data)} bytes with hash "
+                          f"{digest}, the member sent {final['size']} with {final['hash']}")
+        return int(final["index"]), data, digest
 
     async def aclose(self) -> None:
         self._closed = True

@@ -4,6 +4,19 @@
 which opens (or creates and bootstraps) the member's data directory, then runs the node
 loop, the peer transport and the client server in one nursery until cancelled.
 
+Membership.  A new cluster (``--initial-cluster-state new``, empty data directory)
+bootstraps its first log entries with the names and addresses of ``--initial-cluster``
+and ``--initial-cluster-clients`` (:func:`~kvfs.raftkv.members.bootstrap_entries`), so the
+replicated member table starts from them.  A member joining an existing cluster
+(``existing``, empty data directory) writes nothing but its identity and waits for the
+leader to send it the log or a snapshot.  From then on the member table, not the flags,
+says where everyone is: the peer transport and the client-endpoint map (the leader hints)
+follow every change of it -- a member added is dialed, a member removed is forgotten and
+refused.  Until the table holds anything (a joining member before its first snapshot or
+entries), the transport dials the peers of ``--initial-cluster``.  A member whose own peer
+URL in the table differs from the one ``--initial-cluster`` gives it is refused, at start
+or as soon as it learns the table.
+
 Member ids are derived from the member's name and the cluster token
 (:func:`member_id`), so every member computes the same id for a name from the same
 ``--initial-cluster`` flag, and two clusters with different tokens never share ids.
@@ -15,19 +28,26 @@ cluster, a data directory of another cluster or member, TLS half configured.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import trio
 
-from kvfs.kv.api import KVError
 from kvfs.kv.watchhub import WatchHub
 from kvfs.raft import Config, NodeId
 from kvfs.raftkv.disk import RaftDisk
+from kvfs.raftkv.members import (
+    MemberConfigError,
+    MembersChanged,
+    PeerURL,
+    bootstrap_entries,
+    initial_table,
+    member_id,
+    parse_client_address,
+    parse_member_url,
+)
 from kvfs.raftkv.node import RaftNode
 from kvfs.raftkv.server import RaftServer, server_ssl_context
 from kvfs.raftkv.statemachine import ReplicatedKV
@@ -36,38 +56,8 @@ from kvfs.raftkv.transport import PeerTransport, tls_contexts
 log = logging.getLogger(__name__)
 
 
-class MemberConfigError(KVError):
-    """The member's configuration cannot work; nothing was changed."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerURL:
-    host: str
-    port: int
-    tls: bool
-
-    def __str__(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
-
-
-def parse_member_url(text: str, what: str) -> PeerURL:
-    """``http://HOST:PORT`` or ``https://HOST:PORT`` (https: mutual TLS)."""
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise MemberConfigError(f"{what} must look like https://HOST:PORT, not {text!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if not port:
-        raise MemberConfigError(f"{what} {text!r} needs a port")
-    return PeerURL(parts.hostname, port, parts.scheme == "https")
-
-
-def member_id(name: str, cluster_token: str) -> NodeId:
-    """A member's Raft id: 63 bits of a hash of the token and the name (never 0)."""
-    digest = hashlib.blake2b(f"{cluster_token}\0{name}".encode(), digest_size=8).digest()
-    return NodeId(int.from_bytes(digest, "big") >> 1 | 1)
+__all__ = ["MemberConfig", "MemberConfigError", "PeerURL", "member_id",
+           "parse_client_endpoints", "parse_initial_cluster", "parse_member_url", "serve"]
 
 
 def parse_client_endpoints(text: str) -> dict[str, str]:
@@ -78,9 +68,7 @@ def parse_client_endpoints(text: str) -> dict[str, str]:
         if not sep or not name:
             raise MemberConfigError(
                 f"--initial-cluster-clients entries look like NAME=HOST:PORT, not {item!r}")
-        url = parse_member_url(value if "://" in value else f"http://{value}",
-                               f"the client address of {name!r}")
-        endpoints[name] = f"{url.host}:{url.port}"
+        endpoints[name] = parse_client_address(value, f"the client address of {name!r}")
     return endpoints
 
 
@@ -156,6 +144,13 @@ class MemberConfig:
         return {member_id(name, self.cluster_token): (url.host, url.port)
                 for name, url in self.initial_cluster.items() if name != self.name}
 
+    def initial_endpoints(self) -> dict[int, str]:
+        """Client endpoints by member id, from the flags (the table overrides them)."""
+        endpoints: dict[int, str] = {member_id(name, self.cluster_token): endpoint
+                     for name, endpoint in self.client_endpoints.items()}
+        endpoints[self.id] = f"{self.listen_client.host}:{self.listen_client.port}"
+        return endpoints
+
 
 def open_disk(config: MemberConfig) -> RaftDisk:
     """The member's data directory: opened if it exists, else created (and, for a new
@@ -167,9 +162,55 @@ def open_disk(config: MemberConfig) -> RaftDisk:
     disk = RaftDisk.create(config.data_dir, config.cluster_token, config.id,
                            keep_entries=config.snapshot_every)
     if config.new_cluster:
-        disk.bootstrap([member_id(name, config.cluster_token)
-                        for name in config.initial_cluster])
+        table = initial_table(config.cluster_token, config.initial_cluster,
+                              config.client_endpoints)
+        entries, hard_state = bootstrap_entries(table)
+        try:
+            disk.save(hard_state, entries, None, True)
+        except BaseException:
+            disk.close()
+            raise
     return disk
+
+
+class _Membership:
+    """Keeps the transport's peers and the client-endpoint map in step with the member
+    table (see the module docstring)."""
+
+    def __init__(self, config: MemberConfig, transport: PeerTransport,
+                 endpoints: dict[int, str]) -> None:
+        self.config = config
+        self.transport = transport
+        self.endpoints = endpoints
+        self.mismatch: str | None = None
+        self.mismatched = trio.Event()
+
+    def changed(self, change: MembersChanged) -> None:
+        me = self.config.id
+        table = change.table
+        for member in table:
+            if member.id == me:
+                mine = str(self.config.initial_cluster[self.config.name])
+                if member.peer_url and member.peer_url != mine and self.mismatch is None:
+                    self.mismatch = (f"the member table says {self.config.name}'s peer URL "
+                                     f"is {member.peer_url}, not {mine} as "
+                                     "--initial-cluster has it")
+                    self.mismatched.set()
+                continue
+            if member.peer_url:
+                url = parse_member_url(member.peer_url, f"the peer URL of {member.label()}")
+                self.transport.set_peer(member.id, (url.host, url.port))
+            if member.client_url:
+                self.endpoints[member.id] = member.client_url
+        gone = set()
+        if change.removed is not None:
+            gone.add(change.removed)
+        if change.replaced and len(table):
+            gone |= {peer for peer in self.transport.peers if table.get(peer) is None}
+        for peer in gone - {me}:
+            log.info("raft member %s: member %x left the cluster", self.config.name, peer)
+            self.transport.remove_peer(NodeId(peer))
+            self.endpoints.pop(peer, None)
 
 
 async def serve(config: MemberConfig, *,
@@ -187,15 +228,18 @@ async def serve(config: MemberConfig, *,
         transport = PeerTransport(config.id, config.cluster_token,
                                   (config.listen_peer.host, config.listen_peer.port),
                                   config.peer_addresses(), tls=peer_tls)
+        endpoints = config.initial_endpoints()
+        membership = _Membership(config, transport, endpoints)
+        kv.member_listeners.append(membership.changed)
         node = RaftNode(Config(config.id, election_tick=config.election_ticks),
                         disk, kv, WatchHub(_as_bytes), rng=random.Random(),
                         transport=transport, tick_seconds=config.tick_seconds,
                         snapshot_every=config.snapshot_every)
+        if membership.mismatch is not None:
+            raise MemberConfigError(membership.mismatch)
         transport.attach(node)
-        endpoints: dict[int, str] = {member_id(name, config.cluster_token): endpoint
-                     for name, endpoint in config.client_endpoints.items()}
-        endpoints[config.id] = f"{config.listen_client.host}:{config.listen_client.port}"
-        server = RaftServer(node, ssl_context=client_tls, client_endpoints=endpoints)
+        server = RaftServer(node, ssl_context=client_tls, client_endpoints=endpoints,
+                            cluster_token=config.cluster_token)
         async with trio.open_nursery() as nursery:
             peer_address = await nursery.start(transport.run)
             await nursery.start(node.run)
@@ -206,6 +250,8 @@ async def serve(config: MemberConfig, *,
                      config.listen_peer.host, peer_address[1], config.listen_client.host,
                      client_port)
             task_status.started((peer_address[1], client_port))
+            await membership.mismatched.wait()
+            raise MemberConfigError(f"{membership.mismatch}; stopping")
     finally:
         disk.close()
 

@@ -45,7 +45,29 @@ create_revision, lease]``; ``event`` = ``[key, value or nil, mod_revision]``; ``
     status                  (none)                                     member, leader,
                                                                        leader_endpoint, role,
                                                                        term, commit, applied
+    member_list             timeout                                    members, leader,
+                                                                       cluster_token
+    member_add              client_id, seq, name, peer_url,            member, members,
+                            client_url, learner, timeout               cluster_token
+    member_promote          client_id, seq, target, timeout            member
+    member_remove           client_id, seq, target, timeout            member
+    transfer_leader         target, timeout                            leader
+    snapshot                timeout                                    index, size, hash
     ======================  =========================================  =======================
+
+    Membership and operations (``kvfs raft member``, ``transfer-leader``, ``snapshot
+    save``): a ``member`` is ``[id, name, peer_url, client_url, learner]`` (the replicated
+    member table, :mod:`kvfs.raftkv.members`); ``target`` names a member by name or by its
+    id in hex.  ``member_list`` and ``snapshot`` are answered by any member after a read
+    barrier (so they reflect every change committed before the request); ``snapshot``
+    streams the state machine's snapshot as ``{"data": bytes}`` parts, and its final
+    answer gives the applied index it was taken at, its size and its xxh64 (16 hex digits).
+    ``member_add``/``_promote``/``_remove`` are answered by the leader only (any other
+    member answers ``not_leader`` with the leader's hint, which admin clients follow) and
+    return once the change is applied there; a refused change is ``failed`` with the
+    reason.  ``transfer_leader`` is served by any member (it is forwarded to the leader)
+    and returns once the member serving it sees ``target`` lead; ``failed`` when that did
+    not happen within the request's timeout.
 
     A ``range``/``get_many`` part is ``{"kvs": [...]}``; the client concatenates the parts'
     ``kvs`` and the final one's.  A ``watch`` sends ``{"events": [], "complete": true}``
@@ -59,7 +81,7 @@ create_revision, lease]``; ``event`` = ``[key, value or nil, mod_revision]``; ``
 Errors: ``{"code", "message"}`` plus, by code:
     ``unavailable`` (no leader answered in time, or the member stopped: try another member);
     ``not_leader`` + ``leader`` (id, 0 if unknown) and ``endpoint`` (the leader's client
-    address, or nil) -- only lease keep-alives need the leader;
+    address, or nil) -- lease keep-alives and membership changes need the leader;
     ``compacted`` + ``requested``, ``compact_revision``; ``too_large``; ``no_space``;
     ``bad_request`` (unknown op, unsupported version); ``failed`` (any other refusal).
 
@@ -286,6 +308,15 @@ REQUEST_ARGS: dict[str, Schema] = {
     "watch": {"start": v_bytes, "end": v_bytes, "start_revision": v_uint},
     "cancel": {"target": v_uint},
     "status": {},
+    "member_list": {"timeout": v_seconds},
+    "member_add": {"client_id": v_id, "seq": v_id, "name": v_str, "peer_url": v_str,
+                   "client_url": v_str, "learner": v_bool, "timeout": v_seconds},
+    "member_promote": {"client_id": v_id, "seq": v_id, "target": v_str,
+                       "timeout": v_seconds},
+    "member_remove": {"client_id": v_id, "seq": v_id, "target": v_str,
+                      "timeout": v_seconds},
+    "transfer_leader": {"target": v_str, "timeout": v_seconds},
+    "snapshot": {"timeout": v_seconds},
 }
 
 
@@ -324,6 +355,9 @@ def _any_map(value: object, where: str) -> dict[str, Any]:
 _STATUS = {"member": v_uint, "leader": v_uint, "leader_endpoint": v_optional(v_str),
            "role": v_str, "term": v_uint, "commit": v_uint, "applied": v_uint}
 
+MEMBER = v_tuple(v_uint, v_str, v_str, v_str, v_bool)
+_MEMBERS = {"members": v_list(MEMBER), "cluster_token": v_str}
+
 RESPONSE_OK: dict[str, Schema] = {
     "hello": {"version": v_uint, "member": v_uint},
     "get": {"kv": v_optional(KV), "revision": v_uint},
@@ -338,12 +372,19 @@ RESPONSE_OK: dict[str, Schema] = {
     "watch": {},
     "cancel": {},
     "status": _STATUS,
+    "member_list": {**_MEMBERS, "leader": v_uint},
+    "member_add": {**_MEMBERS, "member": v_uint},
+    "member_promote": {"member": v_uint},
+    "member_remove": {"member": v_uint},
+    "transfer_leader": {"leader": v_uint},
+    "snapshot": {"index": v_uint, "size": v_uint, "hash": v_str},
 }
 
 RESPONSE_MORE: dict[str, Schema] = {
     "get_many": {"kvs": v_list(v_optional(KV))},
     "range": {"kvs": v_list(KV)},
     "watch": {"events": v_list(EVENT), "complete": v_bool},
+    "snapshot": {"data": v_bytes},
 }
 
 _ERROR_REQUIRED: Schema = {"code": v_str, "message": v_str}

@@ -14,7 +14,11 @@ is :mod:`kvfs.raftkv.protocol`.  What each op does here mirrors the in-process
   state with no checkpoint in between, exactly as ``MemberEngine.watch`` does; a start
   below the retained history is answered ``compacted``;
 * **lease keep-alives** are answered by the leader only; any other member answers
-  ``not_leader`` with the leader's id and client endpoint (from ``client_endpoints``).
+  ``not_leader`` with the leader's id and client endpoint (from ``client_endpoints``);
+* **membership, leadership transfer and snapshots** are served by
+  :class:`~kvfs.raftkv.admin.MemberAdmin` (membership changes by the leader only, answered
+  ``not_leader`` elsewhere like keep-alives); a snapshot is streamed in parts of about
+  :data:`~kvfs.raftkv.protocol.PART_BYTES`.
 
 Connections: each request runs in its own task, so answers may leave out of order; at most
 ``max_requests`` ordinary requests (and ``max_watches`` watches) run at once per
@@ -43,6 +47,7 @@ from kvfs.kv.api import Compacted, Compare, Delete, KVError, Limits, Put, WatchE
 from kvfs.kv.state import Command, Entry
 from kvfs.raft import Role
 from kvfs.raftkv import protocol as p
+from kvfs.raftkv.admin import MemberAdmin, NotLeader
 from kvfs.raftkv.node import MemberStopped, RaftNode
 
 log = logging.getLogger(__name__)
@@ -68,12 +73,16 @@ class _Closing(Exception):
 class RaftServer:
     def __init__(self, node: RaftNode, *, ssl_context: ssl.SSLContext | None = None,
                  client_endpoints: Mapping[int, str] | None = None,
+                 cluster_token: str = "",
                  limits: Limits | None = None, max_requests: int = 64,
                  max_watches: int = 1024, max_timeout: float = 60.0,
                  hello_timeout: float = 10.0) -> None:
         """``client_endpoints`` maps member ids to their client ``host:port`` (for leader
-        hints); it is read when a hint is given, so it may be filled in after binding."""
+        hints); it is read when a hint is given, so it may be filled in after binding (the
+        member keeps it in step with the member table).  ``cluster_token`` derives the id
+        of a member added by name."""
         self.node = node
+        self.admin = MemberAdmin(node, cluster_token)
         self.ssl_context = ssl_context
         self.client_endpoints = client_endpoints if client_endpoints is not None else {}
         self.limits = limits or Limits()
@@ -271,7 +280,7 @@ class _Connection:
                 frames = await self._dispatch(request.op, request.args or {}, request.id)
             except KVError as exc:
                 frames = [_error(request.id, exc)]
-            except _NotLeader:
+            except (_NotLeader, NotLeader):
                 frames = [p.error_frame(request.id, p.NOT_LEADER,
                                         f"member {self.node.id} is not the leader",
                                         **self.server.leader_hint())]
@@ -297,6 +306,20 @@ class _Connection:
                 raise _NotLeader
             return [p.ok_frame(rid, {"alive": alive})]
         deadline = self.server.deadline(args)
+        admin = self.server.admin
+        if op == "member_list":
+            return [p.ok_frame(rid, await admin.member_list(deadline))]
+        if op in ("member_add", "member_promote", "member_remove"):
+            serve = {"member_add": admin.member_add, "member_promote": admin.member_promote,
+                     "member_remove": admin.member_remove}[op]
+            return [p.ok_frame(rid, await serve(args, deadline))]
+        if op == "transfer_leader":
+            return [p.ok_frame(rid, await admin.transfer_leader(args["target"], deadline))]
+        if op == "snapshot":
+            snap = await admin.snapshot(deadline)
+            return self._snapshot_parts(rid, snap.data, {"index": snap.index,
+                                                         "size": len(snap.data),
+                                                         "hash": snap.hash})
         if op == "commit":
             compares = [(k, r) for k, r in args["compares"]]
             puts = [(k, v, lease) for k, v, lease in args["puts"]]
@@ -366,6 +389,14 @@ class _Connection:
                 yield p.more_frame(rid, {"kvs": kvs[start:i + 1]})
                 start, size = i + 1, 0
         yield p.ok_frame(rid, {"kvs": kvs[start:], **final})
+
+    @staticmethod
+    def _snapshot_parts(rid: int, data: bytes, final: dict[str, Any]) -> Iterator[bytes]:
+        """A snapshot as ``data`` parts of PART_BYTES, then the final answer."""
+        view = memoryview(data)
+        for start in range(0, len(data), p.PART_BYTES):
+            yield p.more_frame(rid, {"data": bytes(view[start:start + p.PART_BYTES])})
+        yield p.ok_frame(rid, final)
 
     # -- watches -----------------------------------------------------------------------------
 
