@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import trio
 
 from kvfs.kv.api import EngineUnavailable, NoSpace
 from kvfs.objstore.api import ObjectStoreError, ObjectStoreFull
@@ -38,3 +42,27 @@ def log_failure(logger: logging.Logger, msg: str, *args: object,
         logger.log(level, f"{msg}: %s", *args, exc)
     else:
         logger.exception(msg, *args)
+
+
+@asynccontextmanager
+async def side_by_side() -> AsyncIterator[trio.Nursery]:
+    """A nursery for tasks that succeed or fail as one (the blocks of a write, say): when
+    tasks fail, the first one's own error is raised rather than an ExceptionGroup, so a
+    full store or an unreachable engine reaches the caller as the error it maps to ENOSPC
+    or EIO -- as when there was one task.  Only cancellations stay grouped."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        failures = [exc for exc in _leaves(group) if isinstance(exc, Exception)]
+        if not failures:
+            raise
+        raise failures[0]  # noqa: B904 - its own cause (the engine's error) is what counts
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

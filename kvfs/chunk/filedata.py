@@ -30,6 +30,7 @@ from kvfs.meta import keys
 from kvfs.meta.metadata import Metadata
 from kvfs.meta.records import Attr, now_ns
 from kvfs.objstore.api import BlockNotFound
+from kvfs.outage import side_by_side
 
 log = logging.getLogger("kvfs.data")
 
@@ -162,7 +163,7 @@ class FileData:
             await self.slices.write(sid, data)
             recorded[i] = (idx, Slice(coff, sid, len(data), 0, len(data)))
 
-        async with trio.open_nursery() as nursery:
+        async with side_by_side() as nursery:
             for i, (idx, coff, data) in enumerate(pieces):
                 nursery.start_soon(upload, i, idx, coff, data)
         batch: list[tuple[int, Slice]] = []

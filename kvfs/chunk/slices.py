@@ -15,6 +15,7 @@ import trio
 from kvfs.chunk.layout import block_ranges
 from kvfs.kv.api import KVEngine, Put
 from kvfs.objstore.api import BlockNotFound, ObjectStore, block_name
+from kvfs.outage import side_by_side
 
 
 class SliceStore:
@@ -61,7 +62,7 @@ class SliceStore:
         if len(blocks) == 1:
             await put(*blocks[0])
             return
-        async with trio.open_nursery() as nursery:
+        async with side_by_side() as nursery:
             for name, start, end in blocks:
                 nursery.start_soon(put, name, start, end)
 
