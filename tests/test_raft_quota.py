@@ -13,11 +13,21 @@ ENOSPC from a write, and deleting a file there works.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from kvfs.kv.api import prefix_end
+import pytest
+from mounting import Mount, kvfs
+from test_raft_metrics import one_member, start, stop
+
+from kvfs.kv.api import Delete, NoSpace, Put, prefix_end
 from kvfs.raftkv.statemachine import ReplicatedKV, encode_command
+from kvfs.volume import open_engine
 
 
 def put(key: bytes, value: bytes, lease: int = 0) -> tuple[object, ...]:
@@ -140,3 +150,80 @@ def test_size_restored_from_a_snapshot_equals_the_size_before() -> None:
         a = kv.apply(index, encode_command(9, 1, put(b"z", b"x" * 10), kv.size_bytes + 5))
         assert a is not None and a.refusal is not None
     assert restored.snapshot() == m.kv.snapshot()
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+@contextmanager
+def member(tmp_path: Path, quota: int) -> Iterator[str]:
+    """One ``kvfs raft serve`` member with ``--quota-bytes quota``; yields its raft:// base."""
+    argv, _, client = one_member(tmp_path, "--quota-bytes", str(quota),
+                                 "--listen-metrics", "off")
+    proc = start(argv, client, tmp_path / "m1.log")
+    try:
+        yield f"raft://127.0.0.1:{client}"
+    finally:
+        stop(proc)
+
+
+async def test_writes_through_raft_url_until_no_space_then_a_delete(tmp_path: Path) -> None:
+    with member(tmp_path, quota=20_000) as base:
+        kv = await open_engine(f"{base}/q?timeout=20")
+        try:
+            n = 0
+            with pytest.raises(NoSpace, match="quota"):
+                while n < 100:
+                    await kv.commit([], [Put(b"k%04d" % n, b"x" * 1000)])
+                    n += 1
+            assert 15 <= n < 20, n
+            assert await kv.get(b"k%04d" % n) is None  # nothing of the refused write
+            # Overwriting with the same size keeps the size: allowed at the quota.
+            assert (await kv.commit([], [Put(b"k0001", b"y" * 1000)])).succeeded
+            assert (await kv.commit([], [], [Delete(b"k0000")])).succeeded
+            assert (await kv.commit([], [Put(b"k%04d" % n, b"x" * 1000)])).succeeded
+            with pytest.raises(NoSpace):
+                await kv.commit([], [Put(b"k%04d" % (n + 1), b"x" * 1000)])
+            # A range delete empties it; then writes go on.
+            assert (await kv.commit([], [], [Delete(b"k", prefix_end(b"k"))])).succeeded
+            assert (await kv.commit([], [Put(b"again", b"x" * 10_000)])).succeeded
+        finally:
+            await kv.aclose()
+
+
+@pytest.mark.mount
+def test_a_mount_on_a_full_member_gets_enospc_and_can_delete(tmp_path: Path) -> None:
+    with member(tmp_path, quota=3 << 20) as base:
+        url = f"{base}/vol?timeout=20"
+        kvfs("format", url, "vol")
+        mnt = tmp_path / "mnt"
+        mount = Mount(url, mnt, "orphan_grace=1")
+        try:
+            (mnt / "small").write_bytes(os.urandom(1 << 20))
+            with pytest.raises(OSError) as refused:
+                with open(mnt / "big", "wb") as f:
+                    for _ in range(8):
+                        f.write(os.urandom(1 << 20))
+                    f.flush()
+                    os.fsync(f.fileno())
+            assert refused.value.errno == errno.ENOSPC, refused.value
+            # Space can be freed: deleting works on a full store...
+            os.unlink(mnt / "small")
+            if (mnt / "big").exists():
+                os.unlink(mnt / "big")
+            assert os.listdir(mnt) == []
+            # ...and once the deleted files' blocks are gone (after orphan_grace), a write
+            # fits again.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    (mnt / "later").write_bytes(os.urandom(1 << 20))
+                    break
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC and time.monotonic() < deadline, e
+                    time.sleep(0.5)
+            assert (mnt / "later").stat().st_size == 1 << 20
+            mount.unmount()
+        except BaseException:
+            mount.cleanup()
+            raise

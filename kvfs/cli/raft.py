@@ -44,6 +44,7 @@ from kvfs.raftkv.member import (
     serve,
 )
 from kvfs.raftkv.members import Member
+from kvfs.raftkv.metrics import DEFAULT_LISTEN_METRICS, DEFAULT_QUOTA_BYTES
 from kvfs.raftkv.snapfile import restore_member, write_snapshot_file
 from kvfs.raftkv.url import RaftURL, parse_raft_url
 from kvfs.volume import VolumeError
@@ -80,6 +81,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="election timeout in ticks (default 10)")
     s.add_argument("--snapshot-count", type=int, default=10_000,
                    help="applied entries between snapshots (default 10000)")
+    s.add_argument("--listen-metrics", metavar="HOST:PORT|off",
+                   help="plain HTTP port for /health and Prometheus /metrics (default "
+                        f"{DEFAULT_LISTEN_METRICS}, skipped with a warning when that is busy; "
+                        "off: none)")
+    s.add_argument("--quota-bytes", type=int, default=DEFAULT_QUOTA_BYTES, metavar="N",
+                   help="refuse writes that would grow the keys and values held beyond N "
+                        "bytes (mounts get ENOSPC; deletes still work); default "
+                        f"{DEFAULT_QUOTA_BYTES} (2 GiB), 0: no quota")
     s.set_defaults(run=run_serve)
     st = raft_sub.add_parser(
         "status", help="each member's role, term, commit and applied index, and lag",
@@ -172,6 +181,10 @@ def run_serve(args: argparse.Namespace) -> int:
         tick_seconds=args.tick_ms / 1000, election_ticks=args.election_ticks,
         snapshot_every=args.snapshot_count,
         client_endpoints=parse_client_endpoints(args.initial_cluster_clients),
+        listen_metrics=(None if args.listen_metrics == "off"
+                        else args.listen_metrics or DEFAULT_LISTEN_METRICS),
+        listen_metrics_optional=args.listen_metrics is None,
+        quota_bytes=args.quota_bytes,
     )
     config.validate()
 

@@ -38,6 +38,7 @@ import trio
 from kvfs.kv.watchhub import WatchHub
 from kvfs.raft import Config, NodeId
 from kvfs.raftkv.disk import RaftDisk
+from kvfs.raftkv.httpserver import parse_address
 from kvfs.raftkv.members import (
     MemberConfigError,
     MembersChanged,
@@ -47,6 +48,13 @@ from kvfs.raftkv.members import (
     member_id,
     parse_client_address,
     parse_member_url,
+)
+from kvfs.raftkv.metrics import (
+    DEFAULT_QUOTA_BYTES,
+    RaftMetrics,
+    RaftObserver,
+    open_metrics_port,
+    serve_metrics,
 )
 from kvfs.raftkv.node import RaftNode
 from kvfs.raftkv.server import RaftServer, server_ssl_context
@@ -106,6 +114,13 @@ class MemberConfig:
     # Other members' client endpoints (name -> "host:port"), so a member that is not the
     # leader can point a client at the one that is.
     client_endpoints: dict[str, str] = field(default_factory=dict)
+    # The health and metrics port, "HOST:PORT" (None: none).  Optional: the address is a
+    # default, not asked for, so a busy port is logged and the member runs without it.
+    listen_metrics: str | None = None
+    listen_metrics_optional: bool = False
+    # Keys and values held beyond which writes are refused (0: no quota); see the space
+    # quota in kvfs.raftkv.statemachine.
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
 
     def validate(self) -> None:
         if not self.name or "," in self.name or "=" in self.name:
@@ -135,6 +150,13 @@ class MemberConfig:
                 f"{', '.join(sorted(unknown))}")
         if not (0 < self.tick_seconds <= 10 and self.election_ticks >= 2):
             raise MemberConfigError("need 0 < tick <= 10 s and at least 2 election ticks")
+        if self.listen_metrics is not None:
+            try:
+                parse_address(self.listen_metrics, "--listen-metrics")
+            except ValueError as e:
+                raise MemberConfigError(str(e)) from None
+        if self.quota_bytes < 0:
+            raise MemberConfigError("--quota-bytes must be 0 (no quota) or a number of bytes")
 
     @property
     def id(self) -> NodeId:
@@ -152,15 +174,16 @@ class MemberConfig:
         return endpoints
 
 
-def open_disk(config: MemberConfig) -> RaftDisk:
+def open_disk(config: MemberConfig, metrics: RaftObserver | None = None) -> RaftDisk:
     """The member's data directory: opened if it exists, else created (and, for a new
     cluster, bootstrapped with the initial members as voters)."""
     identity = os.path.join(config.data_dir, "IDENTITY")
     if os.path.exists(identity):
         return RaftDisk.open(config.data_dir, cluster_token=config.cluster_token,
-                             member_id=config.id, keep_entries=config.snapshot_every)
+                             member_id=config.id, keep_entries=config.snapshot_every,
+                             metrics=metrics)
     disk = RaftDisk.create(config.data_dir, config.cluster_token, config.id,
-                           keep_entries=config.snapshot_every)
+                           keep_entries=config.snapshot_every, metrics=metrics)
     if config.new_cluster:
         table = initial_table(config.cluster_token, config.initial_cluster,
                               config.client_endpoints)
@@ -218,8 +241,11 @@ async def serve(config: MemberConfig, *,
                 ) -> None:
     """Run the member until cancelled; started with the bound (peer, client) ports."""
     config.validate()
-    disk = await trio.to_thread.run_sync(open_disk, config)
+    metrics = RaftMetrics()
+    disk = await trio.to_thread.run_sync(open_disk, config, metrics)
     try:
+        metrics_port = await open_metrics_port(config.listen_metrics,
+                                               optional=config.listen_metrics_optional)
         peer_tls = client_tls = None
         if config.cacert and config.cert and config.key:
             peer_tls = tls_contexts(config.cacert, config.cert, config.key)
@@ -234,7 +260,8 @@ async def serve(config: MemberConfig, *,
         node = RaftNode(Config(config.id, election_tick=config.election_ticks),
                         disk, kv, WatchHub(_as_bytes), rng=random.Random(),
                         transport=transport, tick_seconds=config.tick_seconds,
-                        snapshot_every=config.snapshot_every)
+                        snapshot_every=config.snapshot_every, metrics=metrics,
+                        quota_bytes=config.quota_bytes)
         if membership.mismatch is not None:
             raise MemberConfigError(membership.mismatch)
         transport.attach(node)
@@ -249,6 +276,9 @@ async def serve(config: MemberConfig, *,
                      "%s:%d", config.name, config.id, config.cluster_token,
                      config.listen_peer.host, peer_address[1], config.listen_client.host,
                      client_port)
+            if metrics_port is not None:
+                nursery.start_soon(serve_metrics, metrics_port, metrics, node, transport,
+                                   config.quota_bytes)
             task_status.started((peer_address[1], client_port))
             await membership.mismatched.wait()
             raise MemberConfigError(f"{membership.mismatch}; stopping")
