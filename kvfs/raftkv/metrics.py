@@ -9,6 +9,39 @@ observer ``kvfs raft serve`` uses; it keeps counters and histograms, and
 transport at scrape time, in the Prometheus text format (version 0.0.4).
 :func:`health` is etcd's ``/health`` for one member.
 
+``kvfs raft serve --listen-metrics HOST:PORT`` (default ``127.0.0.1:7381``, next to the
+usual client and peer ports 7379 and 7380; ``off`` for none) serves, over plain HTTP:
+
+``GET /health``
+    200 ``{"health": "true"}`` when the member knows a leader and has applied its commit
+    index up to :data:`HEALTH_MAX_APPLY_LAG` entries; else 503
+    ``{"health": "false", "reason": ...}``.
+``GET /metrics``
+    the Prometheus text format:
+
+    ==============================================  ========  ==============================
+    ``kvfs_raft_wal_fsync_duration_seconds``        histogram each disk save that synced
+    ``kvfs_raft_snapshot_save_duration_seconds``    histogram each snapshot made durable
+    ``kvfs_raft_commit_duration_seconds``           histogram client command: proposed to
+                                                              applied here
+    ``kvfs_raft_leader_changes_seen_total``         counter   new leaders learned of
+    ``kvfs_raft_has_leader``, ``..._is_leader``     gauge     0 or 1
+    ``kvfs_raft_proposals_pending``                 gauge     client commands in flight here
+    ``kvfs_raft_proposals_failed_total``            counter   gave up (no leader in time, ...)
+    ``kvfs_raft_proposals_refused_total``           counter   refused by the space quota
+    ``kvfs_raft_proposals_committed``, ``_applied`` gauge     commit / applied index (etcd's
+                                                              proposals_*_total)
+    ``kvfs_raft_term``                              gauge     current term
+    ``kvfs_raft_commit_index``, ``..._applied_index`` gauge   log indexes
+    ``kvfs_raft_state_size_bytes``                  gauge     keys and values held
+    ``kvfs_raft_quota_bytes``                       gauge     this member's ``--quota-bytes``
+    ``kvfs_raft_peer_messages_sent_total``          counter   per ``peer`` (hex id)
+    ``kvfs_raft_peer_messages_dropped_total``       counter   per ``peer``
+    ``kvfs_raft_peer_failures_total``               counter   per ``peer``: failed dials, broken
+                                                              connections
+    ``kvfs_raft_peer_messages_received_total``      counter   from all peers
+    ==============================================  ========  ==============================
+
 Metric names follow Prometheus conventions: the ``kvfs_raft_`` prefix, base units
 (seconds, bytes), ``_total`` on counters only.  The disk reports from a worker thread while
 the trio thread scrapes, so every recording takes a lock.
