@@ -225,6 +225,9 @@ class _Membership:
                 self.transport.set_peer(member.id, (url.host, url.port))
             if member.client_url:
                 self.endpoints[member.id] = member.client_url
+        if change.replaced and len(table):
+            log.info("raft member %s: the member table now is a snapshot's (%d members)",
+                     self.config.name, len(table))
         gone = set()
         if change.removed is not None:
             gone.add(change.removed)
@@ -262,14 +265,18 @@ async def serve(config: MemberConfig, *,
                         transport=transport, tick_seconds=config.tick_seconds,
                         snapshot_every=config.snapshot_every, metrics=metrics,
                         quota_bytes=config.quota_bytes)
-        if membership.mismatch is not None:
-            raise MemberConfigError(membership.mismatch)
         transport.attach(node)
         server = RaftServer(node, ssl_context=client_tls, client_endpoints=endpoints,
                             cluster_token=config.cluster_token)
         async with trio.open_nursery() as nursery:
-            peer_address = await nursery.start(transport.run)
             await nursery.start(node.run)
+            # Apply what the disk holds committed before talking to anyone: the member
+            # table in it must agree with this member's own peer URL.
+            await node.wait_applied(disk.storage.initial_state()[0].commit,
+                                    deadline=trio.current_time() + 60)
+            if membership.mismatch is not None:
+                raise MemberConfigError(membership.mismatch)
+            peer_address = await nursery.start(transport.run)
             client_port = await nursery.start(server.serve, config.listen_client.host,
                                               config.listen_client.port)
             log.info("raft member %s (id %x) of cluster %r: peers on %s:%d, clients on "
