@@ -107,10 +107,11 @@ class MemberEngine(KVEngine):
         self._check_open()
         await self.node.read_barrier(deadline=self._deadline())
 
-    @staticmethod
-    def _kv(key: bytes, entry: Entry, keys_only: bool = False) -> KeyValue:
-        return KeyValue(key, b"" if keys_only else entry.value, entry.mod_revision,
-                        entry.create_revision, entry.lease)
+    def _kv(self, key: bytes, entry: Entry, keys_only: bool = False) -> KeyValue:
+        # A large value is read from the member's file here, with no checkpoint since the
+        # barrier: the ref is in the current state, so its file cannot have been freed.
+        return KeyValue(key, b"" if keys_only else self.node.kv.value(entry.value),
+                        entry.mod_revision, entry.create_revision, entry.lease)
 
     # -- KVEngine ----------------------------------------------------------------------------
 

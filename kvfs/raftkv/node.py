@@ -27,6 +27,7 @@ its disk, so nothing more may be acknowledged).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -113,6 +114,7 @@ class RaftNode:
     def __init__(self, config: Config, disk: Disk, kv: ReplicatedKV, hub: WatchHub, *,
                  rng: random.Random, transport: Transport | None = None,
                  tick_seconds: float = 0.1, snapshot_every: int = 10_000,
+                 snapshot_bytes: int = 64 << 20,
                  clock: Callable[[], float] = time.monotonic,
                  metrics: RaftObserver | None = None, quota_bytes: int = 0) -> None:
         self.id = config.id
@@ -126,6 +128,16 @@ class RaftNode:
         self.transport = transport
         self.tick_seconds = tick_seconds
         self.snapshot_every = snapshot_every
+        # A snapshot is also taken once this many bytes of entries were applied since the
+        # last one: the log entries (held in memory until compacted) carry the values.
+        self.snapshot_bytes = snapshot_bytes
+        self._applied_bytes = 0
+        # The term of the last entry applied, and whether this member leads as the only
+        # voter with an entry of its own term applied (see read_barrier).
+        self._applied_term = 0
+        self._lone_leader = False
+        # The value files the newest snapshot refers to (None: not known since start).
+        self._snapshot_files: set[str] | None = None
         self.lessor = Lessor(clock)
         self.rawnode = RawNode(config, disk.storage, rng)
         # Rebuild the state machine from the persisted snapshot; the core hands out the
@@ -188,7 +200,7 @@ class RaftNode:
     async def _handle_ready(self, rd: Ready) -> None:
         send_first = self._leader_may_send_first(rd)
         if send_first and rd.messages and self.transport is not None:
-            self.transport.send(rd.messages)
+            self.transport.send(self._outgoing(rd.messages))
         if rd.snapshot is not None or rd.must_sync:
             await trio.to_thread.run_sync(self.disk.save, rd.hard_state, rd.entries,
                                           rd.snapshot, rd.must_sync)
@@ -199,7 +211,7 @@ class RaftNode:
         if rd.hard_state is not None:
             self._persisted_vote = (rd.hard_state.term, rd.hard_state.vote)
         if not send_first and rd.messages and self.transport is not None:
-            self.transport.send(rd.messages)
+            self.transport.send(self._outgoing(rd.messages))
         if rd.soft_state is not None:
             self._leadership(rd.soft_state.leader, rd.soft_state.role)
         if rd.snapshot is not None:
@@ -212,11 +224,23 @@ class RaftNode:
                 waiter.index = read.index
                 waiter.answered.set()
         self.rawnode.advance(rd)
+        raft = self.rawnode.raft
+        self._lone_leader = (raft.role is Role.LEADER and self._applied_term == raft.term
+                             and raft.tracker.conf.voters == {self.id})
         if self.role is Role.FOLLOWER and self.leader == 0 and self.sole_voter():
             # A one-member cluster need not wait an election timeout to lead.
             self.rawnode.campaign()
         self._wake_applied()
         await self._maybe_snapshot()
+
+    def _outgoing(self, messages: list[Message]) -> list[Message]:
+        """``messages`` as another member can use them: a snapshot refers to this member's
+        value files, so the values are put in it."""
+        if self.kv.values is None or not any(m.snapshot is not None for m in messages):
+            return messages
+        return [m if m.snapshot is None else dataclasses.replace(
+                    m, snapshot=Snapshot(m.snapshot.meta, self.kv.materialize(m.snapshot.data)))
+                for m in messages]
 
     def _leader_may_send_first(self, rd: Ready) -> bool:
         """Whether this Ready's messages may leave before its entries are persisted.
@@ -258,11 +282,13 @@ class RaftNode:
             self.hub.notify(events)
 
     def _apply(self, entry: Entry) -> None:
+        self._applied_term = entry.term
         applied: Applied | None
         if entry.kind is EntryKind.CONF_CHANGE:
             # The core switches configuration at advance(); the member table here.
             applied = self.kv.apply_conf_change(entry.index, entry.data)
         else:
+            self._applied_bytes += len(entry.data)
             applied = self.kv.apply(entry.index, entry.data)
         if applied is None:
             return
@@ -298,11 +324,30 @@ class RaftNode:
     async def _maybe_snapshot(self) -> None:
         storage = self.disk.storage
         index = self.kv.applied_index
-        if index - storage.snapshot().meta.index < self.snapshot_every:
+        if (index - storage.snapshot().meta.index < self.snapshot_every
+                and self._applied_bytes < self.snapshot_bytes):
             return
+        self._applied_bytes = 0
         meta = SnapshotMeta(index, storage.term(index), self.rawnode.status().conf_state)
         snapshot = Snapshot(meta, self.kv.snapshot())
-        await trio.to_thread.run_sync(self.disk.save_snapshot, snapshot)
+        values = self.kv.values
+        if values is None:
+            await trio.to_thread.run_sync(self.disk.save_snapshot, snapshot)
+            return
+
+        def save() -> None:
+            # The files the snapshot refers to are durable before it replaces the log
+            # entries that carry their values; then the files neither it nor the previous
+            # snapshot (a restart's fallback) refers to are freed.
+            assert values is not None
+            values.sync()
+            self.disk.save_snapshot(snapshot)
+            files = ReplicatedKV.value_files_of(snapshot.data)
+            if self._snapshot_files is not None:
+                values.collect(index, files | self._snapshot_files)
+            self._snapshot_files = files
+
+        await trio.to_thread.run_sync(save)
 
     # -- failure -----------------------------------------------------------------------------
 
@@ -419,7 +464,15 @@ class RaftNode:
             self._proposals.pop(key, None)
 
     async def read_barrier(self, *, deadline: float) -> None:
-        """Return once a linearizable read of this member's state is possible."""
+        """Return once a linearizable read of this member's state is possible.
+
+        A member that leads as the only voter, with an entry of its own term applied, has
+        applied every committed entry whose writer was answered, and no other member can
+        lead while it is the only voter: its state is read at once, with no ReadIndex.
+        """
+        if self._lone_leader:
+            self._check_running()
+            return
         while True:
             context = next(self._read_ids).to_bytes(8, "big")
             waiter = _Read()

@@ -2,7 +2,8 @@
 
 Every member applies the same committed entries in the same order, so every member holds
 the same :class:`~kvfs.kv.state.KVState`, the same watch history and the same client
-sessions.  Nothing here reads a clock or does I/O.
+sessions.  Nothing here reads a clock; the only I/O is through the member's optional
+:class:`~kvfs.raftkv.values.MemberValues` (see "Large values").
 
 Log entry payloads (msgpack)::
 
@@ -31,6 +32,16 @@ Invariants:
   * The watch history is part of the replicated state (and of snapshots): a watch from any
     revision at or above ``state.history_start`` succeeds on every member, below it
     raises ``Compacted`` on every member.
+
+Large values
+------------
+A member given a :class:`~kvfs.raftkv.values.MemberValues` keeps every value over its
+threshold in a file of its own: applying a put writes the file and the state holds a
+:class:`~kvfs.kv.valuefiles.ValueRef`; readers get the bytes through :meth:`ReplicatedKV.value`
+(the watch hub through :meth:`ReplicatedKV.load_value`).  The replicated state is the same
+on every member -- only where each keeps the bytes differs.  Its snapshots refer to its
+files; :meth:`ReplicatedKV.materialize` inlines them for another member, and
+:meth:`ReplicatedKV.restore` of inline values puts the large ones in files again.
 
 Space quota (etcd's ``--quota-backend-bytes``)
 ----------------------------------------------
@@ -67,13 +78,17 @@ from typing import Any
 
 import msgpack
 
+from kvfs.kv.api import Compacted
 from kvfs.kv.state import ApplyResult, Command, Entry, Event, KVState
+from kvfs.kv.valuefiles import ValueRef, pack, unpack
 from kvfs.raft import ConfChange, ConfChangeKind
 from kvfs.raftkv.members import ChangeContext, MembersChanged, MemberTable
+from kvfs.raftkv.values import MemberValues
 
-# 2: the member table is part of the snapshot.  1 (without it) is still read.
-SNAPSHOT_FORMAT = 2
-_READABLE_FORMATS = (1, 2)
+# 3: values may be refs to member-local files (msgpack ext, kvfs.kv.valuefiles); 2: the
+# member table is part of the snapshot.  1 and 2 are still read.
+SNAPSHOT_FORMAT = 3
+_READABLE_FORMATS = (1, 2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +122,9 @@ def _decode(data: bytes) -> tuple[int, int, Command, int]:
     return client_id, seq, _command_tuple(command), int(quota[0]) if quota else 0
 
 
-def _size(key: bytes, value: bytes) -> int:
+def _size(key: bytes, value: bytes | ValueRef) -> int:
     """What one key counts against the space quota."""
-    return len(key) + len(value)
+    return len(key) + (value.size if isinstance(value, ValueRef) else len(value))
 
 
 def _command_tuple(command: list[Any]) -> Command:
@@ -123,8 +138,11 @@ def _command_tuple(command: list[Any]) -> Command:
 
 
 class ReplicatedKV:
-    def __init__(self, *, max_sessions: int = 10_000, history_limit: int = 200_000) -> None:
+    def __init__(self, *, max_sessions: int = 10_000, history_limit: int = 200_000,
+                 values: MemberValues | None = None) -> None:
         self.state = KVState(history_limit=history_limit)
+        # Where this member keeps large values (None: all in memory); see "Large values".
+        self.values = values
         self.applied_index = 0
         self.max_sessions = max_sessions
         # client id -> (last applied seq, its result, the quota's refusal of it or None);
@@ -154,6 +172,8 @@ class ReplicatedKV:
                     return Applied(client_id, seq, command, STALE, [], fresh=False)
                 return Applied(client_id, seq, command, session[1], [], fresh=False,
                                refusal=session[2])
+        if self.values is not None and command[0] == "txn":
+            command = self._spill_puts(index, command)
         growth = self._growth(command)
         refusal = None
         if quota and growth > 0 and self.size_bytes + growth > quota:
@@ -174,6 +194,32 @@ class ReplicatedKV:
             while len(self.sessions) > self.max_sessions:
                 self.sessions.popitem(last=False)
         return Applied(client_id, seq, command, result, events, fresh=True, refusal=refusal)
+
+    def _spill_puts(self, index: int, command: Command) -> Command:
+        """The txn ``command`` with its large values put in files of this member."""
+        assert self.values is not None
+        threshold = self.values.threshold
+        puts = [(key, self.values.spill(f"{index:016x}-{slot}", value)
+                 if len(value) > threshold else value, lease)
+                for slot, (key, value, lease) in enumerate(command[2])]
+        return (command[0], command[1], puts, command[3])
+
+    def value(self, stored: bytes | ValueRef) -> bytes:
+        """The bytes of a value as the state holds it (read from its file for a ref)."""
+        if isinstance(stored, ValueRef):
+            assert self.values is not None, "a value ref in a member without value files"
+            return self.values.load(stored)
+        return stored
+
+    async def load_value(self, stored: object) -> bytes:
+        """:meth:`value` for the watch hub.  A ref whose file was freed belongs to history
+        compacted meanwhile: the watch must start again (``Compacted``)."""
+        assert isinstance(stored, (bytes, ValueRef))
+        try:
+            return self.value(stored)
+        except FileNotFoundError:
+            start = self.state.history_start
+            raise Compacted(start, start) from None
 
     def _growth(self, command: Command) -> int:
         """How many bytes ``command`` adds to ``size_bytes`` if it succeeds (negative: it
@@ -250,9 +296,11 @@ class ReplicatedKV:
     # -- snapshots (dissertation 5.1) --------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole replicated state at ``applied_index``."""
+        """The whole replicated state at ``applied_index``; large values appear as refs to
+        this member's files (see :meth:`materialize` for a snapshot another member can
+        install)."""
         state = self.state
-        return msgpack.packb({
+        return pack({
             "format": SNAPSHOT_FORMAT,
             "applied": self.applied_index,
             "revision": state.revision,
@@ -266,22 +314,49 @@ class ReplicatedKV:
             "sessions": [[cid, seq, r.succeeded, r.revision, r.lease_id, refusal]
                          for cid, (seq, r, refusal) in self.sessions.items()],
             "members": self.members.to_wire(),
-        }, use_bin_type=True)
+        })
+
+    @staticmethod
+    def value_files_of(data: bytes) -> set[str]:
+        """The names of the value files a snapshot of this member refers to."""
+        snap = unpack(data)
+        return ({v.name for _, v, *_ in snap["items"] if isinstance(v, ValueRef)}
+                | {v.name for _, v, _ in snap["history"] if isinstance(v, ValueRef)})
+
+    def materialize(self, data: bytes) -> bytes:
+        """A snapshot of this member with every ref replaced by its value, for a member
+        that does not have this one's files.  Holds the whole state in memory."""
+        if self.values is None:
+            return data
+        snap = unpack(data)
+        snap["items"] = [[k, self.value(v), *rest] for k, v, *rest in snap["items"]]
+        snap["history"] = [[k, None if v is None else self.value(v), rev]
+                           for k, v, rev in snap["history"]]
+        return pack(snap)
 
     def restore(self, index: int, data: bytes) -> None:
         """Replace everything with a snapshot taken at ``index``; the member listeners are
-        told the table was replaced."""
-        snap = msgpack.unpackb(data, raw=False)
+        told the table was replaced.  Large inline values (a snapshot from another member)
+        go to this member's files; refs must name files this member has."""
+        snap = unpack(data)
         if snap.get("format") not in _READABLE_FORMATS:
             raise ValueError(f"unknown state machine snapshot format {snap.get('format')!r}")
         if snap["applied"] != index:
             raise ValueError(f"snapshot data is at index {snap['applied']}, not {index}")
+        spilled = iter(range(1 << 62))
+
+        def held(value: Any) -> Any:
+            if (self.values is not None and isinstance(value, bytes)
+                    and len(value) > self.values.threshold):
+                return self.values.spill(f"{index:016x}-s{next(spilled)}", value)
+            return value
+
         self.state.restore(
             snap["revision"], snap["compacted"], snap["next_lease"],
             {int(lid): float(ttl) for lid, ttl in snap["leases"]},
-            ((bytes(k), Entry(bytes(v), mod, create, lease))
+            ((bytes(k), Entry(held(v), mod, create, lease))
              for k, v, mod, create, lease in snap["items"]),
-            history=[Event(bytes(k), None if v is None else bytes(v), rev)
+            history=[Event(bytes(k), None if v is None else held(v), rev)
                      for k, v, rev in snap["history"]],
             history_start=snap["history_start"])
         self.sessions = OrderedDict(
