@@ -69,7 +69,8 @@ Writing (invariants)
   so the disk and the mirror never disagree.
 * :meth:`RaftDisk.save_snapshot` writes the file, then a synced SNAPSHOT record, then
   updates the mirror, deletes all but the newest two snapshot files, and compacts to
-  ``index - keep_entries``.  Compaction (:meth:`RaftDisk.compact`) deletes whole segments
+  ``index - keep_entries`` -- or further, so that the entries kept (held in memory) come
+  to at most ``keep_bytes`` of data: log entries carry values, blocks included.  Compaction (:meth:`RaftDisk.compact`) deletes whole segments
   only, oldest first and one directory fsync per segment (so a crash leaves a prefix
   deleted, never a hole): a segment goes once every entry it holds that still counts (those
   after the last INSTALL) is at or below the compaction index.  If it holds the latest
@@ -465,10 +466,11 @@ class RaftDisk:
     """
 
     def __init__(self, directory: str, lock: DirLock, identity: Identity, *,
-                 keep_entries: int, segment_bytes: int,
+                 keep_entries: int, segment_bytes: int, keep_bytes: int = 128 << 20,
                  metrics: RaftObserver | None = None) -> None:
-        if keep_entries < 0 or segment_bytes <= 0:
-            raise ValueError("keep_entries must be >= 0 and segment_bytes > 0")
+        if keep_entries < 0 or segment_bytes <= 0 or keep_bytes < 0:
+            raise ValueError("keep_entries and keep_bytes must be >= 0 and segment_bytes > 0")
+        self.keep_bytes = keep_bytes
         self.directory = directory
         self.metrics = metrics or RaftObserver()  # told each sync's and snapshot's time
         self.identity = identity
@@ -720,7 +722,7 @@ class RaftDisk:
                 self._mirror = new
                 self.metrics.snapshot_saved(time.monotonic() - started)
                 self._prune_snapshots()
-                self._compact_locked(meta.index - self.keep_entries)
+                self._compact_locked(self._keep_from(meta.index) - 1)
             except BaseException as exc:
                 self._failed = exc
                 raise
@@ -769,6 +771,20 @@ class RaftDisk:
         else:
             self._seg_max[segment] = max(self._seg_max.get(segment, 0),
                                          rec.entries[-1].index)
+
+    def _keep_from(self, index: int) -> int:
+        """The first entry to keep after a snapshot at ``index``: at most ``keep_entries``
+        entries, holding at most ``keep_bytes`` of data."""
+        mirror = self._mirror
+        lowest = max(mirror.first_index(), index - self.keep_entries + 1)
+        if lowest > index:
+            return index + 1
+        held = 0
+        for entry in reversed(mirror.entries(lowest, index + 1)):
+            held += len(entry.data)
+            if held > self.keep_bytes:
+                return entry.index + 1
+        return lowest
 
     def _compact_locked(self, index: int) -> None:
         if index <= 0:
