@@ -31,6 +31,11 @@ install_python() {
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -e '.[test]'
 	ln -sf "$PWD/.venv/bin/kvfs" /usr/local/bin/kvfs
+	# mount(8) runs /sbin/mount.fuse.kvfs for fstab lines of type fuse.kvfs (and
+	# /sbin/mount.kvfs for -t kvfs) with no PATH: link the venv's helper there by its
+	# absolute path.
+	ln -sf "$PWD/.venv/bin/mount.kvfs" /sbin/mount.fuse.kvfs
+	ln -sf "$PWD/.venv/bin/mount.kvfs" /sbin/mount.kvfs
 }
 
 demo_mount() {

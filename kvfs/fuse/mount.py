@@ -8,15 +8,19 @@ by an error.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import stat as stat_mod
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
+from kvfs.fuse import mounttab
 from kvfs.fuse.ops import KvfsOperations
 from kvfs.meta.compactor import Compactor
 from kvfs.meta.session import SESSION_TTL, Session
@@ -27,10 +31,13 @@ from kvfs.volume import Volume
 
 log = logging.getLogger("kvfs.mount")
 
-# Options mount(8) and fstab pass that mean nothing to a FUSE filesystem of ours.
+# Options mount(8) and fstab pass that mean nothing to a FUSE filesystem of ours
+# (default_permissions is always on).  ``x-*`` and ``comment=`` options belong to
+# mount(8) and systemd's fstab generator and are skipped too.
 _GENERIC = {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
             "_netdev", "defaults", "user", "users", "nouser", "nofail", "async", "atime",
-            "noatime", "relatime", "strictatime", "nodiratime", "diratime"}
+            "noatime", "relatime", "strictatime", "nodiratime", "diratime",
+            "default_permissions"}
 
 
 class MountError(Exception):
@@ -49,14 +56,25 @@ class MountOptions:
     # much revision history the compactor keeps (sampled every tenth of it, at most 60 s).
     session_ttl: float = SESSION_TTL
     compact_retain: float = 600.0
+    # Not FUSE options but the mount command's, so that an fstab line can carry them:
+    # a file of KEY=VALUE lines for the environment (the META_URL, an etcd password),
+    # and the log file of a background mount.
+    credentials: str | None = None
+    log: str | None = None
 
     @classmethod
-    def parse(cls, items: list[str]) -> MountOptions:
+    def parse(cls, items: list[str], *, sloppy: bool = False) -> MountOptions:
+        """Options from ``-o`` groups.  An unknown option is an error (a typo in an fstab
+        line must not be ignored), unless ``sloppy`` (mount(8)'s ``-s``) asks to only warn."""
         opts = cls()
         for group in items:
             for item in filter(None, group.split(",")):
                 key, _, value = item.partition("=")
-                if key == "allow_other":
+                if key in ("credentials", "log"):
+                    if not value:
+                        raise MountError(f"option {key} needs a file name")
+                    setattr(opts, key, value)
+                elif key == "allow_other":
                     opts.allow_other = True
                 elif key == "ro":
                     opts.read_only = True
@@ -71,10 +89,12 @@ class MountOptions:
                     if key in ("session_ttl", "compact_retain") and not 0 < seconds < 1e6:
                         raise MountError(f"option {key} needs a positive number of seconds")
                     setattr(opts, key, seconds)
-                elif key in _GENERIC:
+                elif key in _GENERIC or key.startswith("x-") or key == "comment":
                     continue
-                else:
+                elif sloppy:
                     log.warning("ignoring unknown mount option %r", item)
+                else:
+                    raise MountError(f"unknown mount option {item!r}")
         return opts
 
 
@@ -82,17 +102,19 @@ def check_mountpoint(path: str, *, nonempty: bool = False) -> str:
     """The canonical mountpoint (symlinks resolved, as the mount table will name it), or
     MountError if it cannot take a new mount.  A directory with files in it can, but they
     are hidden while the mount lasts: say so in one line, unless ``nonempty`` (the
-    ``-o nonempty`` of libfuse 2) says the caller knows."""
+    ``-o nonempty`` of libfuse 2) says the caller knows.
+
+    A kvfs mount whose daemon died (the kernel answers ENOTCONN) is cleared first, so
+    that a restart by systemd or a plain ``mount`` recovers without a human; a dead mount
+    of any other filesystem is left alone and refused."""
     mp = os.path.realpath(path)
     try:
-        st = os.stat(mp)
+        st = _stat_clearing_dead_kvfs(mp)
     except FileNotFoundError:
         raise MountError(f"mountpoint {mp} does not exist") from None
     except OSError as e:
         raise MountError(f"mountpoint {mp} is unusable ({e.strerror}); if a mount died "
                          f"there, run: fusermount3 -u {mp}") from None
-    import stat as stat_mod
-
     if not stat_mod.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {mp} is not a directory")
     if os.path.ismount(mp):
@@ -103,6 +125,33 @@ def check_mountpoint(path: str, *, nonempty: bool = False) -> str:
                 log.warning("mountpoint %s is not empty: its files are hidden while kvfs is "
                             "mounted there", mp)
     return mp
+
+
+# A bound on dead mounts stacked on one mountpoint: each round clears one of them.
+_MAX_DEAD_MOUNTS = 8
+
+
+def _stat_clearing_dead_kvfs(mp: str) -> os.stat_result:
+    """``os.stat(mp)``, after lazily unmounting any dead kvfs mounts stacked there.
+
+    ENOTCONN from a FUSE mountpoint means its connection is gone for good (the daemon
+    closed /dev/fuse, by exit or by being killed), so nothing can be served there again
+    and detaching it loses nothing.  A process still inside it keeps seeing ENOTCONN; the
+    detach (``-z``) is what lets the new mount go on top regardless."""
+    for _ in range(_MAX_DEAD_MOUNTS):
+        try:
+            return os.stat(mp)
+        except OSError as e:
+            entry = mounttab.find(mp) if e.errno == errno.ENOTCONN else None
+            if entry is None or not entry.is_kvfs:
+                raise
+        log.warning("clearing the dead kvfs mount at %s (its daemon is gone)", mp)
+        res = subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True, text=True,
+                             check=False)
+        if res.returncode != 0:
+            detail = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise MountError(f"cannot clear the dead kvfs mount at {mp}: {detail}")
+    return os.stat(mp)
 
 
 async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions,
