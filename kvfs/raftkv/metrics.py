@@ -54,6 +54,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -304,33 +305,42 @@ def routes(metrics: RaftMetrics, node: RaftNode, transport: PeerTransport | None
     return {"/health": get_health, "/metrics": get_metrics}
 
 
-async def open_metrics_port(address: str | None, *, optional: bool
-                            ) -> list[trio.SocketListener] | None:
+@dataclass(frozen=True, slots=True)
+class MetricsPort:
+    """The health and metrics port, bound (``listeners``) or given up (``failure``)."""
+
+    address: str
+    listeners: list[trio.SocketListener] | None
+    failure: str | None = None
+
+
+async def open_metrics_port(address: str | None, *, optional: bool) -> MetricsPort | None:
     """Listen on the health and metrics port ``address`` (``HOST:PORT``; None: no port).
-    If that fails, an ``optional`` address (the default one, not asked for) is logged and
-    None returned; otherwise OSError with a one-line message naming the flag.  Called
-    before the member starts, so a busy port refuses it before it joins its cluster."""
+    If that fails, an ``optional`` address (the default one, not asked for) is given up --
+    :func:`serve_metrics` says so -- and any other raises OSError with a one-line message
+    naming the flag.  Called before the member starts, so a busy port refuses it before it
+    joins its cluster; nothing is logged until the member runs."""
     if address is None:
         return None
     host, port = parse_address(address, "--listen-metrics")
     try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        return MetricsPort(address, await trio.open_tcp_listeners(port, host=host))
     except OSError as exc:
         if not optional:
             raise OSError(f"--listen-metrics {address}: {exc.strerror or exc}") from None
+        return MetricsPort(address, None, str(exc.strerror or exc))
+
+
+async def serve_metrics(port: MetricsPort, metrics: RaftMetrics, node: RaftNode,
+                        transport: PeerTransport | None, quota_bytes: int) -> None:
+    """Serve ``/health`` and ``/metrics`` on ``port`` (from :func:`open_metrics_port`)
+    until cancelled, or log why there is no such port."""
+    if port.listeners is None:
         log.warning("no health and metrics port: cannot listen on %s (%s); choose one with "
                     "--listen-metrics HOST:PORT, or turn it off with --listen-metrics off",
-                    address, exc.strerror or exc)
-        return None
+                    port.address, port.failure)
+        return
+    host, _ = parse_address(port.address, "--listen-metrics")
     log.info("health and metrics on http://%s:%d (/health, /metrics)", host,
-             listeners[0].socket.getsockname()[1])
-    return listeners
-
-
-async def serve_metrics(listeners: list[trio.SocketListener], metrics: RaftMetrics,
-                        node: RaftNode, transport: PeerTransport | None, quota_bytes: int, *,
-                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``/health`` and ``/metrics`` on ``listeners`` (from
-    :func:`open_metrics_port`) until cancelled; started with the bound port."""
-    await serve_http(listeners, routes(metrics, node, transport, quota_bytes),
-                     task_status=task_status)
+             port.listeners[0].socket.getsockname()[1])
+    await serve_http(port.listeners, routes(metrics, node, transport, quota_bytes))
