@@ -4,7 +4,8 @@ This is the one place that knows which engine a URL names and how a volume's par
 together; the CLI and the tests both go through it.
 
 META_URL forms:
-  * ``/path/to/dir`` or ``local:///path/to/dir`` -- the embedded store in that directory;
+  * ``/path/to/dir`` or ``local:///path/to/dir`` -- the embedded store in that directory:
+    a one-member Raft cluster run in this process (kvfs.raftkv.embedded);
   * ``mem://`` -- a volatile in-process store (tests only; every open is a new volume);
   * ``etcd://host:port[,host:port...]/PREFIX[?...]`` -- an etcd cluster (kvfs.kv.etcd);
   * ``raft://host:port[,host:port...]/PREFIX[?...]`` -- a kvfs Raft store (kvfs.raftkv.client).
@@ -101,19 +102,11 @@ async def open_engine(url: str, *, create: bool = False) -> KVEngine:
                           "raft://HOST:PORT/PREFIX or mem://)")
     if os.path.exists(path) and not os.path.isdir(path):
         raise VolumeError(f"{path}: not a directory")
-    if not create and not _holds_store(path):
+    from kvfs.raftkv.embedded import holds_volume, open_embedded
+
+    if not create and not holds_volume(path):
         raise VolumeError(f"{path}: no kvfs volume here (run `kvfs format` first)")
-    from kvfs.kv.embedded import EmbeddedEngine
-
-    return await EmbeddedEngine.open(os.path.abspath(path))
-
-
-def _holds_store(path: str) -> bool:
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return False
-    return any(n.startswith(("wal-", "snap-")) for n in names)
+    return await open_embedded(path, create=create)
 
 
 async def read_format(kv: KVEngine) -> VolumeFormat | None:

@@ -9,8 +9,9 @@ writes and records what was acknowledged:
 * an embedded volume (blocks in the store) mounted through FUSE, the workload creating,
   replacing (write a temporary file, fsync, rename it over), appending to and unlinking files;
 * the same with ``--storage file``: metadata store and block bucket both on powerfs;
-* the embedded engine alone, with tiny snapshot and segment thresholds so that snapshots,
-  segment rotation and the deletion of covered segments happen in almost every cycle.
+* the embedded engine alone (the one-member Raft store), with tiny snapshot and segment
+  thresholds so that snapshots, segment rotation, the deletion of covered segments and
+  the freeing of value files happen in almost every cycle.
 
 Each cut is either strict (every unsynced change lost) or torn (part of them kept, the last
 write torn; see powerfs), and comes either at once or as one of the next sync requests
@@ -48,7 +49,7 @@ from powerfs import PowerFS
 
 from kvfs.durable import fsync_dir
 from kvfs.kv.api import StoreCorrupt
-from kvfs.kv.embedded import EmbeddedEngine
+from kvfs.raftkv.embedded import open_embedded
 
 pytestmark = pytest.mark.mount
 
@@ -472,7 +473,7 @@ ENGINE_WRITER = r"""
 import hashlib, os, random, sys
 import trio
 from kvfs.kv.api import Delete, Put
-from kvfs.kv.embedded import EmbeddedEngine
+from kvfs.raftkv.embedded import open_embedded
 
 def say(*words):  # one write per line: print writes piecemeal, and we get killed
     os.write(1, (" ".join(map(str, words)) + "\n").encode())
@@ -491,8 +492,8 @@ async def task(engine, t, rng):
         say("A", t)
 
 async def main(path, seed):
-    engine = await EmbeddedEngine.open(path, snapshot_every=40, snapshot_wal_bytes=256 << 10,
-                                       segment_bytes=32 << 10)
+    engine = await open_embedded(path, create=True, snapshot_every=40,
+                                 snapshot_bytes=256 << 10, segment_bytes=32 << 10)
     async with trio.open_nursery() as nursery:
         for t in range(4):
             nursery.start_soon(task, engine, t, random.Random(f"{seed}-{t}"))
@@ -506,7 +507,7 @@ except BaseException as exc:
 
 
 async def _engine_contents(path: str) -> dict[str, tuple[int, str]]:
-    engine = await EmbeddedEngine.open(path)
+    engine = await open_embedded(path)
     try:
         res = await engine.range(b"", b"\xff")
         assert not res.more

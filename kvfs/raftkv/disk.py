@@ -70,7 +70,8 @@ Writing (invariants)
 * :meth:`RaftDisk.save_snapshot` writes the file, then a synced SNAPSHOT record, then
   updates the mirror, deletes all but the newest two snapshot files, and compacts to
   ``index - keep_entries`` -- or further, so that the entries kept (held in memory) come
-  to at most ``keep_bytes`` of data: log entries carry values, blocks included.  Compaction (:meth:`RaftDisk.compact`) deletes whole segments
+  to at most ``keep_bytes`` of data: log entries carry values, blocks included.
+  Compaction (:meth:`RaftDisk.compact`) deletes whole segments
   only, oldest first and one directory fsync per segment (so a crash leaves a prefix
   deleted, never a hole): a segment goes once every entry it holds that still counts (those
   after the last INSTALL) is at or below the compaction index.  If it holds the latest
@@ -519,8 +520,8 @@ class RaftDisk:
     @classmethod
     def open(cls, directory: str, *, cluster_token: str | None = None,
              member_id: int | None = None, keep_entries: int = 5000,
-             segment_bytes: int = 16 << 20, metrics: RaftObserver | None = None
-             ) -> RaftDisk:
+             segment_bytes: int = 16 << 20, keep_bytes: int = 128 << 20,
+             metrics: RaftObserver | None = None) -> RaftDisk:
         """Open an existing member's data directory and recover its state.
 
         Raises :class:`RaftDiskError` if it is not a kvfs Raft data directory or (when
@@ -545,7 +546,7 @@ class RaftDisk:
                 raise RaftDiskError(f"{directory} belongs to member {identity.member_id}, "
                                     f"not {member_id}")
             disk = cls(directory, lock, identity, keep_entries=keep_entries,
-                       segment_bytes=segment_bytes, metrics=metrics)
+                       segment_bytes=segment_bytes, keep_bytes=keep_bytes, metrics=metrics)
             disk._load()
         except BaseException:
             lock.release()

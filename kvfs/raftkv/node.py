@@ -114,7 +114,7 @@ class RaftNode:
     def __init__(self, config: Config, disk: Disk, kv: ReplicatedKV, hub: WatchHub, *,
                  rng: random.Random, transport: Transport | None = None,
                  tick_seconds: float = 0.1, snapshot_every: int = 10_000,
-                 snapshot_bytes: int = 64 << 20,
+                 snapshot_bytes: int = 64 << 20, dormant: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  metrics: RaftObserver | None = None, quota_bytes: int = 0) -> None:
         self.id = config.id
@@ -136,6 +136,10 @@ class RaftNode:
         # voter with an entry of its own term applied (see read_barrier).
         self._applied_term = 0
         self._lone_leader = False
+        # Dormant (the embedded store): a lone voter that neither ticks nor campaigns until
+        # a request needs a leader, so that opening a store only to read it writes nothing
+        # -- a campaign would persist a new term and append an entry.
+        self._dormant = dormant
         # The value files the newest snapshot refers to (None: not known since start).
         self._snapshot_files: set[str] | None = None
         self.lessor = Lessor(clock)
@@ -195,7 +199,16 @@ class RaftNode:
     async def _tick_loop(self) -> None:
         while True:
             await trio.sleep(self.tick_seconds)
-            self._push(self.rawnode.tick)
+            if not self._dormant:
+                self._push(self.rawnode.tick)
+
+    def _wake_up(self) -> None:
+        """A request needs a leader: a dormant lone voter starts ticking and campaigns."""
+        if not self._dormant:
+            return
+        self._dormant = False
+        if self.sole_voter():
+            self._push(self.rawnode.campaign)
 
     async def _handle_ready(self, rd: Ready) -> None:
         send_first = self._leader_may_send_first(rd)
@@ -227,7 +240,8 @@ class RaftNode:
         raft = self.rawnode.raft
         self._lone_leader = (raft.role is Role.LEADER and self._applied_term == raft.term
                              and raft.tracker.conf.voters == {self.id})
-        if self.role is Role.FOLLOWER and self.leader == 0 and self.sole_voter():
+        if (not self._dormant and self.role is Role.FOLLOWER and self.leader == 0
+                and self.sole_voter()):
             # A one-member cluster need not wait an election timeout to lead.
             self.rawnode.campaign()
         self._wake_applied()
@@ -441,6 +455,7 @@ class RaftNode:
         dropped) until the entry of ``key`` is applied here; re-propose after each retry
         interval."""
         waiter = self._proposals.setdefault(key, _Proposal())
+        self._wake_up()
         try:
             while True:
                 dropped = trio.Event()
@@ -473,6 +488,14 @@ class RaftNode:
         if self._lone_leader:
             self._check_running()
             return
+        if self._dormant:
+            # Every entry a dormant lone voter holds up to its commit index is committed,
+            # and nothing else can commit meanwhile: once applied, that state is current.
+            log_ = self.rawnode.raft.log
+            if self.sole_voter() and log_.committed == log_.last_index():
+                await self.wait_applied(log_.committed, deadline=deadline)
+                return
+            self._wake_up()
         while True:
             context = next(self._read_ids).to_bytes(8, "big")
             waiter = _Read()
@@ -509,6 +532,7 @@ class RaftNode:
     def keepalive(self, lease: int) -> bool | None:
         """Renew ``lease`` on the leader; None when this member is not the leader."""
         self._check_running()
+        self._wake_up()
         if self.role is not Role.LEADER:
             return None
         held = self.kv.state.leases.get(lease)
