@@ -298,7 +298,7 @@ def run_member_change(args: argparse.Namespace) -> int:
         print(f"promoted member {args.target} (id {done:x}) to a voter")
     else:
         done = _with_engine(args.url, lambda engine: engine.member_remove(args.target))
-        print(f"removed member {args.target} (id {done:x})")
+        print(f"removed member {args.target}" + (f" (id {done:x})" if done else ""))
     return 0
 
 

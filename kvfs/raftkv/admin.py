@@ -17,7 +17,8 @@ Rules (etcd's, where etcd has one):
   * ``remove`` refuses to take out the only voter.
   * Every change is proposed under the client's ``(client_id, seq)``: a request re-sent
     after a broken connection, whose first copy was applied, is answered with success
-    instead of being refused as a duplicate.
+    instead of being refused as a duplicate (a re-sent ``remove`` answers member id 0:
+    the member is no longer in the table to name).
   * ``transfer_leader`` needs a voter; any member may serve it (the core forwards it to the
     leader) and it returns when this member sees the target lead.
 
@@ -163,11 +164,7 @@ class MemberAdmin:
         client_id, seq = args["client_id"], args["seq"]
         await self._leader_barrier(deadline)
         if self._applied_before(client_id, seq):
-            # The member is gone already: answer with what the request named.
-            try:
-                return {"member": int(args["target"], 16)}
-            except ValueError:
-                return {"member": int(member_id(args["target"], self.cluster_token))}
+            return {"member": 0}  # a re-sent request: done, and the member is gone
         member = self._find(args["target"])
         if self.node.kv.members.conf_state().voters == {member.id}:
             raise MemberConfigError(f"member {member.label()} is the cluster's only voter; "

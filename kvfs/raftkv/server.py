@@ -135,11 +135,14 @@ class RaftServer:
 
     def status(self) -> dict[str, Any]:
         node = self.node
-        hard = node.rawnode.status().hard_state
-        leader = int(node.leader)
+        # Term, leader and role from one look at the core: the loop learns of a new
+        # leader only when it handles the next Ready, so its own view may lag the term.
+        core = node.rawnode.status()
+        hard, soft = core.hard_state, core.soft_state
+        leader = int(soft.leader)
         return {"member": int(node.id), "leader": leader,
                 "leader_endpoint": self.client_endpoints.get(leader) if leader else None,
-                "role": _ROLE_NAMES.get(node.role, node.role.name.lower()),
+                "role": _ROLE_NAMES.get(soft.role, soft.role.name.lower()),
                 "term": hard.term, "commit": hard.commit, "applied": node.kv.applied_index}
 
 
