@@ -12,7 +12,7 @@ mount table:
   ``EnvironmentFile=``), owned by the user mounting and closed to group and others.  Every
   variable goes into the mount's environment -- ``KVFS_ETCD_PASSWORD`` for instance.  If it
   sets ``KVFS_META_URL``, that is the volume, and the SOURCE argument must be a *label*
-  (letters, digits, ``-_.@+``, no ``/`` or ``:``) which is all the mount table shows.
+  (letters, digits, ``-_.@+\\``, no ``/`` or ``:``) which is all the mount table shows.
 * otherwise, a label SOURCE with ``KVFS_META_URL`` in the environment (a systemd unit's
   ``Environment=``/``EnvironmentFile=``) means the same;
 * otherwise SOURCE is the META_URL itself (which never holds a password).
@@ -46,7 +46,8 @@ READY_TIMEOUT = 120.0
 META_URL_ENV = "KVFS_META_URL"
 DEFAULT_FSTAB = "/etc/fstab"
 
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]*\Z")
+# Labels may hold backslashes: a systemd instance name (%i) escapes "-" as "\x2d".
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\\-]*\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 log = logging.getLogger("kvfs.mount")
@@ -122,7 +123,7 @@ def resolve_source(source: str, opts: MountOptions, *,
     creds = read_credentials(opts.credentials) if opts.credentials else {}
     if META_URL_ENV in creds and not is_label(source):
         raise MountError(f"credentials file {opts.credentials} sets {META_URL_ENV}, so the "
-                         f"source must be a label (letters, digits, -_.@+), not {source!r}")
+                         f"source must be a label (letters, digits, -_.@+\\), not {source!r}")
     # putenv: the daemon's engines read passwords from the environment, and
     # /proc/PID/environ (the block the process started with) never shows them.
     os.environ.update(creds)
