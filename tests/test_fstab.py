@@ -479,8 +479,16 @@ class Supervisor:
         return rc
 
 
-def test_recovery_after_kill_9_under_the_unit(store: Path, cleanup: Cleanup) -> None:
+@pytest.mark.parametrize("engine", ["embedded", "etcd"])
+def test_recovery_after_kill_9_under_the_unit(engine: str, tmp_path: Path,
+                                              etcd_procs: EtcdProcesses,
+                                              cleanup: Cleanup) -> None:
     require_fuse()
+    if engine == "etcd":
+        volume = f"etcd://{etcd_procs.member('fstab-recovery').endpoint}/{unique_prefix('rec')}"
+    else:
+        volume = str(tmp_path / "store")
+    kvfs("format", volume, "rec")
     assert shutil.which("systemd-escape"), "systemd-escape is missing"
     unit = read_unit(REPO / "examples" / "kvfs-mount@.service")
     assert unit["Type"] == ["notify"] and unit["Restart"] == ["on-failure"]
@@ -497,7 +505,7 @@ def test_recovery_after_kill_9_under_the_unit(store: Path, cleanup: Cleanup) -> 
             env[key] = value
         assert unit["EnvironmentFile"] == ["/etc/kvfs/%i.env"]
         env.update(read_credentials(str(write_private(
-            base / f"{instance}.env", f"KVFS_META_URL={store}\n"
+            base / f"{instance}.env", f"KVFS_META_URL={volume}\n"
                                       f"KVFS_MOUNT_OPTIONS=allow_other,nonempty\n"))))
         cmd = exec_start(unit, instance, mp, env)
         sup = Supervisor(cmd, env, float(unit["RestartSec"][0]), base / "notify")
@@ -519,7 +527,8 @@ def test_recovery_after_kill_9_under_the_unit(store: Path, cleanup: Cleanup) -> 
                 assert time.monotonic() - t0 < 120, "the mount never came back"
                 time.sleep(0.01)
             sup.wait_ready(2)
-            print(f"recovery after kill -9: mount answering again {answered - t0:.2f} s "
+            print(f"recovery after kill -9 ({engine}): mount answering again "
+                  f"{answered - t0:.2f} s "
                   f"after the kill (RestartSec={unit['RestartSec'][0]}); READY=1 after "
                   f"{sup.ready[1] - t0:.2f} s")
             assert sup.starts == 2 and sup.proc.pid != first
