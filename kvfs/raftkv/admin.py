@@ -80,8 +80,10 @@ class MemberAdmin:
         """The state machine (member table included) as of a read barrier: every write
         acknowledged before the request is in it."""
         await self.node.read_barrier(deadline=deadline)
-        # No checkpoint between the two: the data is exactly the state at that index.
-        return SnapshotData(self.node.kv.applied_index, self.node.kv.snapshot())
+        kv = self.node.kv
+        # No checkpoint between the two: the data is exactly the state at that index.  Any
+        # value this member keeps in a file of its own goes into the data itself.
+        return SnapshotData(kv.applied_index, kv.materialize(kv.snapshot()))
 
     # -- membership changes ------------------------------------------------------------------
 
