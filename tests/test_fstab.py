@@ -3,7 +3,8 @@
 * mount(8) runs ``/sbin/mount.fuse.kvfs`` (install.sh's link to the ``mount.kvfs`` console
   script) with its reset PATH and no HOME: ``mount -T FILE -a``, ``mount -T FILE MP``,
   ``umount MP``, a second ``mount -a`` that must not stack, ``findmnt`` showing
-  ``fuse.kvfs`` and the source as written;
+  ``fuse.kvfs`` and the source as written (an etcd URL with several endpoints and a query
+  included);
 * a bad line (unknown option, missing volume, missing or open credentials file) fails with
   kvfs's one line and mounts nothing, and ``nofail`` makes ``mount -a`` succeed anyway;
 * a credentials file gives the META_URL and the etcd password, which appear neither in any
@@ -36,7 +37,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from etcd_cluster import ROOT_PASSWORD, EtcdProcesses, enable_auth, etcd_procs, unique_prefix
+from etcd_cluster import (
+    ROOT_PASSWORD,
+    EtcdProcesses,
+    Member,
+    enable_auth,
+    etcd_procs,
+    unique_prefix,
+)
 from mounting import KVFS, kvfs, require_fuse
 
 from kvfs.cli.mount import read_credentials
@@ -210,6 +218,12 @@ def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+@pytest.fixture(scope="module")
+def etcd_member(etcd_procs: EtcdProcesses) -> Member:
+    """A plain etcd of this module's own (the auth test makes another)."""
+    return etcd_procs.member("fstab")
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     s = tmp_path / "store"
@@ -256,6 +270,25 @@ def test_mount_a_umount_and_mount_by_mountpoint(helper: Path, store: Path, tmp_p
     # mount -t kvfs runs /sbin/mount.kvfs: the same helper.
     ok(mount8("-t", "kvfs", "-o", "allow_other", str(store), str(mp)))
     assert findmnt(mp)["fstype"] == "fuse.kvfs"
+    [pid] = daemon_pids(mp)
+    ok(mount8("umount", str(mp)))
+    wait_gone(pid)
+
+
+def test_etcd_url_with_several_endpoints(helper: Path, etcd_member: Member, tmp_path: Path,
+                                         cleanup: Cleanup) -> None:
+    """An etcd META_URL as the source: commas and a query survive into the mount table,
+    so a second mount -a still finds the line mounted."""
+    port = etcd_member.endpoint.rsplit(":", 1)[1]
+    url = f"etcd://127.0.0.1:{port},localhost:{port}/{unique_prefix('fst')}?timeout=10"
+    kvfs("format", url, "fst")
+    mp = cleanup.add(tmp_path / "mnt")
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{url} {mp} fuse.kvfs _netdev,allow_other 0 0\n")
+    ok(mount8("-T", str(fstab), "-a"))
+    assert findmnt(mp)["source"] == url
+    ok(mount8("-T", str(fstab), "-a"))
+    assert len(mounted_here(mp)) == 1
     [pid] = daemon_pids(mp)
     ok(mount8("umount", str(mp)))
     wait_gone(pid)
@@ -481,11 +514,12 @@ class Supervisor:
 
 @pytest.mark.parametrize("engine", ["embedded", "etcd"])
 def test_recovery_after_kill_9_under_the_unit(engine: str, tmp_path: Path,
-                                              etcd_procs: EtcdProcesses,
+                                              request: pytest.FixtureRequest,
                                               cleanup: Cleanup) -> None:
     require_fuse()
     if engine == "etcd":
-        volume = f"etcd://{etcd_procs.member('fstab-recovery').endpoint}/{unique_prefix('rec')}"
+        member: Member = request.getfixturevalue("etcd_member")
+        volume = f"etcd://{member.endpoint}/{unique_prefix('rec')}"
     else:
         volume = str(tmp_path / "store")
     kvfs("format", volume, "rec")

@@ -158,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
     if args.log:
         opts.log = args.log
     url, shown = resolve_source(args.meta_url, opts, label_needs_url=False)
+    if args.fstab != DEFAULT_FSTAB and not args.update_fstab:
+        raise MountError("--fstab only applies with --update-fstab")
     if args.update_fstab and url != args.meta_url and not opts.credentials:
         raise MountError(f"--update-fstab: {META_URL_ENV} comes from the environment, which "
                          f"mount(8) does not have at boot; use -o credentials=FILE")
