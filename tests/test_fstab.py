@@ -2,7 +2,8 @@
 
 * mount(8) runs ``/sbin/mount.fuse.kvfs`` (install.sh's link to the ``mount.kvfs`` console
   script) with its reset PATH and no HOME: ``mount -T FILE -a``, ``mount -T FILE MP``,
-  ``umount MP``, a second ``mount -a`` that must not stack, ``findmnt`` showing
+  ``umount MP``, a second ``mount -a`` that must not stack, ``mount MP`` over a dead
+  mount, ``findmnt`` showing
   ``fuse.kvfs`` and the source as written (an etcd URL with several endpoints and a query
   included);
 * a bad line (unknown option, missing volume, missing or open credentials file) fails with
@@ -22,6 +23,7 @@ mount(8), findmnt, fusermount3 or systemd-analyze is missing.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -270,6 +272,32 @@ def test_mount_a_umount_and_mount_by_mountpoint(helper: Path, store: Path, tmp_p
     # mount -t kvfs runs /sbin/mount.kvfs: the same helper.
     ok(mount8("-t", "kvfs", "-o", "allow_other", str(store), str(mp)))
     assert findmnt(mp)["fstype"] == "fuse.kvfs"
+    [pid] = daemon_pids(mp)
+    ok(mount8("umount", str(mp)))
+    wait_gone(pid)
+
+
+def test_mount_by_mountpoint_replaces_a_dead_mount(helper: Path, store: Path, tmp_path: Path,
+                                                    cleanup: Cleanup) -> None:
+    """After kill -9, mount -a skips the line (the dead mount is still in the table);
+    mount MP clears the dead mount and mounts again, without a stacked mount left."""
+    mp = cleanup.add(tmp_path / "mnt")
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{store} {mp} fuse.kvfs allow_other,log={tmp_path}/log 0 0\n")
+    ok(mount8("-T", str(fstab), "-a"))
+    (mp / "f").write_text("kept")
+    [pid] = daemon_pids(mp)
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    with pytest.raises(OSError) as dead:
+        os.stat(mp)
+    assert dead.value.errno == errno.ENOTCONN
+    ok(mount8("-T", str(fstab), "-a"))
+    assert not daemon_pids(mp)  # skipped: mount(8) sees the line as mounted
+    res = ok(mount8("-T", str(fstab), str(mp)))
+    assert "clearing the dead kvfs mount" in res.stderr
+    assert (mp / "f").read_text() == "kept"
+    assert len(mounted_here(mp)) == 1
     [pid] = daemon_pids(mp)
     ok(mount8("umount", str(mp)))
     wait_gone(pid)
