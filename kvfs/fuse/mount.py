@@ -189,9 +189,11 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
                                       on_orphaned=fs.note_orphaned,
                                       hints=volume.meta.hints)
                 await nursery.start(coherence.run)
-                compactor = Compactor(volume.kv, session, retain=opts.compact_retain,
-                                      interval=min(60.0, opts.compact_retain / 10))
-                await nursery.start(compactor.run)
+            # On every engine: the embedded store's history also holds overwritten values
+            # (their files), which compaction lets it free.
+            compactor = Compactor(volume.kv, session, retain=opts.compact_retain,
+                                  interval=min(60.0, opts.compact_retain / 10))
+            await nursery.start(compactor.run)
             nursery.start_soon(_on_signal)
             log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,
                      session.sid)

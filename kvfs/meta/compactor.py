@@ -1,7 +1,8 @@
-"""Compaction of a shared engine's revision history, by one mount at a time.
+"""Compaction of an engine's revision history, by one mount at a time.
 
-etcd keeps every revision until told to compact, and JuiceFS leaves that to its users.
-Each kvfs mount of a shared engine runs :class:`Compactor`, but only the mount holding the
+etcd keeps every revision until told to compact, and JuiceFS leaves that to its users;
+the Raft store (embedded included) keeps the values of its history in files until then.
+Each kvfs mount runs :class:`Compactor`, but only the mount holding the
 ``Ccompactor`` key -- attached to its session lease, so it moves to another mount when the
 holder dies -- compacts.  It samples the engine's revision every ``interval`` seconds and
 compacts up to the newest sample older than ``retain`` seconds, so watches that fall
