@@ -52,7 +52,7 @@ async def test_large_values_live_in_files_and_are_freed(tmp_path: Path) -> None:
         for round_ in range(12):
             for key in range(3):
                 await kv.commit([], [Put(b"big%d" % key, big(round_ * 3 + key))])
-        entry = kv.node.kv.state.get(b"big0")
+        entry = kv.node.kv.state.get(b"default/big0")  # the volume's namespace
         assert entry is not None and not isinstance(entry.value, bytes)  # a ref, not bytes
         got = await kv.get(b"big0")
         assert got is not None and got.value == big(33)

@@ -38,9 +38,12 @@ from kvfs.kv.api import EngineUnavailable, KVError
 from kvfs.raftkv.client import RaftClientEngine, client_ssl_context
 from kvfs.raftkv.member import (
     MemberConfig,
+    MemberConfigError,
+    existing_token,
     parse_client_endpoints,
     parse_initial_cluster,
     parse_member_url,
+    resolve_data_dir,
     serve,
 )
 from kvfs.raftkv.members import Member
@@ -60,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
         "serve", help="run one member of a Raft store cluster",
         description="Run one member of a Raft store cluster until SIGINT or SIGTERM.")
     s.add_argument("--name", required=True, help="this member's name in --initial-cluster")
-    s.add_argument("--data-dir", required=True, help="this member's data directory")
+    s.add_argument("--data-dir", required=True,
+                   help="this member's data directory, or an embedded volume's directory")
     s.add_argument("--listen-peer", required=True, metavar="URL",
                    help="where peers reach this member: http(s)://HOST:PORT")
     s.add_argument("--listen-client", required=True, metavar="URL",
@@ -69,8 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="every member's name and peer URL")
     s.add_argument("--initial-cluster-clients", default="", metavar="NAME=HOST:PORT,...",
                    help="every member's client address, for pointing clients at the leader")
-    s.add_argument("--initial-cluster-token", required=True, metavar="TOKEN",
-                   help="the cluster's name; members of another token are refused")
+    s.add_argument("--initial-cluster-token", default="", metavar="TOKEN",
+                   help="the cluster's name; members of another token are refused (an "
+                        "existing data directory's own by default)")
     s.add_argument("--initial-cluster-state", choices=("new", "existing"), default="new",
                    help="new: bootstrap a cluster; existing: join one (default: new)")
     s.add_argument("--cacert", help="CA certificate (https URLs: mutual TLS)")
@@ -169,13 +174,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    # An embedded volume's directory is served as its member (DIR/raft); an existing member
+    # directory knows its cluster token.
+    data_dir = resolve_data_dir(args.data_dir)
+    token = args.initial_cluster_token or existing_token(data_dir)
+    if not token:
+        raise MemberConfigError("--initial-cluster-token is required for a new member "
+                                "(an existing data directory knows its own)")
     config = MemberConfig(
         name=args.name,
-        data_dir=args.data_dir,
+        data_dir=data_dir,
         listen_peer=parse_member_url(args.listen_peer, "--listen-peer"),
         listen_client=parse_member_url(args.listen_client, "--listen-client"),
         initial_cluster=parse_initial_cluster(args.initial_cluster),
-        cluster_token=args.initial_cluster_token,
+        cluster_token=token,
         new_cluster=args.initial_cluster_state == "new",
         cacert=args.cacert, cert=args.cert, key=args.key,
         tick_seconds=args.tick_ms / 1000, election_ticks=args.election_ticks,

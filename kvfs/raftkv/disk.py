@@ -371,7 +371,7 @@ def _write_identity(directory: str, identity: Identity) -> None:
     fsync_dir(directory)
 
 
-def _read_identity(directory: str) -> Identity:
+def read_identity(directory: str) -> Identity:
     path = os.path.join(directory, IDENTITY)
     with open(path, "rb") as f:
         raw = f.read()
@@ -537,7 +537,7 @@ class RaftDisk:
                                 f"{IDENTITY} file)")
         lock = DirLock.acquire(directory)
         try:
-            identity = _read_identity(directory)
+            identity = read_identity(directory)
             if cluster_token is not None and identity.cluster_token != cluster_token:
                 raise RaftDiskError(
                     f"{directory} belongs to cluster {identity.cluster_token!r}, not "

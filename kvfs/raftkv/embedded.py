@@ -3,19 +3,22 @@
 One Raft everywhere: an embedded volume directory ``DIR`` holds ``DIR/raft/``, an ordinary
 Raft member data directory (:mod:`kvfs.raftkv.disk`, with its value files under
 ``values/``, :mod:`kvfs.raftkv.values`) of member ``default`` in a cluster whose token is
-made at format (``embedded-<12 hex digits>``).  The mount runs the member's loop in its
-own process with no peers: the member is the only voter, so it leads at once, commits
-each write with one sync and serves reads without a ReadIndex round.  The same directory
-can later be served to other hosts by ``kvfs raft serve --data-dir DIR/raft`` and grown
-with ``kvfs raft member add`` (docs/raft.md, "Growing an embedded volume").
+made at format (``embedded-<12 hex digits>``), the volume's keys under ``default/``.  The
+mount runs the member's loop in its own process with no peers: the member is the only
+voter, so it leads at once, commits each write with one sync and serves reads without a
+ReadIndex round.  The same directory
+can later be served to other hosts by ``kvfs raft serve --data-dir DIR`` and grown with
+``kvfs raft member add``, and mounted as ``raft://HOSTS/default`` (docs/raft.md, "Growing
+an embedded volume").
 
 Volumes of the earlier embedded store (``wal-*.log``, ``snap-*.snap`` and ``values/``
 directly in ``DIR``, :mod:`kvfs.kv.embedded`) are converted when first opened:
 
 1. the old store is opened (recovered and locked) as before;
 2. ``DIR/raft.new/`` is built: a member bootstrapped as the only voter, whose first
-   snapshot (at index 1) holds the old state -- keys, revisions, leases, watch history --
-   with each large value's file hard-linked into ``raft.new/values/`` (no copy);
+   snapshot (at index 1) holds the old state -- keys (now under ``default/``), revisions,
+   leases, watch history -- with each large value's file hard-linked into
+   ``raft.new/values/`` (no copy);
 3. ``raft.new`` is renamed to ``raft`` -- the commit point -- and ``DIR`` synced;
 4. the old store is closed and its files removed.
 
@@ -62,6 +65,9 @@ log = logging.getLogger(__name__)
 
 RAFT_DIR = "raft"
 EMBEDDED_MEMBER = "default"
+# The embedded volume's namespace in the store: served later, it is raft://HOSTS/default.
+VOLUME_PREFIX = "default"
+_KEY_PREFIX = VOLUME_PREFIX.encode() + b"/"
 _CONVERTING = RAFT_DIR + ".new"
 _LEGACY_PREFIXES = ("wal-", "snap-")
 
@@ -130,7 +136,8 @@ async def open_embedded(path: str, *, create: bool = False,
         node = RaftNode(Config(disk.member_id), disk, kv, WatchHub(kv.load_value),
                         rng=random.Random(), snapshot_every=snapshot_every,
                         snapshot_bytes=snapshot_bytes, dormant=True)
-        engine = await EmbeddedMember.start(node, name=f"embedded:{path}")
+        engine = await EmbeddedMember.start(node, name=f"embedded:{path}",
+                                            prefix=_KEY_PREFIX)
     except BaseException:
         disk.close()
         raise
@@ -234,11 +241,13 @@ def _build_converted(path: str, state: KVState) -> None:
         kv = ReplicatedKV(values=values)
         kv.apply_conf_change(1, entries[0].data)  # the member table, as bootstrap makes it
         items: Iterable[tuple[bytes, KVEntry]] = (
-            (key, KVEntry(held(e.value), e.mod_revision, e.create_revision, e.lease))
+            (_KEY_PREFIX + key, KVEntry(held(e.value), e.mod_revision, e.create_revision,
+                                        e.lease))
             for key, e in state.snapshot_items())
         kv.state.restore(state.revision, state.compacted, state.next_lease,
                          {lid: lease.ttl for lid, lease in state.leases.items()}, iter(items),
-                         history=[Event(ev.key, None if ev.value is None else held(ev.value),
+                         history=[Event(_KEY_PREFIX + ev.key,
+                                        None if ev.value is None else held(ev.value),
                                         ev.mod_revision) for ev in state.history],
                          history_start=state.history_start)
         fsync_dir(values.store.directory)

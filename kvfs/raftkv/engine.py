@@ -12,7 +12,9 @@
 * lease keep-alives go to the leader's lessor.
 
 Every call gives up with :class:`~kvfs.kv.api.EngineUnavailable` after ``timeout`` seconds
-without a leader, as the etcd engine does.
+without a leader, as the etcd engine does.  With a ``prefix``, the engine sees one volume's
+namespace of the store exactly as a ``raft://HOSTS/PREFIX`` client does: key ``k`` is
+stored as ``PREFIX/k``, and ranges, deletes and watches to the end stop at the prefix's end.
 
 The node's loop runs as a trio system task owned by the engine (engines are opened and
 closed without a nursery, like the others); ``aclose`` cancels it and waits for it.
@@ -40,6 +42,8 @@ from kvfs.kv.api import (
     Put,
     RangeResult,
     WatchBatch,
+    WatchEvent,
+    prefix_end,
 )
 from kvfs.kv.state import ApplyResult, Command, Entry
 from kvfs.raft import Role
@@ -50,8 +54,12 @@ log = logging.getLogger(__name__)
 
 class MemberEngine(KVEngine):
     def __init__(self, node: RaftNode, *, timeout: float = 30.0, limits: Limits | None = None,
-                 shared: bool = False, name: str = "raft") -> None:
+                 shared: bool = False, name: str = "raft", prefix: bytes = b"") -> None:
         self.node = node
+        # The volume's namespace in the store, as a raft:// URL's prefix gives it: key k is
+        # stored as prefix + k, and "to the end" (b"\x00") is the end of the prefix.
+        self._pfx = prefix
+        self._pfx_end = prefix_end(prefix) if prefix else b"\x00"
         self.timeout = timeout
         if limits is not None:
             self.limits = limits
@@ -110,13 +118,18 @@ class MemberEngine(KVEngine):
     def _kv(self, key: bytes, entry: Entry, keys_only: bool = False) -> KeyValue:
         # A large value is read from the member's file here, with no checkpoint since the
         # barrier: the ref is in the current state, so its file cannot have been freed.
-        return KeyValue(key, b"" if keys_only else self.node.kv.value(entry.value),
+        return KeyValue(key[len(self._pfx):],
+                        b"" if keys_only else self.node.kv.value(entry.value),
                         entry.mod_revision, entry.create_revision, entry.lease)
+
+    def _end(self, end: bytes) -> bytes:
+        return self._pfx_end if end == b"\x00" else self._pfx + end
 
     # -- KVEngine ----------------------------------------------------------------------------
 
     async def get(self, key: bytes) -> KeyValue | None:
         await self._barrier()
+        key = self._pfx + key
         entry = self.node.kv.state.get(key)
         return None if entry is None else self._kv(key, entry)
 
@@ -125,6 +138,7 @@ class MemberEngine(KVEngine):
         state = self.node.kv.state
         out: list[KeyValue | None] = []
         for key in keys:
+            key = self._pfx + key
             entry = state.get(key)
             out.append(None if entry is None else self._kv(key, entry))
         return out
@@ -135,7 +149,7 @@ class MemberEngine(KVEngine):
         state = self.node.kv.state
         kvs: list[KeyValue] = []
         more = False
-        for key, entry in state.scan(start, end):
+        for key, entry in state.scan(self._pfx + start, self._end(end)):
             if limit and len(kvs) >= limit:
                 more = True
                 break
@@ -146,11 +160,13 @@ class MemberEngine(KVEngine):
                      deletes: Sequence[Delete] = ()) -> CommitResult:
         self._check_open()
         self.limits.check(compares, puts, deletes)
+        pfx = self._pfx
         command: Command = (
             "txn",
-            [(c.key, c.mod_revision) for c in compares],
-            [(p.key, p.value, p.lease) for p in puts],
-            [(d.key, d.range_end) for d in deletes],
+            [(pfx + c.key, c.mod_revision) for c in compares],
+            [(pfx + p.key, p.value, p.lease) for p in puts],
+            [(pfx + d.key, None if d.range_end is None else self._end(d.range_end))
+             for d in deletes],
         )
         result = await self._submit(command)
         return CommitResult(result.succeeded, result.revision)
@@ -158,9 +174,14 @@ class MemberEngine(KVEngine):
     async def watch(self, start: bytes, end: bytes,
                     start_revision: int) -> AsyncIterator[WatchBatch]:
         self._check_open()
+        start, end = self._pfx + start, self._end(end)
         # Catch-up and registration happen with no checkpoint in between.
         catch_up = self.node.kv.state.events_since(start_revision, start, end)
         async for batch in self.node.hub.watch(start, end, catch_up):
+            if self._pfx:
+                cut = len(self._pfx)
+                batch = WatchBatch(batch.revision, [
+                    WatchEvent(ev.key[cut:], ev.value, ev.mod_revision) for ev in batch.events])
             yield batch
 
     async def current_revision(self) -> int:

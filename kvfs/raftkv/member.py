@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from kvfs.kv.api import KVError
 from kvfs.kv.watchhub import WatchHub
 from kvfs.raft import Config, NodeId
-from kvfs.raftkv.disk import RaftDisk
+from kvfs.raftkv.disk import IDENTITY, RaftDisk, read_identity
+from kvfs.raftkv.embedded import RAFT_DIR
 from kvfs.raftkv.httpserver import parse_address
 from kvfs.raftkv.members import (
     MemberConfigError,
@@ -60,6 +62,7 @@ from kvfs.raftkv.node import RaftNode
 from kvfs.raftkv.server import RaftServer, server_ssl_context
 from kvfs.raftkv.statemachine import ReplicatedKV
 from kvfs.raftkv.transport import PeerTransport, tls_contexts
+from kvfs.raftkv.values import MemberValues
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +180,7 @@ class MemberConfig:
 def open_disk(config: MemberConfig, metrics: RaftObserver | None = None) -> RaftDisk:
     """The member's data directory: opened if it exists, else created (and, for a new
     cluster, bootstrapped with the initial members as voters)."""
-    identity = os.path.join(config.data_dir, "IDENTITY")
+    identity = os.path.join(config.data_dir, IDENTITY)
     if os.path.exists(identity):
         return RaftDisk.open(config.data_dir, cluster_token=config.cluster_token,
                              member_id=config.id, keep_entries=config.snapshot_every,
@@ -253,7 +256,8 @@ async def serve(config: MemberConfig, *,
         if config.cacert and config.cert and config.key:
             peer_tls = tls_contexts(config.cacert, config.cert, config.key)
             client_tls = server_ssl_context(config.cert, config.key, config.cacert)
-        kv = ReplicatedKV()
+        values = await trio.to_thread.run_sync(MemberValues, disk.directory)
+        kv = ReplicatedKV(values=values)
         transport = PeerTransport(config.id, config.cluster_token,
                                   (config.listen_peer.host, config.listen_peer.port),
                                   config.peer_addresses(), tls=peer_tls)
@@ -261,7 +265,7 @@ async def serve(config: MemberConfig, *,
         membership = _Membership(config, transport, endpoints)
         kv.member_listeners.append(membership.changed)
         node = RaftNode(Config(config.id, election_tick=config.election_ticks),
-                        disk, kv, WatchHub(_as_bytes), rng=random.Random(),
+                        disk, kv, WatchHub(kv.load_value), rng=random.Random(),
                         transport=transport, tick_seconds=config.tick_seconds,
                         snapshot_every=config.snapshot_every, metrics=metrics,
                         quota_bytes=config.quota_bytes)
@@ -287,12 +291,44 @@ async def serve(config: MemberConfig, *,
                 nursery.start_soon(serve_metrics, metrics_port, metrics, node, transport,
                                    config.quota_bytes)
             task_status.started((peer_address[1], client_port))
+            nursery.start_soon(_record_own_addresses, node, config)
             await membership.mismatched.wait()
             raise MemberConfigError(f"{membership.mismatch}; stopping")
     finally:
         disk.close()
 
 
-async def _as_bytes(value: object) -> bytes:
-    assert isinstance(value, bytes)
-    return value
+async def _record_own_addresses(node: RaftNode, config: MemberConfig) -> None:
+    """A member the table knows without addresses -- the embedded store's member, served
+    for the first time -- records the ones it was started with, so that members added
+    later can reach it."""
+    me = node.kv.members.get(config.id)
+    if me is None or (me.peer_url and me.client_url):
+        return
+    client = f"{config.listen_client.host}:{config.listen_client.port}"
+    command = ("member_addresses", int(config.id), str(config.listen_peer), client)
+    try:
+        await node.submit(int.from_bytes(os.urandom(8), "big") >> 1 | 1, 1, command,
+                          deadline=trio.current_time() + 600)
+    except KVError as exc:
+        log.warning("raft member %s: could not record its addresses in the member table "
+                    "(%s); restart it to try again", config.name, exc)
+        return
+    log.info("raft member %s: recorded its peer URL %s and client address %s in the member "
+             "table", config.name, config.listen_peer, client)
+
+
+def resolve_data_dir(data_dir: str) -> str:
+    """``data_dir``, or the Raft member directory of the embedded volume it names."""
+    embedded = os.path.join(data_dir, RAFT_DIR)
+    if (not os.path.exists(os.path.join(data_dir, IDENTITY))
+            and os.path.exists(os.path.join(embedded, IDENTITY))):
+        return embedded
+    return data_dir
+
+
+def existing_token(data_dir: str) -> str | None:
+    """The cluster token of the member data directory ``data_dir``, if it is one."""
+    if not os.path.exists(os.path.join(data_dir, IDENTITY)):
+        return None
+    return read_identity(data_dir).cluster_token

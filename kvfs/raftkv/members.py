@@ -189,6 +189,20 @@ class MemberTable:
                                         context.client_url, learner)
         return True
 
+    def fill_addresses(self, node: NodeId, peer_url: str, client_url: str) -> bool:
+        """Record the addresses of a member the table knows without them (one bootstrapped
+        as the embedded store, which has no peers); addresses already known are kept.
+        False when nothing changed."""
+        known = self.members.get(node)
+        if known is None:
+            return False
+        filled = replace(known, peer_url=known.peer_url or peer_url,
+                         client_url=known.client_url or client_url)
+        if filled == known:
+            return False
+        self.members[node] = filled
+        return True
+
     def find(self, target: str) -> Member | None:
         """The member named ``target``, or whose id (hex, as listed) is ``target``."""
         for member in self.members.values():

@@ -49,6 +49,7 @@ from kvfs.raft import Role
 from kvfs.raftkv import protocol as p
 from kvfs.raftkv.admin import MemberAdmin, NotLeader
 from kvfs.raftkv.node import MemberStopped, RaftNode
+from kvfs.raftkv.statemachine import ReplicatedKV
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,12 @@ def _peer(stream: trio.abc.Stream) -> str:
         return "?"
 
 
-def _wire_kv(key: bytes, entry: Entry, keys_only: bool = False) -> list[Any]:
-    return [key, b"" if keys_only else entry.value, entry.mod_revision, entry.create_revision,
-            entry.lease]
+def _wire_kv(kv: ReplicatedKV, key: bytes, entry: Entry, keys_only: bool = False
+             ) -> list[Any]:
+    # A large value is read from the member's file with no checkpoint since the read
+    # barrier: its ref is in the current state, so the file cannot have been freed.
+    return [key, b"" if keys_only else kv.value(entry.value), entry.mod_revision,
+            entry.create_revision, entry.lease]
 
 
 class _Connection:
@@ -352,13 +356,13 @@ class _Connection:
             return [p.ok_frame(rid, {"revision": state.revision})]
         if op == "get":
             entry = state.get(args["key"])
-            kv = None if entry is None else _wire_kv(args["key"], entry)
+            kv = None if entry is None else _wire_kv(node.kv, args["key"], entry)
             return [p.ok_frame(rid, {"kv": kv, "revision": state.revision})]
         if op == "get_many":
             kvs: list[Any] = []
             for key in args["keys"]:
                 entry = state.get(key)
-                kvs.append(None if entry is None else _wire_kv(key, entry))
+                kvs.append(None if entry is None else _wire_kv(node.kv, key, entry))
             return self._parts(rid, kvs, {})
         if op == "range":
             limit, keys_only = args["limit"], args["keys_only"]
@@ -367,7 +371,7 @@ class _Connection:
                 if limit and len(kvs) >= limit:
                     more = True
                     break
-                kvs.append(_wire_kv(key, entry, keys_only))
+                kvs.append(_wire_kv(node.kv, key, entry, keys_only))
             return self._parts(rid, kvs, {"more": more, "revision": state.revision})
         raise AssertionError(f"op {op!r} has a schema but no handler")
 

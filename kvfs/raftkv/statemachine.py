@@ -10,7 +10,9 @@ Log entry payloads (msgpack)::
     [client_id: int, seq: int, command]
 
 ``command`` is a :mod:`kvfs.kv.state` command tuple with values inline (a log entry carries
-the value itself, never a member-local file reference), plus ``("noop",)``.  ``client_id``
+the value itself, never a member-local file reference), plus ``("noop",)`` and
+``("member_addresses", id, peer_url, client_url)`` (a member served for the first time
+records its addresses in the member table; see :mod:`kvfs.raftkv.members`).  ``client_id``
 0 marks commands without a session (the leader's lease expiries).
 
 At-most-once: a client numbers its commands 1, 2, 3, ... and retries a command after a
@@ -81,7 +83,7 @@ import msgpack
 from kvfs.kv.api import Compacted
 from kvfs.kv.state import ApplyResult, Command, Entry, Event, KVState
 from kvfs.kv.valuefiles import ValueRef, pack, unpack
-from kvfs.raft import ConfChange, ConfChangeKind
+from kvfs.raft import ConfChange, ConfChangeKind, NodeId
 from kvfs.raftkv.members import ChangeContext, MembersChanged, MemberTable
 from kvfs.raftkv.values import MemberValues
 
@@ -164,6 +166,7 @@ class ReplicatedKV:
         client_id, seq, command, quota = _decode(data)
         if command[0] == "noop":
             return None
+
         if client_id:
             session = self.sessions.get(client_id)
             if session is not None and seq <= session[0]:
@@ -176,11 +179,19 @@ class ReplicatedKV:
             command = self._spill_puts(index, command)
         growth = self._growth(command)
         refusal = None
-        if quota and growth > 0 and self.size_bytes + growth > quota:
+        if command[0] == "member_addresses":
+            # ("member_addresses", id, peer_url, client_url): a member's own addresses,
+            # recorded where the table has none (see MemberTable.fill_addresses).
+            _, node, peer_url, client_url = command
+            if self.members.fill_addresses(NodeId(int(node)), str(peer_url), str(client_url)):
+                self._members_changed(MembersChanged(self.members))
+            result = ApplyResult(True, self.state.revision)
+            events: list[Event] = []
+        elif quota and growth > 0 and self.size_bytes + growth > quota:
             refusal = (f"raft store space quota exceeded: {self.size_bytes} of {quota} bytes "
                        f"held, the commit adds {growth}; delete data to free space")
             result = ApplyResult(False, self.state.revision)
-            events: list[Event] = []
+            events = []
         else:
             before = self.state.revision
             result = self.state.apply(command)
