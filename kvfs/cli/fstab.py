@@ -16,8 +16,9 @@ later ones are dropped (mount(8) would otherwise mount the volume twice).
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 
+from kvfs.durable import replacing
 from kvfs.fuse import mounttab
 
 FSTYPE = "fuse.kvfs"
@@ -72,27 +73,12 @@ def update_fstab(path: str, line: str, mountpoint: str) -> bool:
 
 def _replace_atomically(path: str, data: bytes, st: os.stat_result | None) -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fstab.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if st is not None:
-                os.fchmod(f.fileno(), st.st_mode & 0o7777)
-                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-                    os.fchown(f.fileno(), st.st_uid, st.st_gid)
-            else:
-                os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    tmp = os.path.join(directory, f".fstab.{secrets.token_hex(6)}")
+    with replacing(path, tmp=tmp) as f:
+        f.write(data)
+        if st is not None:
+            os.fchmod(f.fileno(), st.st_mode & 0o7777)
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(f.fileno(), st.st_uid, st.st_gid)
+        else:
+            os.fchmod(f.fileno(), 0o644)

@@ -131,18 +131,23 @@ def check_mountpoint(path: str, *, nonempty: bool = False) -> str:
 _MAX_DEAD_MOUNTS = 8
 
 
+_DEAD_CONNECTION = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def _stat_clearing_dead_kvfs(mp: str) -> os.stat_result:
     """``os.stat(mp)``, after lazily unmounting any dead kvfs mounts stacked there.
 
     ENOTCONN from a FUSE mountpoint means its connection is gone for good (the daemon
-    closed /dev/fuse, by exit or by being killed), so nothing can be served there again
+    closed /dev/fuse, by exit or by being killed; ECONNABORTED when the connection was
+    aborted, which also happens as a killed daemon's connection is torn down), so nothing
+    can be served there again
     and detaching it loses nothing.  A process still inside it keeps seeing ENOTCONN; the
     detach (``-z``) is what lets the new mount go on top regardless."""
     for _ in range(_MAX_DEAD_MOUNTS):
         try:
             return os.stat(mp)
         except OSError as e:
-            entry = mounttab.find(mp) if e.errno == errno.ENOTCONN else None
+            entry = mounttab.find(mp) if e.errno in _DEAD_CONNECTION else None
             if entry is None or not entry.is_kvfs:
                 raise
         log.warning("clearing the dead kvfs mount at %s (its daemon is gone)", mp)

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from kvfs.durable import fsync_dir, make_dirs
+from kvfs.durable import fsync_dir, make_dirs, replacing
 from kvfs.objstore.api import BlockNotFound, ObjectStore, ObjectStoreError, ObjectStoreFull
 
 _TMP_PREFIX = ".tmp-"
@@ -94,24 +94,8 @@ class LocalDirStore(ObjectStore):
         dirpath = os.path.dirname(path)
         self._ensure_dir(dirpath)
         tmp = os.path.join(dirpath, f"{_TMP_PREFIX}{os.path.basename(path)}.{secrets.token_hex(6)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        fsync_dir(dirpath)
+        with replacing(path, tmp=tmp) as f:
+            f.write(data)
 
     @staticmethod
     def _get_sync(path: str) -> bytes | None:

@@ -149,7 +149,7 @@ from typing import Any
 
 import msgpack
 
-from kvfs.durable import fsync_dir, make_dirs
+from kvfs.durable import fsync_dir, make_dirs, replacing
 from kvfs.kv.api import KVError, StoreCorrupt
 from kvfs.kv.dirlock import DirLock
 from kvfs.kv.wal import HEADER, WalWriter, frame, list_segments, scan
@@ -300,22 +300,11 @@ def _write_snapshot_file(directory: str, snapshot: Snapshot) -> None:
             "voters": sorted(int(n) for n in meta.conf_state.voters),
             "learners": sorted(int(n) for n in meta.conf_state.learners),
             "size": len(data)}
-    try:
-        with open(tmp, "wb", buffering=1 << 20) as f:
-            f.write(frame(_pack([SNAPSHOT_MAGIC, FORMAT, head])))
-            for off in chunks:
-                f.write(frame(_pack(["data", data[off:off + _SNAPSHOT_CHUNK]])))
-            f.write(frame(_pack(["end", len(chunks)])))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
+    with replacing(final, tmp=tmp, buffering=1 << 20) as f:
+        f.write(frame(_pack([SNAPSHOT_MAGIC, FORMAT, head])))
+        for off in chunks:
+            f.write(frame(_pack(["data", data[off:off + _SNAPSHOT_CHUNK]])))
+        f.write(frame(_pack(["end", len(chunks)])))
 
 
 def _read_snapshot_file(path: str, index: int, term: int) -> Snapshot:
@@ -358,17 +347,11 @@ def _read_snapshot_file(path: str, index: int, term: int) -> Snapshot:
 # -- identity ------------------------------------------------------------------------------
 
 def _write_identity(directory: str, identity: Identity) -> None:
-    final = os.path.join(directory, IDENTITY)
-    tmp = final + ".tmp"
     record = frame(_pack({"magic": IDENTITY_MAGIC, "format": identity.format,
                           "cluster_token": identity.cluster_token,
                           "member_id": int(identity.member_id)}))
-    with open(tmp, "wb") as f:
+    with replacing(os.path.join(directory, IDENTITY)) as f:
         f.write(record)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fsync_dir(directory)
 
 
 def read_identity(directory: str) -> Identity:

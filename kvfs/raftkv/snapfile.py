@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from kvfs.durable import fsync_dir
+from kvfs.durable import replacing
 from kvfs.kv.api import KVError
 from kvfs.raft import HardState, Snapshot, SnapshotMeta
 from kvfs.raftkv.disk import RaftDisk
@@ -67,21 +67,8 @@ def encode_snapshot_file(index: int, payload: bytes) -> tuple[bytes, str]:
 def write_snapshot_file(path: str, index: int, payload: bytes) -> SnapshotFile:
     """Write atomically (see module docstring); returns what was written."""
     data, digest = encode_snapshot_file(index, payload)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
+    with replacing(path) as out:
+        out.write(data)
     return SnapshotFile(index, payload, digest)
 
 
