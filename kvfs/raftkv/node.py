@@ -284,6 +284,9 @@ class RaftNode:
         self._leader_changed = trio.Event()
 
     def _install(self, snapshot: Snapshot) -> None:
+        log.info("raft member %x: installing the leader's snapshot at index %d (term %d)",
+                 self.id, snapshot.meta.index, snapshot.meta.term)
+        self._snapshot_files = set()  # it refers to no file of this member
         before = self.kv.state.revision
         self.kv.restore(snapshot.meta.index, snapshot.data)
         try:
