@@ -37,13 +37,9 @@ WRITERS = 4
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[RaftCluster]:
-    c = RaftCluster(tmp_path, "test-crash", loopback_addresses(), tick_ms=100,
-                    election_ticks=10, snapshot_count=300)
-    try:
-        c.start()
+    with RaftCluster(tmp_path, "test-crash", loopback_addresses(), tick_ms=100,
+                     election_ticks=10, snapshot_count=300) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @dataclass

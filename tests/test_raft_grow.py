@@ -24,11 +24,8 @@ from test_raft_ops import Members, add_flags, caught_up, member_list, ok, refuse
 
 @pytest.fixture
 def members(tmp_path: Path) -> Iterator[Members]:
-    m = Members(tmp_path, "unused")  # the embedded volume brings its own token
-    try:
+    with Members(tmp_path, "unused") as m:  # the embedded volume brings its own token
         yield m
-    finally:
-        m.stop_all()
 
 
 def write_tree(root: Path) -> dict[str, str]:
@@ -59,7 +56,7 @@ def test_an_embedded_volume_grows_to_three_members(members: Members, tmp_path: P
         mount.unmount()
 
     # Served as it is: member "default", the token from the directory.
-    m.ports("m1", "m2", "m3")
+    m.add_loopback("m1", "m2", "m3")
     m.start("m1", ["--name", "default", "--listen-peer", m.peer_url("m1"),
                    "--listen-client", f"http://{m.endpoint('m1')}",
                    "--initial-cluster", f"default={m.peer_url('m1')}"], snapshot_count=5)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from raft_cluster import NAMES, Address, RaftCluster, status
+from raft_cluster import NAMES, BridgedCluster, RaftCluster, status
 from raft_netns import BridgedHosts
 
 from kvfs.kv.api import Compare, Delete, EngineUnavailable, KVError, Put
@@ -62,25 +62,11 @@ CLIENT_TIMEOUTS = (2.0, 10.0)
 
 
 @pytest.fixture
-def net() -> Iterator[BridgedHosts]:
-    hosts = BridgedHosts(NAMES)
-    try:
-        yield hosts
-    finally:
-        hosts.delete()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, net: BridgedHosts) -> Iterator[RaftCluster]:
-    addresses = {name: Address(net.addr[name], 7380, 7379, net.wrap(name)) for name in NAMES}
+def cluster(tmp_path: Path) -> Iterator[BridgedCluster]:
     # Snapshots every 300 entries: restarted and cut-off members catch up through them.
-    c = RaftCluster(tmp_path, "test-lin", addresses, tick_ms=100, election_ticks=10,
-                    snapshot_count=300)
-    try:
-        c.start()
+    with BridgedCluster(tmp_path, "test-lin", tick_ms=100, election_ticks=10,
+                        snapshot_count=300) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @dataclass
@@ -267,7 +253,7 @@ def first_difference(got: list[Event], want: list[Event]) -> str:
 
 
 async def test_linearizable_under_kills_pauses_and_partitions(
-        cluster: RaftCluster, net: BridgedHosts, tmp_path: Path) -> None:
+        cluster: BridgedCluster, tmp_path: Path) -> None:
     print(f"\nKVFS_RAFT_SEED={SEED}, {SECONDS:g} s of faults")
     rng = random.Random(SEED)
     run = Run()
@@ -280,7 +266,8 @@ async def test_linearizable_under_kills_pauses_and_partitions(
                 background.start_soon(watcher, cluster, w, first)
             run.end = trio.current_time() + SECONDS
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(nemesis, run, cluster, net, random.Random(rng.random()))
+                nursery.start_soon(nemesis, run, cluster, cluster.net,
+                                   random.Random(rng.random()))
                 for n, engine in enumerate(engines):
                     nursery.start_soon(client, run, engine, n, random.Random(rng.random()))
             # Healed and quiet: the watchers must catch up with the last revision.

@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_raft_serve import NAMES, Cluster, free_ports, run_kvfs
+from raft_cluster import NAMES, MemberProcesses, free_ports, loopback_addresses
+from test_raft_serve import Cluster, run_kvfs
 
 from kvfs.kv.api import Put
 from kvfs.raftkv.httpserver import serve_http
@@ -112,13 +110,8 @@ def value(samples: dict[str, float], name: str) -> float:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[MetricsCluster]:
-    c = MetricsCluster(tmp_path)
-    try:
-        for name in NAMES:
-            c.start(name)
+    with MetricsCluster(tmp_path) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def wait_for(status: int, cluster: MetricsCluster, name: str, timeout: float = 60
@@ -206,43 +199,28 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def one_member(tmp_path: Path, *extra: str) -> tuple[list[str], int, int]:
-    peer, client = free_ports(2)
-    argv = [sys.executable, "-m", "kvfs.cli.main", "raft", "serve", "--name", "m1",
-            "--data-dir", str(tmp_path / "m1"),
-            "--listen-peer", f"http://127.0.0.1:{peer}",
-            "--listen-client", f"http://127.0.0.1:{client}",
-            "--initial-cluster", f"m1=http://127.0.0.1:{peer}",
-            "--initial-cluster-token", "t", *extra]
-    return argv, peer, client
+def one_member(tmp_path: Path, *extra: str) -> tuple[MemberProcesses, list[str]]:
+    """Member m1 of a cluster of its own under ``tmp_path`` on loopback, not started, and
+    its command line (with ``extra`` flags)."""
+    member = MemberProcesses(tmp_path, "t", loopback_addresses(("m1",)))
+    argv = member.serve_argv("m1", "--name", "m1", "--listen-peer", member.peer_url("m1"),
+                             "--listen-client", f"http://{member.endpoint('m1')}",
+                             "--initial-cluster", f"m1={member.peer_url('m1')}",
+                             "--initial-cluster-token", member.token, *extra)
+    return member, argv
 
 
-def start(argv: list[str], client: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out)
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", client), 0.2).close()
-            return proc
-        except OSError:
-            assert time.monotonic() < deadline, "the member did not start listening"
-            time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(10)
+def own_ports(member: MemberProcesses) -> set[int]:
+    """The peer and client ports of ``one_member``'s m1: all it may listen on."""
+    a = member.addresses["m1"]
+    return {a.peer_port, a.client_port}
 
 
 def test_listen_metrics_off_listens_on_nothing_more(tmp_path: Path) -> None:
-    argv, peer, client = one_member(tmp_path, "--listen-metrics", "off")
-    proc = start(argv, client, tmp_path / "m1.log")
-    try:
-        assert listening_ports(proc.pid) == {peer, client}
-    finally:
-        stop(proc)
+    member, argv = one_member(tmp_path, "--listen-metrics", "off")
+    with member:
+        member.launch("m1", argv)
+        assert listening_ports(member.procs["m1"].pid) == own_ports(member)
 
 
 def test_a_busy_default_metrics_address_is_skipped_with_a_warning(tmp_path: Path) -> None:
@@ -254,12 +232,10 @@ def test_a_busy_default_metrics_address_is_skipped_with_a_warning(tmp_path: Path
     except OSError:
         pass  # already busy, which is what this test needs
     try:
-        argv, peer, client = one_member(tmp_path)
-        proc = start(argv, client, tmp_path / "m1.log")
-        try:
-            assert listening_ports(proc.pid) == {peer, client}
-        finally:
-            stop(proc)
+        member, argv = one_member(tmp_path)
+        with member:
+            member.launch("m1", argv)
+            assert listening_ports(member.procs["m1"].pid) == own_ports(member)
         assert "no health and metrics port" in (tmp_path / "m1.log").read_text()
     finally:
         holder.close()
@@ -274,7 +250,7 @@ def test_bad_or_busy_listen_metrics_is_one_line(tmp_path: Path) -> None:
                  "127.0.0.1:": "HOST:PORT",
                  f"127.0.0.1:{busy.getsockname()[1]}": "--listen-metrics"}
         for address, expected in cases.items():
-            argv, _, _ = one_member(tmp_path, "--listen-metrics", address)
+            _, argv = one_member(tmp_path, "--listen-metrics", address)
             proc = run_kvfs(*argv[3:])
             assert proc.returncode == 1, proc.stderr
             assert proc.stderr.startswith("kvfs: error:") and expected in proc.stderr, \
@@ -282,7 +258,7 @@ def test_bad_or_busy_listen_metrics_is_one_line(tmp_path: Path) -> None:
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     finally:
         busy.close()
-    bad_quota = run_kvfs(*one_member(tmp_path, "--quota-bytes", "-1")[0][3:])
+    bad_quota = run_kvfs(*one_member(tmp_path, "--quota-bytes", "-1")[1][3:])
     assert bad_quota.returncode == 1 and "--quota-bytes" in bad_quota.stderr, bad_quota.stderr
     assert len(bad_quota.stderr.strip().splitlines()) == 1
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,10 +23,10 @@ from typing import Any
 
 import pytest
 import trio
+from raft_cluster import MemberProcesses, status, wait_leader
 
-from kvfs.kv.api import KVError, Put
+from kvfs.kv.api import Put
 from kvfs.raft import ConfChange, ConfChangeKind, ConfState, NodeId, confchange
-from kvfs.raftkv.client import RaftClientEngine
 from kvfs.raftkv.members import ChangeContext, MembersChanged, MemberTable
 from kvfs.raftkv.snapfile import (
     SnapshotFileError,
@@ -36,21 +34,8 @@ from kvfs.raftkv.snapfile import (
     encode_snapshot_file,
 )
 from kvfs.raftkv.statemachine import ReplicatedKV, encode_command
-from kvfs.raftkv.url import parse_raft_url
 
 SERVE_FLAGS = ["--tick-ms", "50", "--election-ticks", "20", "--listen-metrics", "off"]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def kvfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -74,85 +59,20 @@ def refused(*args: str, expect: str) -> str:
     return lines[0]
 
 
-class Members:
-    """``kvfs raft serve`` processes under ``base``, each with its own peer and client
-    port; killed or stopped by PID only."""
-
-    def __init__(self, base: Path, token: str) -> None:
-        self.base = base
-        self.token = token
-        self.peer: dict[str, int] = {}
-        self.client: dict[str, int] = {}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def ports(self, *names: str) -> None:
-        ports = free_ports(2 * len(names))
-        for i, name in enumerate(names):
-            self.peer[name], self.client[name] = ports[2 * i], ports[2 * i + 1]
-
-    def peer_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.peer[name]}"
-
-    def endpoint(self, name: str) -> str:
-        return f"127.0.0.1:{self.client[name]}"
-
-    def new_cluster_flags(self, name: str, names: tuple[str, ...]) -> list[str]:
-        return ["--name", name, "--listen-peer", self.peer_url(name),
-                "--listen-client", f"http://{self.endpoint(name)}",
-                "--initial-cluster", ",".join(f"{n}={self.peer_url(n)}" for n in names),
-                "--initial-cluster-clients", ",".join(f"{n}={self.endpoint(n)}"
-                                                      for n in names),
-                "--initial-cluster-token", self.token]
+class Members(MemberProcesses):
+    """Members whose cluster grows and shrinks, each started with the flags a test gives
+    (those of a new cluster, or those ``member add`` printed) besides ``SERVE_FLAGS``."""
 
     def start(self, name: str, flags: list[str], *, snapshot_count: int = 10_000) -> None:
-        argv = [sys.executable, "-m", "kvfs.cli.main", "raft", "serve",
-                "--data-dir", str(self.base / name), *flags, *SERVE_FLAGS,
-                "--snapshot-count", str(snapshot_count)]
-        with open(self.base / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.procs[name].poll() is None, self.log(name)
-            try:
-                socket.create_connection(("127.0.0.1", self.client[name]), 0.2).close()
-                return
-            except OSError:
-                assert time.monotonic() < deadline, f"{name} did not listen"
-                time.sleep(0.05)
-
-    def log(self, name: str) -> str:
-        return (self.base / f"{name}.log").read_text(errors="replace")[-3000:]
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
-
-    def url(self, *names: str, timeout: float = 20) -> str:
-        return f"raft://{','.join(self.endpoint(n) for n in names)}/vol?timeout={timeout:g}"
-
-    def engine(self, *names: str, timeout: float = 20) -> RaftClientEngine:
-        return RaftClientEngine(parse_raft_url(self.url(*names, timeout=timeout)))
+        """Start ``name`` and wait until it listens."""
+        self.launch(name, self.serve_argv(name, *flags, *SERVE_FLAGS,
+                                          "--snapshot-count", str(snapshot_count)))
 
 
 @pytest.fixture
 def members(tmp_path: Path) -> Iterator[Members]:
-    m = Members(tmp_path, "test-ops")
-    try:
+    with Members(tmp_path, "test-ops") as m:
         yield m
-    finally:
-        m.stop_all()
 
 
 async def write_keys(m: Members, names: tuple[str, ...], keys: range,
@@ -182,34 +102,14 @@ async def items_of(m: Members, name: str, revision: int = 0) -> dict[bytes, byte
         await engine.aclose()
 
 
-async def status_of(m: Members, name: str) -> dict[str, Any] | None:
-    engine = m.engine(name, timeout=2)
-    try:
-        return await engine.status()
-    except KVError:
-        return None
-    finally:
-        await engine.aclose()
-
-
 async def caught_up(m: Members, name: str, leader: str) -> None:
     """Wait until ``name`` has applied everything ``leader`` had committed."""
     with trio.fail_after(60):
-        target = (await status_of(m, leader) or {}).get("commit", 0)
+        target = (await status(m, leader) or {}).get("commit", 0)
         while True:
-            s = await status_of(m, name)
+            s = await status(m, name)
             if s is not None and target and s["applied"] >= target:
                 return
-            await trio.sleep(0.1)
-
-
-async def leader_of(m: Members, names: tuple[str, ...]) -> str:
-    with trio.fail_after(60):
-        while True:
-            for name in names:
-                s = await status_of(m, name)
-                if s is not None and s["role"] == "leader":
-                    return name
             await trio.sleep(0.1)
 
 
@@ -229,7 +129,7 @@ def add_flags(out: str) -> list[str]:
 
 def test_grow_from_one_member_to_three_then_lose_the_first(members: Members) -> None:
     m = members
-    m.ports("m1", "m2", "m3")
+    m.add_loopback("m1", "m2", "m3")
     m.start("m1", m.new_cluster_flags("m1", ("m1",)))
     written = trio.run(write_keys, m, ("m1",), range(30), "first")
 
@@ -274,13 +174,13 @@ def test_grow_from_one_member_to_three_then_lose_the_first(members: Members) -> 
 def test_replace_a_dead_member_and_move_leadership(members: Members) -> None:
     m = members
     names = ("m1", "m2", "m3")
-    m.ports(*names, "m4", "m5")
+    m.add_loopback(*names, "m4", "m5")
     for name in names:
         m.start(name, m.new_cluster_flags(name, names), snapshot_count=10)
     written = trio.run(write_keys, m, names, range(60), "before")
 
     # m3 dies for good (a follower, so the leader can stay put): remove it, add m4.
-    leader = trio.run(leader_of, m, names)
+    leader, _ = trio.run(wait_leader, m, names)
     dead = next(n for n in ("m3", "m2") if n != leader)
     alive = tuple(n for n in names if n != dead)
     m.kill(dead)
@@ -293,7 +193,7 @@ def test_replace_a_dead_member_and_move_leadership(members: Members) -> None:
     # The leader's log was compacted long ago (a snapshot every 10 entries): m4 can only
     # have caught up from a snapshot.
     assert trio.run(items_of, m, "m4", 80) == written
-    assert "the member table now is a snapshot's" in m.log("m4"), m.log("m4")
+    assert "the member table now is a snapshot's" in m.log_tail("m4"), m.log_tail("m4")
 
     # Leadership moves to a named member -- m4, the newest -- and never to a learner.
     ok("raft", "transfer-leader", m.url(*alive), "m4")
@@ -314,7 +214,7 @@ def test_replace_a_dead_member_and_move_leadership(members: Members) -> None:
 def test_snapshot_save_and_restore_into_a_new_cluster(members: Members,
                                                       tmp_path: Path) -> None:
     m = members
-    m.ports("s1", "r1", "r2", "r3")
+    m.add_loopback("s1", "r1", "r2", "r3")
     m.start("s1", m.new_cluster_flags("s1", ("s1",)))
     written = trio.run(write_keys, m, ("s1",), range(40), "saved")
     snap = tmp_path / "backup.snap"
@@ -362,7 +262,7 @@ def test_snapshot_save_and_restore_into_a_new_cluster(members: Members,
 
 def test_bad_requests_are_refused_with_one_line(members: Members, tmp_path: Path) -> None:
     m = members
-    m.ports("m1", "m2", "other")
+    m.add_loopback("m1", "m2", "other")
     m.start("m1", m.new_cluster_flags("m1", ("m1",)))
     url = m.url("m1")
     refused("raft", "member", "remove", url, "nobody", expect="no member named 'nobody'")
@@ -376,7 +276,7 @@ def test_bad_requests_are_refused_with_one_line(members: Members, tmp_path: Path
     refused("raft", "member", "add", url, "m2", "--peer-url", "ftp://x",
             "--client-url", m.endpoint("m2"), expect="must look like")
     refused("raft", "member", "add", url, "m2", "--peer-url",
-            f"https://127.0.0.1:{m.peer['m2']}", "--client-url", m.endpoint("m2"),
+            f"https://127.0.0.1:{m.addresses['m2'].peer_port}", "--client-url", m.endpoint("m2"),
             expect="peer URLs are http")
     refused("raft", "member", "promote", url, "m1", expect="already a voter")
     refused("raft", "member", "list", "raft://nowhere", expect="raft")
@@ -392,8 +292,8 @@ def test_bad_requests_are_refused_with_one_line(members: Members, tmp_path: Path
     # A member whose peer URL disagrees with the member table is refused at start.
     m.stop_all()
     moved = m.new_cluster_flags("m1", ("m1",))
-    moved[moved.index("--initial-cluster") + 1] = f"m1=http://127.0.0.1:{m.peer['other']}"
-    moved[moved.index("--listen-peer") + 1] = f"http://127.0.0.1:{m.peer['other']}"
+    moved[moved.index("--initial-cluster") + 1] = f"m1={m.peer_url('other')}"
+    moved[moved.index("--listen-peer") + 1] = m.peer_url("other")
     proc = kvfs("raft", "serve", "--data-dir", str(tmp_path / "m1"), *moved, *SERVE_FLAGS,
                 timeout=60)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

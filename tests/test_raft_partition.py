@@ -31,13 +31,12 @@ import pytest
 import trio
 from raft_cluster import (
     NAMES,
-    Address,
+    BridgedCluster,
     RaftCluster,
     converged_digests,
     status,
     wait_leader,
 )
-from raft_netns import BridgedHosts
 
 from kvfs.kv.api import KVError, Put
 
@@ -45,23 +44,9 @@ PARTITIONS = int(os.environ.get("KVFS_RAFT_PARTITIONS", "2"))
 
 
 @pytest.fixture
-def net() -> Iterator[BridgedHosts]:
-    hosts = BridgedHosts(NAMES)
-    try:
-        yield hosts
-    finally:
-        hosts.delete()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, net: BridgedHosts) -> Iterator[RaftCluster]:
-    addresses = {name: Address(net.addr[name], 7380, 7379, net.wrap(name)) for name in NAMES}
-    c = RaftCluster(tmp_path, "test-partition", addresses, tick_ms=100, election_ticks=10)
-    try:
-        c.start()
+def cluster(tmp_path: Path) -> Iterator[BridgedCluster]:
+    with BridgedCluster(tmp_path, "test-partition", tick_ms=100, election_ticks=10) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 @dataclass
@@ -141,8 +126,8 @@ async def write_some(cluster: RaftCluster, names: tuple[str, ...], tag: bytes, c
         await engine.aclose()
 
 
-async def test_partitioned_leader_steps_down_and_rejoins(cluster: RaftCluster,
-                                                         net: BridgedHosts) -> None:
+async def test_partitioned_leader_steps_down_and_rejoins(cluster: BridgedCluster) -> None:
+    net = cluster.net
     seen = Observed()
     writes = Writes()
     stepdown_bound = 4 * cluster.election_timeout + 5

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from mounting import Mount, kvfs
-from test_raft_metrics import one_member, start, stop
+from test_raft_metrics import one_member
 
 from kvfs.kv.api import Delete, NoSpace, Put, prefix_end
 from kvfs.raftkv.statemachine import ReplicatedKV, encode_command
@@ -158,13 +158,10 @@ def test_size_restored_from_a_snapshot_equals_the_size_before() -> None:
 @contextmanager
 def member(tmp_path: Path, quota: int) -> Iterator[str]:
     """One ``kvfs raft serve`` member with ``--quota-bytes quota``; yields its raft:// base."""
-    argv, _, client = one_member(tmp_path, "--quota-bytes", str(quota),
-                                 "--listen-metrics", "off")
-    proc = start(argv, client, tmp_path / "m1.log")
-    try:
-        yield f"raft://127.0.0.1:{client}"
-    finally:
-        stop(proc)
+    member, argv = one_member(tmp_path, "--quota-bytes", str(quota), "--listen-metrics", "off")
+    with member:
+        member.launch("m1", argv)
+        yield f"raft://{member.endpoint('m1')}"
 
 
 async def test_writes_through_raft_url_until_no_space_then_a_delete(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ Raft cluster work uses more).
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from raft_cluster import (
+    NAMES,
+    Address,
+    MemberProcesses,
+    RaftCluster,
+    free_ports,
+    loopback_addresses,
+)
 
 from kvfs.kv.api import KVEngine, Put
 from kvfs.raftkv.member import member_id
@@ -26,84 +32,21 @@ from kvfs.volume import open_engine
 
 KILLS = int(os.environ.get("KVFS_RAFT_KILLS", "3"))
 TOKEN = "test-serve"
-NAMES = ("m1", "m2", "m3")
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+class Cluster(RaftCluster):
+    """The serve tests' three members on loopback: 50 ms ticks, default elections (10
+    ticks), a snapshot every 200 entries."""
 
-
-class Cluster:
     def __init__(self, base: Path) -> None:
-        self.base = base
-        ports = free_ports(6)
-        self.peer = dict(zip(NAMES, ports[:3], strict=True))
-        self.client = dict(zip(NAMES, ports[3:], strict=True))
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def argv(self, name: str) -> list[str]:
-        initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in self.peer.items())
-        clients = ",".join(f"{n}=127.0.0.1:{p}" for n, p in self.client.items())
-        return [sys.executable, "-m", "kvfs.cli.main", "raft", "serve", "--name", name,
-                "--data-dir", str(self.base / name),
-                "--listen-peer", f"http://127.0.0.1:{self.peer[name]}",
-                "--listen-client", f"http://127.0.0.1:{self.client[name]}",
-                "--initial-cluster", initial, "--initial-cluster-clients", clients,
-                "--initial-cluster-token", TOKEN, "--tick-ms", "50",
-                "--snapshot-count", "200"]
-
-    def start(self, name: str) -> None:
-        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        self.procs[name] = subprocess.Popen(self.argv(name), stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.procs[name].poll() is None, (self.base / f"{name}.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.client[name]), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"{name} did not start listening")
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
-
-    def url(self, *names: str) -> str:
-        endpoints = ",".join(f"127.0.0.1:{self.client[n]}" for n in names or NAMES)
-        return f"raft://{endpoints}/vol?timeout=20"
+        super().__init__(base, TOKEN, loopback_addresses(NAMES), tick_ms=50,
+                         snapshot_count=200)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        for name in NAMES:
-            c.start(name)
+    with Cluster(tmp_path) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 async def leader_name(kv: KVEngine) -> str:
@@ -193,29 +136,26 @@ def test_bad_configurations_are_refused_with_one_line(tmp_path: Path) -> None:
 
 def test_a_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
     peer, client = free_ports(2)
-    argv = ["raft", "serve", "--name", "m1", "--data-dir", str(tmp_path / "m1"),
-            "--listen-peer", f"http://127.0.0.1:{peer}",
-            "--listen-client", f"http://127.0.0.1:{client}",
-            "--initial-cluster", f"m1=http://127.0.0.1:{peer}"]
-    proc = subprocess.Popen([sys.executable, "-m", "kvfs.cli.main", *argv,
-                             "--initial-cluster-token", "first"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    member = MemberProcesses(tmp_path, "first", {"m1": Address("127.0.0.1", peer, client)})
+    flags = ["--name", "m1", "--listen-peer", f"http://127.0.0.1:{peer}",
+             "--listen-client", f"http://127.0.0.1:{client}",
+             "--initial-cluster", f"m1=http://127.0.0.1:{peer}"]
+    with member:
+        member.launch("m1", member.serve_argv("m1", *flags, "--initial-cluster-token",
+                                              "first"), wait=False)
         deadline = time.monotonic() + 30
         while not (tmp_path / "m1" / "IDENTITY").exists():
-            assert time.monotonic() < deadline and proc.poll() is None
+            assert time.monotonic() < deadline and member.procs["m1"].poll() is None
             time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-    other = run_kvfs(*argv, "--initial-cluster-token", "second")
+    other = run_kvfs("raft", "serve", "--data-dir", str(tmp_path / "m1"), *flags,
+                     "--initial-cluster-token", "second")
     assert other.returncode == 1
     assert other.stderr.startswith("kvfs: error:") and len(other.stderr.splitlines()) == 1
     assert "first" in other.stderr or "cluster" in other.stderr, other.stderr
 
 
 def test_raft_status_shows_every_member_and_who_is_unreachable(cluster: Cluster) -> None:
-    url = "raft://" + ",".join(f"127.0.0.1:{cluster.client[n]}" for n in NAMES)
+    url = "raft://" + ",".join(cluster.endpoint(n) for n in NAMES)
     ids = {f"{member_id(n, TOKEN):x}" for n in NAMES}
     deadline = time.monotonic() + 30
     while True:
@@ -231,7 +171,7 @@ def test_raft_status_shows_every_member_and_who_is_unreachable(cluster: Cluster)
     cluster.kill("m3")
     proc = run_kvfs("raft", "status", url)
     assert proc.returncode == 0, proc.stderr
-    assert f"127.0.0.1:{cluster.client['m3']}: unreachable" in proc.stdout, proc.stdout
+    assert f"{cluster.endpoint('m3')}: unreachable" in proc.stdout, proc.stdout
     bad = run_kvfs("raft", "status", "raft://nowhere")
     assert bad.returncode == 1 and bad.stderr.startswith("kvfs: error:"), bad.stderr
     assert len(bad.stderr.splitlines()) == 1, bad.stderr
