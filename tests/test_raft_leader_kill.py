@@ -61,10 +61,14 @@ class FileWriter(threading.Thread):
 
 
 def test_a_mount_keeps_writing_through_leader_kills(tmp_path: Path) -> None:
-    cluster = RaftCluster(tmp_path, "leader-kill", loopback_addresses(), snapshot_count=20)
+    with RaftCluster(tmp_path, "leader-kill", loopback_addresses(),
+                     snapshot_count=20) as cluster:
+        _run(cluster, tmp_path)
+
+
+def _run(cluster: RaftCluster, tmp_path: Path) -> None:
     mount = None
     try:
-        cluster.start()
         url = cluster.url()
         kvfs("format", url, "lk")
         mount = Mount(url, tmp_path / "mnt")
@@ -111,4 +115,3 @@ def test_a_mount_keeps_writing_through_leader_kills(tmp_path: Path) -> None:
     finally:
         if mount is not None:
             mount.unmount()
-        cluster.stop_all()
