@@ -80,7 +80,7 @@ async def test_a_watch_of_old_revisions_reads_values_from_files(tmp_path: Path) 
     try:
         first = (await kv.commit([], [Put(b"w", big(1))])).revision
         await kv.commit([], [Put(b"w", big(2))])
-        seen: list[bytes] = []
+        seen: list[bytes | None] = []
         with trio.fail_after(10):
             async for batch in kv.watch(b"w", b"x", first):
                 seen += [ev.value for ev in batch.events]

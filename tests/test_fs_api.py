@@ -773,14 +773,14 @@ async def test_compaction_across_chunks_and_stale_size(data_fs: FileSystem) -> N
         await fs.write(fh, off, data)
         model.write(off, data)
         await fs.flush(fh)
-    data = fs._files[fh].data
+    file_data = fs._files[fh].data
     stale_size = (await fs.getattr(f)).size
     # the file shrinks after the flush that asked for compaction, then grows again
     await fs.setattr(f, SetAttr(size=CHUNK_SIZE - 1000))
     model.truncate(CHUNK_SIZE - 1000)
     await fs.setattr(f, SetAttr(size=stale_size))
     model.truncate(stale_size)
-    await data.compact(stale_size)
+    await file_data.compact(stale_size)
     fs._compact_pending.clear()
     lo = CHUNK_SIZE - 4000
     assert await fs.read(fh, lo, 12000) == model.read(lo, 12000)
@@ -813,7 +813,9 @@ async def test_compaction_loses_to_a_concurrent_write(fs: FileSystem) -> None:
     for i in range(MAX_SLICES + 2):
         await fs.write(fh, i, b"x")
         await fs.flush(fh)
-    raw = (await fs.meta.kv.get(keys.chunk(f, 0))).value
+    stored = await fs.meta.kv.get(keys.chunk(f, 0))
+    assert stored is not None
+    raw = stored.value
     await fs.write(fh, 0, b"NEW")
     await fs.flush(fh)
     assert not await fs.meta.replace_chunk(f, 0, raw, [])

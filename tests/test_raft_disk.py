@@ -105,8 +105,10 @@ def member(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "member"
 
 
-def create(path: Path, **options: int) -> RaftDisk:
-    return RaftDisk.create(str(path), TOKEN, 1, **options)
+def create(path: Path, *, keep_entries: int = 5000, segment_bytes: int = 16 << 20
+           ) -> RaftDisk:
+    return RaftDisk.create(str(path), TOKEN, 1, keep_entries=keep_entries,
+                           segment_bytes=segment_bytes)
 
 
 def reopen(disk: RaftDisk, *, keep_entries: int = 5000, segment_bytes: int = 16 << 20
@@ -659,7 +661,7 @@ def _model_run(root: Path, seed: int) -> None:
     rng = random.Random(seed)
     options = {"keep_entries": rng.choice([0, 2, 5]),
                "segment_bytes": rng.choice([1, 120, 400, 1 << 20])}
-    disk = RaftDisk.create(str(root / f"m{seed}"), TOKEN, 1, **options)
+    disk = create(root / f"m{seed}", **options)
     ref = MemoryStorage()
     term, commit, reopened = 1, 0, False
     for step in range(150):
