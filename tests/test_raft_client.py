@@ -399,6 +399,25 @@ async def test_timeout_bounds_calls_when_every_member_is_down() -> None:
                     await engine.lease_keepalive(1)
 
 
+async def test_a_member_cut_off_from_its_peers_sends_the_client_elsewhere_at_once() -> None:
+    """A member that has known no leader for two election timeouts answers ``unavailable``
+    without waiting, so a client that starts there moves on instead of spending its whole
+    attempt (a third of a 60 s timeout) on it."""
+    async with running(3) as cluster:
+        leader = await cluster.leader()
+        cut = next(i for i in cluster.engines if i != leader)
+        others = [i for i in cluster.engines if i != cut]
+        cluster.network.down.add(cut)  # no peer traffic; its client port still answers
+        node = cluster.network.nodes[cut]
+        with trio.fail_after(30):
+            while node.leaderless_for() <= 2 * node.retry_interval():
+                await trio.sleep(0.01)
+        with trio.fail_after(10):  # far below the 20 s an attempt could wait there
+            async with client(cluster.url(cut, *others, query="timeout=60")) as engine:
+                await put(engine, b"k", b"v")
+                assert engine.current_endpoint != cluster.endpoints[cut]
+
+
 async def test_timeout_bounds_calls_when_the_quorum_is_lost() -> None:
     async with running(3) as cluster:
         leader = await cluster.leader()

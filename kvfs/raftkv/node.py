@@ -151,6 +151,9 @@ class RaftNode:
             kv.restore(snapshot.meta.index, snapshot.data)
         self.leader = NodeId(0)
         self.role = Role.FOLLOWER
+        # Since when (trio time) this member has known no leader; None while it knows one
+        # (or before its loop runs).
+        self._leaderless_since: float | None = None
         hs, _ = disk.storage.initial_state()
         # The term and vote on disk: a Ready that changes neither may send first.
         self._persisted_vote = (hs.term, hs.vote)
@@ -168,6 +171,8 @@ class RaftNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        if not self.leader:
+            self._leaderless_since = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._tick_loop)
             nursery.start_soon(self._lease_loop)
@@ -276,6 +281,11 @@ class RaftNode:
         if leader and leader != self.leader:
             self.metrics.leader_changed()
         self.leader, self.role = leader, role
+        if not leader:
+            if self._leaderless_since is None:
+                self._leaderless_since = trio.current_time()
+        else:
+            self._leaderless_since = None
         if role is Role.LEADER and not was_leader:
             self.lessor.promote({lid: lease.ttl for lid, lease in self.kv.state.leases.items()})
         elif was_leader and role is not Role.LEADER:
@@ -409,6 +419,12 @@ class RaftNode:
         return self.rawnode.status().conf_state.voters == {self.id}
 
     # -- client primitives -------------------------------------------------------------------
+
+    def leaderless_for(self) -> float:
+        """How long this member has known no leader (0 while it knows one)."""
+        if self.leader or self._leaderless_since is None:
+            return 0.0
+        return trio.current_time() - self._leaderless_since
 
     def retry_interval(self) -> float:
         """How long a proposal or read waits before it is tried again: an election timeout."""

@@ -30,7 +30,8 @@ request or connection failure ends the server.  How long a request may wait for 
 is the client's ``timeout`` for that attempt, capped by ``max_timeout``.  With an
 ``ssl_context`` the server speaks only TLS; whether it demands a client certificate is the
 context's ``verify_mode`` (:func:`server_ssl_context` sets ``CERT_REQUIRED`` when given a
-client CA).
+client CA).  A member that has known no leader for two election timeouts answers
+``unavailable`` at once (see :meth:`RaftServer.deadline`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ from kvfs.raftkv import protocol as p
 from kvfs.raftkv.admin import MemberAdmin, NotLeader
 from kvfs.raftkv.node import MemberStopped, RaftNode
 from kvfs.raftkv.statemachine import ReplicatedKV
+
+# A member without a leader for this many election timeouts answers "unavailable" at once.
+LEADERLESS_ELECTIONS = 2
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,14 @@ class RaftServer:
     # -- the answers -------------------------------------------------------------------------
 
     def deadline(self, args: Mapping[str, Any]) -> float:
+        """Until when a request may wait for a leader: the client's time for the attempt --
+        or none at all when this member has known no leader for two election timeouts (it
+        is cut off, or the cluster has lost its majority), so the client tries another
+        member at once instead of waiting out its attempt here."""
+        node = self.node
+        if (node.leaderless_for() > LEADERLESS_ELECTIONS * node.retry_interval()
+                and not node.sole_voter()):
+            return trio.current_time()
         return trio.current_time() + min(args["timeout"], self.max_timeout)
 
     def leader_hint(self) -> dict[str, Any]:
