@@ -32,6 +32,8 @@ key                   value (msgpack unless noted)    meaning
 ``SS`` sid ino        b""                             session holds unlinked inode open
 ``B`` block name      checksummed block               a data block (storage ``kv`` or
                                                       ``etcd``)
+``W`` host NUL path   watch record, on its lease      what ``kvfs watch`` on ``host`` last
+                                                      applied for ``path`` (kvfs.watch)
 ====================  ==============================  =====================================
 
 Invariants: a directory's entries are exactly the ``A dir D *`` keys; any change to them
@@ -58,6 +60,7 @@ DELFILE_PREFIX = b"D"
 SLICE_GC_PREFIX = b"G"
 SESSION_PREFIX = b"SE"
 SUSTAINED_PREFIX = b"SS"
+WATCHER_PREFIX = b"W"
 
 
 def u64(n: int) -> bytes:
@@ -132,6 +135,20 @@ def session(sid: int) -> bytes:
 def sustained(sid: int, ino: int) -> bytes:
     return SUSTAINED_PREFIX + _U64.pack(sid) + _U64.pack(ino)
 
+
+def watcher(host: str, path: str) -> bytes:
+    """The record of ``kvfs watch`` on ``host`` for ``path`` (absolute, within the volume).
+
+    A host name never holds NUL, so the first NUL ends it and the path may hold anything."""
+    return WATCHER_PREFIX + host.encode() + b"\0" + path.encode()
+
+
+def parse_watcher(key: bytes) -> tuple[str, str]:
+    """``(host, path)`` of a :func:`watcher` key."""
+    host, sep, path = key[len(WATCHER_PREFIX):].partition(b"\0")
+    if not key.startswith(WATCHER_PREFIX) or not sep:
+        raise ValueError(f"not a watch record key: {key!r}")
+    return host.decode(errors="replace"), path.decode(errors="replace")
 
 
 def key_ino(key: bytes) -> int:

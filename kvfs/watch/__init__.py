@@ -1,0 +1,1 @@
+"""``kvfs watch``: validate and reload a service on every host when a watched tree changes."""
