@@ -45,7 +45,7 @@ from kvfs.kv.api import (
     WatchEvent,
     prefix_end,
 )
-from kvfs.kv.state import ApplyResult, Command, Entry
+from kvfs.kv.state import ApplyResult, Command
 from kvfs.raft import Role
 from kvfs.raftkv.node import RaftNode
 
@@ -115,12 +115,11 @@ class MemberEngine(KVEngine):
         self._check_open()
         await self.node.read_barrier(deadline=self._deadline())
 
-    def _kv(self, key: bytes, entry: Entry, keys_only: bool = False) -> KeyValue:
-        # A large value is read from the member's file here, with no checkpoint since the
-        # barrier: the ref is in the current state, so its file cannot have been freed.
-        return KeyValue(key[len(self._pfx):],
-                        b"" if keys_only else self.node.kv.value(entry.value),
-                        entry.mod_revision, entry.create_revision, entry.lease)
+    def _unprefixed(self, kv: KeyValue) -> KeyValue:
+        if not self._pfx:
+            return kv
+        return KeyValue(kv.key[len(self._pfx):], kv.value, kv.mod_revision,
+                        kv.create_revision, kv.lease)
 
     def _end(self, end: bytes) -> bytes:
         return self._pfx_end if end == b"\x00" else self._pfx + end
@@ -129,32 +128,22 @@ class MemberEngine(KVEngine):
 
     async def get(self, key: bytes) -> KeyValue | None:
         await self._barrier()
-        key = self._pfx + key
-        entry = self.node.kv.state.get(key)
-        return None if entry is None else self._kv(key, entry)
+        kv = self.node.kv.read(self._pfx + key)
+        return None if kv is None else self._unprefixed(kv)
 
     async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
         await self._barrier()
-        state = self.node.kv.state
-        out: list[KeyValue | None] = []
-        for key in keys:
-            key = self._pfx + key
-            entry = state.get(key)
-            out.append(None if entry is None else self._kv(key, entry))
-        return out
+        read = self.node.kv.read
+        return [None if kv is None else self._unprefixed(kv)
+                for kv in (read(self._pfx + key) for key in keys)]
 
     async def range(self, start: bytes, end: bytes, *, limit: int = 0,
                     keys_only: bool = False) -> RangeResult:
         await self._barrier()
-        state = self.node.kv.state
-        kvs: list[KeyValue] = []
-        more = False
-        for key, entry in state.scan(self._pfx + start, self._end(end)):
-            if limit and len(kvs) >= limit:
-                more = True
-                break
-            kvs.append(self._kv(key, entry, keys_only))
-        return RangeResult(kvs, more, state.revision)
+        result = self.node.kv.read_range(self._pfx + start, self._end(end), limit=limit,
+                                         keys_only=keys_only)
+        return RangeResult([self._unprefixed(kv) for kv in result.kvs], result.more,
+                           result.revision)
 
     async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
                      deletes: Sequence[Delete] = ()) -> CommitResult:

@@ -358,6 +358,7 @@ class RaftNode:
         meta = SnapshotMeta(index, storage.term(index), self.rawnode.status().conf_state)
         snapshot = Snapshot(meta, self.kv.snapshot())
         values = self.kv.values
+        files = self.kv.value_files() if values is not None else set()
         if values is None:
             await trio.to_thread.run_sync(self.disk.save_snapshot, snapshot)
             return
@@ -369,7 +370,6 @@ class RaftNode:
             assert values is not None
             values.sync()
             self.disk.save_snapshot(snapshot)
-            files = ReplicatedKV.value_files_of(snapshot.data)
             if self._snapshot_files is not None:
                 values.collect(index, files | self._snapshot_files)
             self._snapshot_files = files

@@ -44,13 +44,12 @@ from typing import Any
 
 import trio
 
-from kvfs.kv.api import Compacted, Compare, Delete, KVError, Limits, Put, WatchEvent
-from kvfs.kv.state import Command, Entry
+from kvfs.kv.api import Compacted, Compare, Delete, KeyValue, KVError, Limits, Put, WatchEvent
+from kvfs.kv.state import Command
 from kvfs.raft import Role
 from kvfs.raftkv import protocol as p
 from kvfs.raftkv.admin import MemberAdmin, NotLeader
 from kvfs.raftkv.node import MemberStopped, RaftNode
-from kvfs.raftkv.statemachine import ReplicatedKV
 
 # A member without a leader for this many election timeouts answers "unavailable" at once.
 LEADERLESS_ELECTIONS = 2
@@ -170,12 +169,8 @@ def _peer(stream: trio.abc.Stream) -> str:
         return "?"
 
 
-def _wire_kv(kv: ReplicatedKV, key: bytes, entry: Entry, keys_only: bool = False
-             ) -> list[Any]:
-    # A large value is read from the member's file with no checkpoint since the read
-    # barrier: its ref is in the current state, so the file cannot have been freed.
-    return [key, b"" if keys_only else kv.value(entry.value), entry.mod_revision,
-            entry.create_revision, entry.lease]
+def _wire_kv(kv: KeyValue) -> list[Any]:
+    return [kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease]
 
 
 class _Connection:
@@ -363,28 +358,24 @@ class _Connection:
             return [p.ok_frame(rid, {})]
         await node.read_barrier(deadline=deadline)
         # From here to the end, no checkpoint: every answer is one revision of the state.
-        state = node.kv.state
+        kv_store = node.kv
         if op == "current_revision":
-            return [p.ok_frame(rid, {"revision": state.revision})]
+            return [p.ok_frame(rid, {"revision": kv_store.state.revision})]
         if op == "get":
-            entry = state.get(args["key"])
-            kv = None if entry is None else _wire_kv(node.kv, args["key"], entry)
-            return [p.ok_frame(rid, {"kv": kv, "revision": state.revision})]
+            got = kv_store.read(args["key"])
+            return [p.ok_frame(rid, {"kv": None if got is None else _wire_kv(got),
+                                     "revision": kv_store.state.revision})]
         if op == "get_many":
             kvs: list[Any] = []
             for key in args["keys"]:
-                entry = state.get(key)
-                kvs.append(None if entry is None else _wire_kv(node.kv, key, entry))
+                got = kv_store.read(key)
+                kvs.append(None if got is None else _wire_kv(got))
             return self._parts(rid, kvs, {})
         if op == "range":
-            limit, keys_only = args["limit"], args["keys_only"]
-            kvs, more = [], False
-            for key, entry in state.scan(args["start"], args["end"]):
-                if limit and len(kvs) >= limit:
-                    more = True
-                    break
-                kvs.append(_wire_kv(node.kv, key, entry, keys_only))
-            return self._parts(rid, kvs, {"more": more, "revision": state.revision})
+            found = kv_store.read_range(args["start"], args["end"], limit=args["limit"],
+                                        keys_only=args["keys_only"])
+            return self._parts(rid, [_wire_kv(kv) for kv in found.kvs],
+                               {"more": found.more, "revision": found.revision})
         raise AssertionError(f"op {op!r} has a schema but no handler")
 
     async def _submit(self, args: dict[str, Any], command: Command, deadline: float) -> Any:

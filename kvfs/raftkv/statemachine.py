@@ -80,7 +80,7 @@ from typing import Any
 
 import msgpack
 
-from kvfs.kv.api import Compacted
+from kvfs.kv.api import Compacted, KeyValue, RangeResult
 from kvfs.kv.state import ApplyResult, Command, Entry, Event, KVState
 from kvfs.kv.valuefiles import ValueRef, pack, unpack
 from kvfs.raft import ConfChange, ConfChangeKind, NodeId
@@ -215,6 +215,30 @@ class ReplicatedKV:
                 for slot, (key, value, lease) in enumerate(command[2])]
         return (command[0], command[1], puts, command[3])
 
+    # -- reads: what every reader of a member's state uses (the in-process engine, the
+    # client server).  Each is synchronous: one revision of the state, and a large value's
+    # file read with no checkpoint in between, so a ref in the current state always has
+    # its file (files are freed only for refs no kept snapshot or state holds).
+
+    def read(self, key: bytes) -> KeyValue | None:
+        entry = self.state.get(key)
+        return None if entry is None else self._key_value(key, entry)
+
+    def read_range(self, start: bytes, end: bytes, *, limit: int = 0,
+                   keys_only: bool = False) -> RangeResult:
+        kvs: list[KeyValue] = []
+        more = False
+        for key, entry in self.state.scan(start, end):
+            if limit and len(kvs) >= limit:
+                more = True
+                break
+            kvs.append(self._key_value(key, entry, keys_only))
+        return RangeResult(kvs, more, self.state.revision)
+
+    def _key_value(self, key: bytes, entry: Entry, keys_only: bool = False) -> KeyValue:
+        return KeyValue(key, b"" if keys_only else self.value(entry.value),
+                        entry.mod_revision, entry.create_revision, entry.lease)
+
     def value(self, stored: bytes | ValueRef) -> bytes:
         """The bytes of a value as the state holds it (read from its file for a ref)."""
         if isinstance(stored, ValueRef):
@@ -327,12 +351,13 @@ class ReplicatedKV:
             "members": self.members.to_wire(),
         })
 
-    @staticmethod
-    def value_files_of(data: bytes) -> set[str]:
-        """The names of the value files a snapshot of this member refers to."""
-        snap = unpack(data)
-        return ({v.name for _, v, *_ in snap["items"] if isinstance(v, ValueRef)}
-                | {v.name for _, v, _ in snap["history"] if isinstance(v, ValueRef)})
+    def value_files(self) -> set[str]:
+        """The names of the value files the state refers to now -- those a snapshot taken
+        at the same moment refers to."""
+        return ({e.value.name for _, e in self.state.snapshot_items()
+                 if isinstance(e.value, ValueRef)}
+                | {ev.value.name for ev in self.state.history
+                   if isinstance(ev.value, ValueRef)})
 
     def materialize(self, data: bytes) -> bytes:
         """A snapshot of this member with every ref replaced by its value, for a member
