@@ -54,15 +54,16 @@ async def side_by_side() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        failures = [exc for exc in _leaves(group) if isinstance(exc, Exception)]
+        failures = [exc for exc in exception_leaves(group) if isinstance(exc, Exception)]
         if not failures:
             raise
         raise failures[0]  # noqa: B904 - its own cause (the engine's error) is what counts
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+def exception_leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    """The exceptions inside ``group`` and its nested groups."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
+            yield from exception_leaves(exc)
         else:
             yield exc

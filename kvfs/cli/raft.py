@@ -29,12 +29,13 @@ import dataclasses
 import json
 import shlex
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import trio
 
 from kvfs.kv.api import EngineUnavailable, KVError
+from kvfs.outage import exception_leaves
 from kvfs.raftkv.client import RaftClientEngine, client_ssl_context
 from kvfs.raftkv.member import (
     MemberConfig,
@@ -213,19 +214,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except BaseExceptionGroup as group:
         # A refusal at start-up (another cluster's data dir, a port in use) is one error
         # inside the nursery: surface it alone, so it becomes kvfs's one-line message.
-        leaves = list(_leaves(group))
+        leaves = list(exception_leaves(group))
         if len(leaves) == 1 and isinstance(leaves[0], Exception):
             raise leaves[0] from None
         raise
     return 0
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def _admin_url(url: str) -> tuple[RaftURL, Any]:
