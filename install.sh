@@ -23,6 +23,20 @@ install_system() {
 	apt-get install -y -qq --no-install-recommends \
 		fuse3 libfuse3-dev pkg-config gcc python3-venv attr procps psmisc \
 		etcd-server etcd-client iproute2 >/dev/null
+	# nginx is for the shared-/etc test, which runs its own nginx processes with their own
+	# configs: a fresh install must not start (or enable) the system's nginx on port 80.
+	if ! dpkg -s nginx >/dev/null 2>&1; then
+		local deny=""
+		if [ ! -e /usr/sbin/policy-rc.d ]; then
+			deny=/usr/sbin/policy-rc.d
+			printf '#!/bin/sh\nexit 101\n' >"$deny" && chmod 755 "$deny"
+		fi
+		apt-get install -y -qq --no-install-recommends nginx >/dev/null || { rm -f $deny; exit 1; }
+		[ -z "$deny" ] || rm -f "$deny"
+		if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+			systemctl disable -q nginx || true
+		fi
+	fi
 }
 
 install_python() {
