@@ -13,13 +13,13 @@ import logging
 import sys
 
 from kvfs import __version__
-from kvfs.cli import bench, format, fsck, mount, raft, status, umount, watch
+from kvfs.cli import bench, deploy, format, fsck, mount, raft, status, umount, watch
 from kvfs.fuse.mount import MountError
 from kvfs.kv.api import KVError
 from kvfs.objstore.api import ObjectStoreError
 from kvfs.volume import VolumeError
 
-COMMANDS = (format, mount, umount, status, fsck, bench, raft, watch)
+COMMANDS = (format, mount, umount, status, fsck, bench, raft, watch, deploy)
 USER_ERRORS = (VolumeError, MountError, KVError, ObjectStoreError, OSError)
 
 

@@ -1,0 +1,85 @@
+"""``kvfs deploy SRC_DIR MOUNTPOINT/PATH``: replace a tree of a mounted volume atomically.
+
+See :mod:`kvfs.deploy` for the steps and the staging area.  Exit status: 0 when the new
+tree is in place (one line says what, how many files and bytes, and how long the swap
+took); 2 with ``kvfs: error: check failed ...`` when ``--check`` rejected it (nothing
+changed); 1 with ``kvfs: error: ...`` for bad input (a missing or non-directory SRC_DIR, a
+PATH outside a kvfs mount, a file, or without a parent, a bad ``--timeout``), which changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from types import FrameType
+
+from kvfs import deploy as deploying
+from kvfs.cli.mount import is_label, is_local
+from kvfs.cli.watch import locate
+from kvfs.fuse import mounttab
+from kvfs.volume import VolumeError
+
+EXIT_REJECTED = 2
+DEFAULT_TIMEOUT = 60.0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "deploy", help="replace a directory of a mounted volume with a local tree atomically",
+        description="Copy SRC_DIR into a staging area of the volume, optionally check it "
+                    "there, then swap it in at MOUNTPOINT/PATH with one rename: readers on "
+                    "every host see the whole old tree or the whole new one.")
+    p.add_argument("src", metavar="SRC_DIR")
+    p.add_argument("target", metavar="MOUNTPOINT/PATH")
+    p.add_argument("--check", metavar="CMD",
+                   help="shell command validating the staged tree, given as {} and "
+                        "$KVFS_DEPLOY_PATH; a non-zero exit rejects the deploy")
+    p.add_argument("--timeout", default=str(DEFAULT_TIMEOUT), metavar="S",
+                   help="seconds the check may run before it is killed and counts as "
+                        "failed (default 60)")
+    p.add_argument("--keep-old", action="store_true",
+                   help="keep the replaced tree in the staging area and print where")
+    return p
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise VolumeError(f"--timeout: not a positive number of seconds: {text!r}")
+    return value
+
+
+def _mount_of(path: str) -> tuple[str, str]:
+    mp, _, vpath = locate(path)
+    return mp, vpath
+
+
+def _shared(mountpoint: str) -> bool:
+    """Whether other hosts may mount the volume: anything but an embedded or in-memory
+    store (a label hides the URL, so it counts as shared)."""
+    entry = mounttab.find(mountpoint)
+    return entry is None or is_label(entry.source) or not is_local(entry.source)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # so that a staged tree is removed on SIGTERM too
+
+
+def run(args: argparse.Namespace) -> int:
+    timeout = _timeout(args.timeout)
+    plan = deploying.plan(args.src, args.target, _mount_of, _shared)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = deploying.deploy(plan, args.check, timeout, args.keep_old)
+    except deploying.CheckFailed as e:
+        print(f"kvfs: error: {e}; nothing changed at {plan.target}", file=sys.stderr)
+        return EXIT_REJECTED
+    kept = f"; old tree kept at {result.old_tree}" if result.old_tree else ""
+    print(f"deployed {plan.src} to {plan.target}: {plan.files} files, {plan.nbytes} bytes, "
+          f"swap {result.swap_seconds * 1000:.1f} ms{kept}")
+    return 0
