@@ -27,9 +27,9 @@ every engine (etcd, the Raft store, an embedded store):
    another host's kernel may for a moment still resolve PATH to the old directory (its
    cache is invalidated by a watch, normally within milliseconds, at the latest after
    ``entry_timeout``, 1 s by default); removing the old files under it then would make a
-   reader there find them missing.  So on shared engines the removal waits
-   :data:`OLD_TREE_GRACE` seconds after the swap; on an embedded store (one mount) it
-   starts at once.
+   reader there find them missing.  So on shared engines the removal waits a grace period
+   (:data:`OLD_TREE_GRACE` seconds unless told otherwise) after the swap; on an embedded
+   store (one mount) it starts at once.
 
 Invariants: until the swap nothing at PATH changes; a failed or interrupted deploy before
 the swap leaves no staged tree behind (a killed one may -- any ``.kvfs-deploy`` entry not
@@ -270,8 +270,10 @@ class Result:
     old_tree: str | None  # where the old tree was kept (--keep-old), else None
 
 
-def deploy(p: Plan, check: str | None, timeout: float, keep_old: bool) -> Result:
-    """Stage, check, swap and clean up (see the module docstring)."""
+def deploy(p: Plan, check: str | None, timeout: float, keep_old: bool,
+           grace: float = OLD_TREE_GRACE) -> Result:
+    """Stage, check, swap and clean up (see the module docstring); ``grace`` is how long
+    the old tree outlives the swap on a shared engine."""
     staged = stage(p)
     try:
         if check is not None:
@@ -285,6 +287,6 @@ def deploy(p: Plan, check: str | None, timeout: float, keep_old: bool) -> Result
     if keep_old:
         return Result(took, staged)
     if p.shared:
-        time.sleep(OLD_TREE_GRACE)
+        time.sleep(grace)
     remove(staged)
     return Result(took, None)

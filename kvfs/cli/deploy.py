@@ -4,8 +4,9 @@ See :mod:`kvfs.deploy` for the steps and the staging area.  Exit status: 0 when 
 tree is in place (one line says what, how many files and bytes, and how long the swap
 took); 2 with ``kvfs: error: check failed ...`` when ``--check`` rejected it (nothing
 changed); 1 with ``kvfs: error: ...`` for bad input (a missing or non-directory SRC_DIR, a
-PATH outside a kvfs mount, a file, or without a parent, a bad ``--timeout``), which changes
-nothing.
+PATH outside a kvfs mount, a file, or without a parent, a bad ``--timeout`` or ``--grace``),
+which changes nothing.  Options are checked here, not by argparse, so that a bad value is
+the same one-line error as any other bad input.
 """
 
 from __future__ import annotations
@@ -39,18 +40,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--timeout", default=str(DEFAULT_TIMEOUT), metavar="S",
                    help="seconds the check may run before it is killed and counts as "
                         "failed (default 60)")
+    p.add_argument("--grace", default=str(deploying.OLD_TREE_GRACE), metavar="S",
+                   help="on a shared engine, seconds to wait after the swap before removing "
+                        "the old tree, so that other hosts' cached names have moved on "
+                        f"(default {deploying.OLD_TREE_GRACE:g}; keep it above their mounts' "
+                        "entry_timeout)")
     p.add_argument("--keep-old", action="store_true",
                    help="keep the replaced tree in the staging area and print where")
     return p
 
 
-def _timeout(text: str) -> float:
+def _seconds(option: str, text: str, zero: bool = False) -> float:
+    """``text`` as a finite number of seconds, positive (or ``zero`` allowed)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise VolumeError(f"--timeout: not a positive number of seconds: {text!r}")
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        kind = "non-negative" if zero else "positive"
+        raise VolumeError(f"{option}: not a {kind} number of seconds: {text!r}")
     return value
 
 
@@ -71,11 +79,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    timeout = _timeout(args.timeout)
+    timeout = _seconds("--timeout", args.timeout)
+    grace = _seconds("--grace", args.grace, zero=True)
     plan = deploying.plan(args.src, args.target, _mount_of, _shared)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = deploying.deploy(plan, args.check, timeout, args.keep_old)
+        result = deploying.deploy(plan, args.check, timeout, args.keep_old, grace)
     except deploying.CheckFailed as e:
         print(f"kvfs: error: {e}; nothing changed at {plan.target}", file=sys.stderr)
         return EXIT_REJECTED
