@@ -20,14 +20,16 @@ host runs
 Every file of a deployed tree carries its generation (``# generation N``); the served body
 is ``generation N from ADDRESS``.  Steps:
 
-(a) a new tree is deployed on host 1 (written into a staging directory at the volume's
-    root, then swapped in with one ``RENAME_EXCHANGE``) and every host validates, reloads
-    and serves it, fetched over HTTP from the root namespace; the end-to-end rollout time
+(a) a new tree is deployed on host 1 with ``kvfs deploy`` (staged inside the volume, then
+    swapped in with one ``RENAME_EXCHANGE``) and every host validates, reloads and serves
+    it, fetched over HTTP from the root namespace; the end-to-end rollout time
     (deploy start to every host serving the new body) is printed for each of
     ``KVFS_SHARED_ETC_DEPLOYS`` deploys (default 3), with their minimum, median and
     maximum -- the acceptance figure is 1 s, printed, not asserted;
-(b) a broken tree is rejected on every host: no reload runs, every nginx keeps serving the
-    previous body, and ``kvfs status MOUNTPOINT --json`` shows the failed check per host;
+(b) a broken tree deployed with ``--check 'nginx -t ...'`` is refused on host 1 and nothing
+    changes anywhere; deployed without a check, it is rejected on every host: no reload
+    runs, every nginx keeps serving the previous body, and ``kvfs status MOUNTPOINT
+    --json`` shows the failed check per host;
 (c) host 3 dies: its mount daemon is killed with SIGKILL, its watcher and nginx (master and
     workers) too, and so is its engine member (etcd member or Raft member: the host is
     gone, not only its mount); its watch record goes with its lease, and the two others
@@ -44,8 +46,6 @@ a step fails.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import json
 import os
@@ -136,32 +136,27 @@ def write_tree(dest: Path, gen: int, *, broken: bool = False) -> None:
         "}\n")
 
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-AT_FDCWD = -100
-RENAME_EXCHANGE = 2
+def source(base: Path, gen: int, *, broken: bool = False) -> Path:
+    """A local directory holding the tree of generation ``gen`` (made once)."""
+    src = base / "src" / f"{gen}{'-broken' if broken else ''}"
+    if not src.exists():
+        write_tree(src, gen, broken=broken)
+    return src
 
 
-def exchange(a: Path, b: Path) -> None:
-    """Swap ``a`` and ``b`` in one rename (``renameat2(RENAME_EXCHANGE)``)."""
-    if _libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b),
-                       RENAME_EXCHANGE) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(a))
+def start_deploy(host: Host, src: Path, *flags: str) -> subprocess.Popen[str]:
+    """``kvfs deploy SRC MOUNTPOINT/nginx`` on ``host``, in the background (after the swap
+    it waits a grace period before removing the old tree)."""
+    return subprocess.Popen([*host.wrap, *KVFS, "deploy", *flags, str(src),
+                             str(host.mountpoint / "nginx")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def deploy(mountpoint: Path, gen: int, *, broken: bool = False) -> None:
-    """Deploy generation ``gen`` at ``MOUNTPOINT/nginx``: written into a staging directory
-    at the volume's root (outside the watched tree) and swapped in with one rename, so a
-    reader on any host sees the whole old tree or the whole new one; then the old tree
-    (now at the staging name) is removed."""
-    staging = mountpoint / f".deploy-{gen}-{secrets.token_hex(4)}"
-    write_tree(staging, gen, broken=broken)
-    target = mountpoint / "nginx"
-    if target.exists():
-        exchange(staging, target)
-        shutil.rmtree(staging)
-    else:
-        staging.rename(target)
+def finish(proc: subprocess.Popen[str], status: int = 0) -> str:
+    """Wait for a deploy; its output (stdout, or stderr when ``status`` is not 0)."""
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == status, f"kvfs deploy exited with {proc.returncode}: {err}"
+    return (out if status == 0 else err).strip()
 
 
 # -- one host --------------------------------------------------------------------------------
@@ -203,9 +198,10 @@ class Host:
     def conf(self) -> Path:
         return self.mountpoint / "nginx" / "nginx.conf"
 
-    def nginx_argv(self, *args: str) -> list[str]:
+    def nginx_argv(self, *args: str, conf: str = "") -> list[str]:
+        """nginx with this host's prefix, on ``conf`` (default: the mounted tree's)."""
         return [NGINX, "-p", f"{self.prefix}/", "-e", str(self.prefix / "logs" / "error.log"),
-                "-c", str(self.conf), *args]
+                "-c", conf or str(self.conf), *args]
 
     def start_mount(self, url: str) -> None:
         self.mount = Mount(url, self.mountpoint, log=self.base / "mount.log", wrap=self.wrap)
@@ -407,12 +403,20 @@ def raft_engine(base: Path) -> Iterator[Engine]:
 # -- the scenario ----------------------------------------------------------------------------
 
 
-def rollout(hosts: list[Host], gen: int) -> dict[str, float]:
+def rollout(hosts: list[Host], gen: int) -> tuple[float, dict[str, float]]:
     """Poll every host's nginx (from the root namespace) until it serves generation
-    ``gen``; the moment each first did, in monotonic seconds."""
+    ``gen``, and the first host's mount until its tree is of ``gen``: the moment the swap
+    was seen there, and the moment each host first served ``gen``, in monotonic seconds."""
+    swapped = 0.0
     seen: dict[str, float] = {}
     deadline = time.monotonic() + WAIT
     while len(seen) < len(hosts):
+        if not swapped:
+            try:
+                if hosts[0].conf.read_text().startswith(f"# generation {gen}\n"):
+                    swapped = time.monotonic()
+            except OSError:
+                pass
         for h in hosts:
             if h.name not in seen:
                 body = h.get(timeout=0.5)
@@ -423,7 +427,7 @@ def rollout(hosts: list[Host], gen: int) -> dict[str, float]:
                                  f"{sorted({h.name for h in hosts} - set(seen))} "
                                  f"within {WAIT} s")
         time.sleep(0.005)
-    return seen
+    return swapped or min(seen.values()), seen
 
 
 def watchers(host: Host) -> dict[str, dict[str, object]]:
@@ -464,18 +468,20 @@ def recorded(where: Host, hosts: list[Host], result: str) -> bool:
                and recs[h.name]["result"] == result for h in hosts)
 
 
-def timed_deploy(first: Host, live: list[Host], gen: int, label: str) -> float:
-    """Deploy ``gen`` on ``first``, wait until every live host serves it, print the times
-    and return the rollout time."""
+def timed_deploy(src: Path, first: Host, live: list[Host], gen: int,
+                 label: str) -> tuple[float, float]:
+    """Deploy ``gen`` on ``first``, wait until every live host serves it, print the times;
+    the rollout time from the deploy's start, and from the swap seen on ``first``."""
     t0 = time.monotonic()
-    deploy(first.mountpoint, gen)
-    t_deployed = time.monotonic()
-    seen = rollout(live, gen)
+    proc = start_deploy(first, source(src, gen))
+    swapped, seen = rollout(live, gen)
     total = max(seen.values()) - t0
     per_host = ", ".join(f"{n} {t - t0:.3f} s" for n, t in sorted(seen.items()))
-    print(f"{label}: deploy of generation {gen} took {t_deployed - t0:.3f} s; "
-          f"rollout to {len(live)} hosts {total:.3f} s ({per_host})")
-    return total
+    out = finish(proc)
+    print(f"{label}: rollout of generation {gen} to {len(live)} hosts {total:.3f} s "
+          f"({per_host}; swap seen on {first.name} at {swapped - t0:.3f} s, "
+          f"{out[out.index('swap '):]})")
+    return total, max(seen.values()) - swapped
 
 
 @pytest.fixture(params=["etcd", "raft"])
@@ -498,8 +504,9 @@ def test_shared_etc_nginx_on_three_hosts(engine: Engine, tmp_path: Path) -> None
         for h in hosts:
             h.start_mount(engine.url(h.name))
         print(f"{engine.kind}: 3 mounts up in {time.monotonic() - t0:.1f} s")
+        src = tmp_path
         gen = 1
-        deploy(h1.mountpoint, gen)
+        finish(start_deploy(h1, source(src, gen)))
         for h in hosts:
             wait_until(h.conf.exists, f"the tree on {h.name}")
             h.start_nginx()
@@ -510,24 +517,30 @@ def test_shared_etc_nginx_on_three_hosts(engine: Engine, tmp_path: Path) -> None
         wait_until(lambda: all(h.reloads() == 1 for h in hosts), "the watchers' first reload")
 
         # (a) A new tree deployed on host 1 is validated, reloaded and served everywhere.
-        times = []
+        times: list[tuple[float, float]] = []
         for _ in range(DEPLOYS):
             gen += 1
-            times.append(timed_deploy(h1, hosts, gen, f"{engine.kind} (a)"))
+            times.append(timed_deploy(src, h1, hosts, gen, f"{engine.kind} (a)"))
             wait_until(lambda: recorded(h1, hosts, "ok"),
                        f"every host's record of generation {gen} applied")
             for h in hosts:
                 assert last_check(h)[1] == gen and h.reloads() == 1 + len(times)
-        times.sort()
-        print(f"{engine.kind} (a): rollout to 3 hosts over {len(times)} deploys: min "
-              f"{times[0]:.3f} s, median {times[len(times) // 2]:.3f} s, "
-              f"max {times[-1]:.3f} s (acceptance: 1 s)")
+        for what, figures in (("deploy start (acceptance: 1 s)", sorted(t for t, _ in times)),
+                              ("the swap", sorted(t for _, t in times))):
+            print(f"{engine.kind} (a): {len(figures)} deploys, from {what} to 3 hosts "
+                  f"serving: min {figures[0]:.3f} s, median {figures[len(figures) // 2]:.3f} "
+                  f"s, max {figures[-1]:.3f} s")
         applied = {h.name: last_check(h)[0] for h in hosts}
         good, reloads = gen, 1 + len(times)
 
-        # (b) A broken tree is rejected everywhere; every nginx keeps the previous one.
+        # (b) A broken tree checked before the swap is refused, and nothing changes; one
+        # deployed without a check is rejected everywhere, every nginx keeps the old one.
         gen += 1
-        deploy(h1.mountpoint, gen, broken=True)
+        check = " ".join(h1.nginx_argv("-t", "-q", conf="{}/nginx.conf"))
+        err = finish(start_deploy(h1, source(src, gen, broken=True), "--check", check), 2)
+        assert "check failed" in err and "nothing changed" in err, err
+        assert all(len(h.checks()) == reloads for h in hosts)  # no watcher acted
+        finish(start_deploy(h1, source(src, gen, broken=True)))
         wait_until(lambda: all(last_check(h)[1] == gen for h in hosts),
                    f"every host's check of generation {gen}")
         wait_until(lambda: recorded(h1, hosts, "check failed"),
@@ -539,7 +552,7 @@ def test_shared_etc_nginx_on_three_hosts(engine: Engine, tmp_path: Path) -> None
             assert rec["path"] == "/nginx" and rec["reload"] == "skipped", rec
             assert str(rec["check"]).startswith("failed: exit status"), rec
             assert rec["applied"] == applied[h.name], rec
-            assert h.reloads() == reloads
+            assert h.reloads() == reloads and len(h.checks()) == reloads + 1
             assert (h.get() or "").startswith(f"generation {good} from {h.addr}")
 
         # (c) Host 3 dies, engine member and all; the others serve and take the next deploy.
@@ -547,7 +560,7 @@ def test_shared_etc_nginx_on_three_hosts(engine: Engine, tmp_path: Path) -> None
         engine.kill("h3")
         assert h3.get(timeout=0.5) is None
         gen += 1
-        timed_deploy(h1, [h1, h2], gen, f"{engine.kind} (c) with h3 dead")
+        timed_deploy(src, h1, [h1, h2], gen, f"{engine.kind} (c) with h3 dead")
         wait_until(lambda: "h3" not in watchers(h1), "the dead host's record to go")
         wait_until(lambda: recorded(h1, [h1, h2], "ok"), "the live hosts' records")
         assert sorted(watchers(h2)) == ["h1", "h2"]
