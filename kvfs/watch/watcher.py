@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import trio
 
+from kvfs.deploy import STAGING_DIR
 from kvfs.kv.api import Compacted, KVEngine, KVError, Put, prefix_end
 from kvfs.meta import keys
 from kvfs.watch.record import WatchRecord
@@ -57,7 +58,10 @@ class WatchConfig:
 
 def tree_digest(root: str) -> str:
     """A digest of everything under ``root``: names, types, modes, symlink targets and
-    file contents (blocking; reads through the mount).  A missing root has a digest too."""
+    file contents (blocking; reads through the mount).  A missing root has a digest too.
+    ``kvfs deploy``'s staging area (:data:`kvfs.deploy.STAGING_DIR`, only ever at the
+    volume's root) is left out, so that a watch of the whole volume acts on a deploy's
+    swap, not on its staging and clean-up."""
     h = hashlib.sha256()
 
     def visit(path: str, rel: str) -> None:
@@ -71,7 +75,8 @@ def tree_digest(root: str) -> str:
                     h.update(block)
         elif stat.S_ISDIR(st.st_mode):
             for name in sorted(os.listdir(path)):
-                visit(os.path.join(path, name), f"{rel}/{name}")
+                if not (rel == "" and name == STAGING_DIR):
+                    visit(os.path.join(path, name), f"{rel}/{name}")
         h.update(b"\0")
 
     try:
