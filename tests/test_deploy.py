@@ -284,16 +284,22 @@ def reloads(hooks: Hooks, n: int) -> Callable[[], bool]:
     return lambda: len(lines(hooks.reload_log)) == n
 
 
+@pytest.mark.parametrize("watched", ["nginx", "."])
 def test_watch_acts_once_per_deploy_on_whole_trees(
-        etcd_views: tuple[Path, Path], tmp_path: Path) -> None:
+        etcd_views: tuple[Path, Path], tmp_path: Path, watched: str) -> None:
+    """A watch of PATH, or of the whole volume (which holds the staging area, left out of
+    what the watcher compares), acts once per deploy."""
     a, b = etcd_views
     deploys = 3
     assert deploy(make_tree(tmp_path, 1), a / "nginx").returncode == 0
     hooks = Hooks(tmp_path)
+    if watched == ".":  # the check reads the deployed tree under the watched root
+        hooks.check.write_text(hooks.check.read_text().replace(
+            '"$KVFS_WATCH_PATH"/*.conf', '"$KVFS_WATCH_PATH"/nginx/*.conf'))
     log = tmp_path / "watch.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [*KVFS, "watch", str(b / "nginx"), "--check", str(hooks.check), "--reload",
+            [*KVFS, "watch", str(b / watched), "--check", str(hooks.check), "--reload",
              str(hooks.reload), "--quiet-ms", str(QUIET_MS), "--host", "host-b",
              "--lease-ttl", "2", "--timeout", "10"], stdout=out, stderr=subprocess.STDOUT)
     try:
