@@ -128,7 +128,7 @@ def plan(src: str, target: str, locate: Callable[[str], tuple[str, str]],
         raise VolumeError(f"{target}: a mountpoint; deploy to a directory inside it")
     mp, vpath = locate(parent)
     target = os.path.join(os.path.realpath(parent), name)
-    if vpath == "/" and name == STAGING_DIR or f"/{STAGING_DIR}/" in f"{vpath}/":
+    if vpath == "/" and name == STAGING_DIR or f"{vpath}/".startswith(f"/{STAGING_DIR}/"):
         raise VolumeError(f"{target}: inside the deploy staging area")
     exists = os.path.lexists(target)
     if exists:
