@@ -23,6 +23,7 @@ import msgpack
 
 from kvfs.chunk.slices import SliceStore
 from kvfs.durable import make_dirs
+from kvfs.history.records import HistorySettings
 from kvfs.kv.api import KVEngine
 from kvfs.kv.local import MemoryEngine
 from kvfs.kv.recording import RecordingEngine
@@ -51,6 +52,13 @@ class VolumeFormat:
     bucket: str
     version: int = FORMAT_VERSION
     created: int = 0
+    # kvfs.history.records.HistorySettings as a map; absent in volumes made before history
+    # existed, which then get the default settings.
+    history: dict[str, Any] | None = None
+
+    @property
+    def history_settings(self) -> HistorySettings:
+        return HistorySettings.from_dict(self.history)
 
     def encode(self) -> bytes:
         return msgpack.packb(asdict(self))
@@ -60,7 +68,10 @@ class VolumeFormat:
         d: dict[str, Any] = msgpack.unpackb(raw)
         if d.get("version", 0) > FORMAT_VERSION:
             raise VolumeError(f"volume format {d.get('version')} is newer than this kvfs")
-        return cls(**d)
+        # Fields this kvfs does not know (written by a newer one, same format version)
+        # are kept out rather than refused.
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def embedded_dir(url: str) -> str | None:
@@ -129,7 +140,8 @@ async def make_store(fmt: VolumeFormat, kv: KVEngine) -> tuple[ObjectStore, KVEn
 async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket: str = "",
                         block_kib: int | None = None, force: bool = False,
                         root_mode: int | None = None,
-                        root_owner: tuple[int, int] | None = None) -> VolumeFormat:
+                        root_owner: tuple[int, int] | None = None,
+                        history: HistorySettings | None = None) -> VolumeFormat:
     """Write a new volume's format record and root directory.
 
     The root is made as mkfs makes one: ``root_mode`` 0755 and owned by the formatting
@@ -138,7 +150,8 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
 
     Refuses an already formatted engine unless ``force`` (which only rewrites the format
     record's changeable fields -- it never erases data; the root's mode and owner are not
-    among them: chmod and chown it on a mount).
+    among them: chmod and chown it on a mount).  ``history`` None keeps an existing
+    volume's history settings, or gives a new one the defaults.
     """
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise VolumeError(f"invalid volume name {name!r} (letters, digits, - _ . only)")
@@ -172,8 +185,13 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
                           "change them with chmod and chown on a mount")
     if old is not None and (old.storage != storage or old.block_size != block_size):
         raise VolumeError("--force cannot change storage or block size of a volume with data")
+    if history is None:
+        history = old.history_settings if old else HistorySettings()
+    if history.days < 0 or history.versions < 1:
+        raise VolumeError("history needs days >= 0 (0: off) and versions >= 1")
     fmt = VolumeFormat(name, old.uuid if old else str(uuid.uuid4()), block_size, storage,
-                       bucket, FORMAT_VERSION, old.created if old else int(time.time()))
+                       bucket, FORMAT_VERSION, old.created if old else int(time.time()),
+                       history.to_dict())
     if storage == "file":
         make_dirs(bucket)  # durably: a power cut must not take the bucket
     from kvfs.kv.api import Put

@@ -11,12 +11,16 @@ drains both in idempotent steps, each its own transaction, so it can stop at any
    every remaining key of the inode and the ``D`` key in one transaction.
 2. ``G id``: delete every block of every slice listed, then the ``G`` key.  Deleting a
    block twice is harmless, so a crash between the two steps only repeats work.
+3. ``R due id``: freed slices the history keeps (kvfs.history): once unix time ``due``
+   has passed, the same as ``G``.  Versions past their retention are removed by
+   :func:`kvfs.history.retention.expire`, called here every ``history_interval``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import msgpack
 import trio
@@ -44,6 +48,10 @@ class Cleaner:
         self.slices = slices
         self.interval = interval
         self._wake = trio.Event()
+        # Set by the mount when the volume keeps a history (kvfs.history.retention).
+        self.expire_history: Callable[[], Awaitable[None]] | None = None
+        self.history_interval = 600.0
+        self._next_expiry = 0.0
 
     def poke(self) -> None:
         self._wake.set()
@@ -74,6 +82,13 @@ class Cleaner:
             await self.delete_inode_data(ino)
         for kv in await self._scan(keys.SLICE_GC_PREFIX):
             await self._free_slices(kv.key, kv.value)
+        due = await self.kv.range(keys.RETAINED_PREFIX, keys.retained(int(now) + 1, 0),
+                                  limit=1000)
+        for kv in due.kvs:
+            await self._free_slices(kv.key, kv.value)
+        if self.expire_history is not None and now >= self._next_expiry:
+            self._next_expiry = now + self.history_interval
+            await self.expire_history()
 
     async def _scan(self, prefix: bytes) -> list:  # type: ignore[type-arg]
         res = await self.kv.range(prefix, prefix_end(prefix), limit=1000)

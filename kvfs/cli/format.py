@@ -12,7 +12,13 @@ import pwd
 
 import trio
 
-from kvfs.volume import VolumeError, format_volume, open_engine
+from kvfs.history.records import (
+    DEFAULT_DAYS,
+    DEFAULT_VERSIONS,
+    HistorySettings,
+    parse_paths,
+)
+from kvfs.volume import VolumeError, format_volume, open_engine, read_format
 
 ID_NONE = 0xFFFFFFFF  # (uid_t)-1 means "no change" to chown: never an owner
 
@@ -38,7 +44,35 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                         "(default: the user running this command)")
     p.add_argument("--force", action="store_true",
                    help="update the settings of an existing volume (never erases data)")
+    p.add_argument("--history", metavar="PATH[,PATH...]",
+                   help="keep the history of files under these paths of the volume "
+                        "(default /: every file)")
+    p.add_argument("--history-days", type=float, metavar="DAYS",
+                   help=f"keep versions this many days; 0 turns history off "
+                        f"(default {DEFAULT_DAYS:g})")
+    p.add_argument("--history-versions", type=int, metavar="N",
+                   help=f"keep at most this many versions of each path "
+                        f"(default {DEFAULT_VERSIONS})")
     return p
+
+
+def history_settings(args: argparse.Namespace, old: HistorySettings | None
+                     ) -> HistorySettings | None:
+    """The history settings the flags ask for, on top of ``old`` (None: no flag given)."""
+    if args.history is None and args.history_days is None and args.history_versions is None:
+        return None
+    base = old or HistorySettings()
+    try:
+        paths = base.paths if args.history is None else parse_paths(args.history)
+    except ValueError as exc:
+        raise VolumeError(str(exc)) from None
+    days = base.days if args.history_days is None else args.history_days
+    versions = base.versions if args.history_versions is None else args.history_versions
+    if not days >= 0 or days > 100 * 365:
+        raise VolumeError(f"invalid --history-days {days:g} (0 to 36500; 0 turns it off)")
+    if versions < 1:
+        raise VolumeError(f"invalid --history-versions {versions} (at least 1)")
+    return HistorySettings(paths, days, versions)
 
 
 def parse_mode(text: str) -> int:
@@ -76,13 +110,19 @@ def run(args: argparse.Namespace) -> int:
     async def go() -> None:
         kv = await open_engine(args.meta_url, create=True)
         try:
+            old = await read_format(kv)
+            history = history_settings(args, old.history_settings if old else None)
             fmt = await format_volume(kv, args.name, storage=args.storage, bucket=args.bucket,
                                       block_kib=args.block_size, force=args.force,
-                                      root_mode=root_mode, root_owner=root_owner)
+                                      root_mode=root_mode, root_owner=root_owner,
+                                      history=history)
         finally:
             await kv.aclose()
+        h = fmt.history_settings
+        kept = (f"history of {','.join(p.decode() for p in h.paths)} kept {h.days:g} days, "
+                f"at most {h.versions} versions each" if h.enabled else "history off")
         print(f"formatted volume {fmt.name} (uuid {fmt.uuid}, storage {fmt.storage}, "
-              f"block size {fmt.block_size // 1024} KiB)")
+              f"block size {fmt.block_size // 1024} KiB, {kept})")
 
     trio.run(go)
     return 0

@@ -13,13 +13,27 @@ import logging
 import sys
 
 from kvfs import __version__
-from kvfs.cli import bench, deploy, format, fsck, mount, raft, status, umount, watch
+from kvfs.cli import (
+    bench,
+    deploy,
+    diff,
+    format,
+    fsck,
+    log,
+    mount,
+    raft,
+    restore,
+    status,
+    umount,
+    watch,
+)
 from kvfs.fuse.mount import MountError
 from kvfs.kv.api import KVError
 from kvfs.objstore.api import ObjectStoreError
 from kvfs.volume import VolumeError
 
-COMMANDS = (format, mount, umount, status, fsck, bench, raft, watch, deploy)
+COMMANDS = (format, mount, umount, status, fsck, bench, raft, watch, deploy, log, diff,
+            restore)
 USER_ERRORS = (VolumeError, MountError, KVError, ObjectStoreError, OSError)
 
 

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import stat as stat_mod
 import subprocess
 from collections.abc import Callable
@@ -21,8 +22,14 @@ import pyfuse3
 import trio
 
 from kvfs.fuse import mounttab
+from kvfs.fuse.control import ControlServer
 from kvfs.fuse.ops import KvfsOperations
+from kvfs.history.recorder import Recorder
+from kvfs.history.service import HistoryService
+from kvfs.history.store import expire
+from kvfs.kv.api import KVEngine
 from kvfs.meta.compactor import Compactor
+from kvfs.meta.records import now_ns
 from kvfs.meta.session import SESSION_TTL, Session
 from kvfs.outage import log_failure
 from kvfs.vfs.coherence import Coherence
@@ -168,6 +175,10 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
     fs = FileSystem(volume.meta, volume.slices, free_space=volume.free_space,
                     orphan_grace=opts.orphan_grace)
     ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout)
+    recorder = Recorder(volume.meta, volume.fmt.history_settings, socket.gethostname())
+    fs.history = recorder
+    fs.cleaner.expire_history = lambda: _expire(volume.kv, recorder)
+    control = ControlServer(mountpoint, HistoryService(fs, recorder, ops.invalidate_entry))
     fuse_opts = set(pyfuse3.default_options)
     # libfuse splits options on commas: an etcd URL with several endpoints needs escaping.
     fsname = source.replace("\\", "\\\\").replace(",", "\\,")
@@ -189,6 +200,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             await nursery.start(session.keepalive)
             await fs.run_background(nursery)
             await nursery.start(ops.drop_moved_directories)
+            await nursery.start(control.run)
             if volume.kv.shared:
                 coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups,
                                       on_orphaned=fs.note_orphaned,
@@ -221,6 +233,12 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
                 log.warning("could not end session %d; it expires with its lease",
                             session.sid)
             await volume.aclose()
+
+
+async def _expire(kv: KVEngine, recorder: Recorder) -> None:
+    removed = await expire(kv, recorder.settings, now_ns())
+    if removed:
+        log.info("history: removed %d versions past their retention", removed)
 
 
 async def _on_signal() -> None:

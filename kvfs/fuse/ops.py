@@ -313,7 +313,8 @@ class KvfsOperations(pyfuse3.Operations):
             mtime=attr.st_mtime_ns if fields.update_mtime else None,
             ctime=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        return self._entry(inode, await self._stale(ctx, inode, self.fs.setattr(inode, ch)))
+        return self._entry(inode, await self._stale(ctx, inode,
+                                                      self.fs.setattr(inode, ch, ctx.uid)))
 
     @_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -334,7 +335,7 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.fs.unlink(parent_inode, name)
+        await self.fs.unlink(parent_inode, name, ctx.uid)
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -349,18 +350,19 @@ class KvfsOperations(pyfuse3.Operations):
     @_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags,
+                             ctx.uid)
         self._renamed((parent_inode_old, name_old), (parent_inode_new, name_new), flags)
 
     @_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._new_ref(self._entry(inode, await self.fs.link(inode, new_parent_inode,
-                                                                   new_name)))
+                                                                   new_name, ctx.uid)))
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        fh, a = await self._stale(ctx, inode, self.fs.open_with_attr(inode, flags))
+        fh, a = await self._stale(ctx, inode, self.fs.open_with_attr(inode, flags, ctx.uid))
         sig = (a.ctime, a.mtime, a.size)
         unchanged = self._told.get(inode) == sig
         if inode in self._told and not unchanged:

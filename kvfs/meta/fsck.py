@@ -19,7 +19,8 @@ when some directory entry leads there, else its inode, and the chunk.
 
 Slices queued in ``G`` records are garbage awaiting deletion: the cleaner deletes their
 blocks before the record, so after a crash some may already be gone.  Nobody reads them,
-so fsck neither requires nor reads their blocks; it only counts them as referenced.
+so fsck neither requires nor reads their blocks; it only counts them as referenced.  The
+same holds for ``R`` records (freed slices the history keeps until their retention ends).
 
 ``leaked_blocks`` also lists blocks no slice refers to.
 
@@ -162,7 +163,8 @@ async def check(kv: KVEngine, store: ObjectStore | None, block_size: int,
                         ref.owners.append((ino, index))
             except ValueError:
                 rep.add(f"inode {ino}: chunk {index} does not decode")
-    for item in await _scan_all(kv, keys.SLICE_GC_PREFIX):
+    for item in [*await _scan_all(kv, keys.SLICE_GC_PREFIX),
+                 *await _scan_all(kv, keys.RETAINED_PREFIX)]:
         for s in decode_slices(item.value):
             if s.id:
                 queued_slices.setdefault(s.id, s.size)

@@ -27,6 +27,10 @@ key                   value (msgpack unless noted)    meaning
                                                       shared engines its attributes stay,
                                                       nlink 0, until the cleaner runs)
 ``G`` u64 id          packed slice records            slices whose blocks await deletion
+``R`` u64 due u64 id  packed slice records            freed slices kept for the history
+                                                      until unix time ``due`` (then ``G``)
+``H`` path NUL u64    history version                 one version of the file at ``path``
+ time u64 seq                                         (kvfs.history.records)
 ``SE`` sid            [host, pid, mountpoint,         live session, attached to its lease
                       version, started]
 ``SS`` sid ino        b""                             session holds unlinked inode open
@@ -61,6 +65,8 @@ SLICE_GC_PREFIX = b"G"
 SESSION_PREFIX = b"SE"
 SUSTAINED_PREFIX = b"SS"
 WATCHER_PREFIX = b"W"
+RETAINED_PREFIX = b"R"
+HISTORY_PREFIX = b"H"
 
 
 def u64(n: int) -> bytes:
@@ -154,3 +160,38 @@ def parse_watcher(key: bytes) -> tuple[str, str]:
 def key_ino(key: bytes) -> int:
     """The inode number of any ``A``/``D`` key."""
     return int(_U64.unpack_from(key, 1)[0])
+
+
+def retained(due: int, gc_id: int) -> bytes:
+    """Freed slices whose blocks the history keeps until unix time ``due``."""
+    return RETAINED_PREFIX + _U64.pack(due) + _U64.pack(gc_id)
+
+
+def retained_due(key: bytes) -> int:
+    return read_u64(key, len(RETAINED_PREFIX))
+
+
+def history(path: bytes, time_ns: int, seq: int) -> bytes:
+    """One version of the file at ``path`` (absolute within the volume: ``/a/b``).
+
+    A path never holds NUL, so the first NUL ends it; the versions of one path sort by
+    time, and every path under a directory ``/d`` sorts under :func:`history_tree`."""
+    return HISTORY_PREFIX + path + b"\0" + _U64.pack(time_ns) + _U64.pack(seq)
+
+
+def history_versions(path: bytes) -> bytes:
+    """Prefix of every version of the file at ``path``."""
+    return HISTORY_PREFIX + path + b"\0"
+
+
+def history_tree(dir_path: bytes) -> bytes:
+    """Prefix of the versions of every path below directory ``dir_path``."""
+    return HISTORY_PREFIX + dir_path.rstrip(b"/") + b"/"
+
+
+def parse_history(key: bytes) -> tuple[bytes, int, int]:
+    """``(path, time_ns, seq)`` of a :func:`history` key."""
+    path, sep, rest = key[len(HISTORY_PREFIX):].partition(b"\0")
+    if not key.startswith(HISTORY_PREFIX) or not sep or len(rest) != 16:
+        raise ValueError(f"not a history key: {key!r}")
+    return path, read_u64(rest), read_u64(rest, 8)

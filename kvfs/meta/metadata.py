@@ -125,6 +125,9 @@ class Metadata:
         self.hints = ReadHints()
         # Inodes this mount holds open after their last name went (its ``SS`` keys).
         self.held: set[int] = set()
+        # Seconds freed slices keep their blocks (the history's retention; 0: none), so
+        # every version's content stays readable as long as the version is kept.
+        self.retain_seconds = 0
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -235,6 +238,8 @@ class Metadata:
                 del links[old]
         if new:
             links[new] = links.get(new, 0) + 1
+        # Which of its names remains is not known here, so the name is forgotten.
+        a.name = b""
         if len(links) == 1 and next(iter(links.values())) == 1:
             a.parent = next(iter(links))
             return
@@ -413,7 +418,7 @@ class Metadata:
                 if is_dir:
                     m |= stat.S_ISGID
             a = Attr(m, ctx.uid, gid, now, now, now, 2 if is_dir else 1,
-                     len(target) if target is not None else 0, rdev, parent)
+                     len(target) if target is not None else 0, rdev, parent, name)
             self._put_attr(t, ino, a)
             t.put(keys.dentry(parent, name), encode_dentry(ftype_of(m), ino))
             if target is not None:
@@ -600,6 +605,8 @@ class Metadata:
                 pa2.nlink += 1
             if p1 != p2:
                 await self._move_link_parent(t, sino, sa, p1, p2)
+            if sa.parent:  # one name (or a directory): it is now n2
+                sa.name = n2
             sa.ctime = now
             self._put_attr(t, sino, sa)
             pa1.mtime = pa1.ctime = now
@@ -636,6 +643,10 @@ class Metadata:
                 pa2.nlink += delta
             await self._move_link_parent(t, sino, sa, p1, p2)
             await self._move_link_parent(t, dino, da, p2, p1)
+        if sa.parent:
+            sa.name = n2
+        if da.parent:
+            da.name = n1
         sa.ctime = da.ctime = now
         self._put_attr(t, sino, sa)
         self._put_attr(t, dino, da)
@@ -744,11 +755,19 @@ class Metadata:
                         dropped += raw
                         t.delete(key)
                 if dropped:
-                    t.put(keys.slice_gc(gc_id), dropped)
+                    self._queue_freed(t, gc_id, dropped)
                     freed = slice_space(decode_slices(dropped))
                     t.on_commit(lambda: self.usage.add(space=-freed))
 
             await run_txn(self.kv, step, hints=self.hints)
+
+    def _queue_freed(self, t: Txn, gc_id: int, slices: bytes) -> None:
+        """Queue slices no chunk refers to any more for deletion of their blocks: at once
+        (``G``), or once the history's retention has passed (``R``)."""
+        if self.retain_seconds:
+            t.put(keys.retained(now_ns() // 10**9 + self.retain_seconds, gc_id), slices)
+        else:
+            t.put(keys.slice_gc(gc_id), slices)
 
     async def read_chunk(self, ino: int, index: int) -> list[Slice]:
         async def fresh() -> list[Slice]:
@@ -803,7 +822,7 @@ class Metadata:
         async def fn(t: Txn) -> None:
             t.guard(key, cur.mod_revision)
             t.put(key, encode_slices(new))
-            t.put(keys.slice_gc(gc_id), expect)
+            self._queue_freed(t, gc_id, expect)
             t.on_commit(lambda: self.usage.add(space=delta))
 
         self.hints.drop(key)

@@ -21,6 +21,9 @@ class Attr:
 
     ``parent`` is the containing directory for directories and for files with one link;
     0 once a non-directory has several links (its parents are then ``A ino P *`` keys).
+    ``name`` is the inode's name in ``parent`` while it has one (kept by create and rename,
+    read by the history to name a file's path); empty when unknown -- several links, or a
+    record written before names were kept.
     """
 
     mode: int
@@ -33,6 +36,7 @@ class Attr:
     size: int = 0
     rdev: int = 0
     parent: int = 0
+    name: bytes = b""
 
     @property
     def is_dir(self) -> bool:
@@ -52,14 +56,15 @@ class Attr:
     def encode(self) -> bytes:
         return msgpack.packb([ATTR_VERSION, self.mode, self.uid, self.gid, self.atime,
                               self.mtime, self.ctime, self.nlink, self.size, self.rdev,
-                              self.parent])
+                              self.parent, self.name])
 
     @classmethod
     def decode(cls, raw: bytes) -> Attr:
         v = msgpack.unpackb(raw)
         if v[0] != ATTR_VERSION:
             raise ValueError(f"unknown inode record version {v[0]}")
-        return cls(*v[1:11])
+        # 11 elements before names were kept; the 12th (name) is optional.
+        return cls(*v[1:12])
 
 
 

@@ -13,6 +13,13 @@ Invariants:
     one inode share it, so they see each other's buffered writes.
   * Attributes returned for an inode with unsettled writes (buffered, or being committed by
     a flush) include their length and mtime.
+  * With a history (:mod:`kvfs.history`), ``_changed[ino]`` marks an inode changed through
+    an open handle since its last version.  The next close that follows written data
+    records one version (close(2) waits for it, so the version holds what was written); a
+    change without data (a create, an O_TRUNC) is recorded at the release of the handle
+    if no write followed -- a shell's ``open; dup2; close; write; close`` records once.
+    Changes without a handle (rename, unlink, chmod of a closed file) are recorded when
+    they commit.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from kvfs.chunk.cleanup import Cleaner
 from kvfs.chunk.filedata import FileData
 from kvfs.chunk.slices import SliceStore
 from kvfs.errors import FSError
+from kvfs.history.recorder import Recorder, join
+from kvfs.history.records import ATTR, CREATE, DELETE, LINK, WRITE
 from kvfs.kv.api import NoSpace
 from kvfs.meta.keys import Ino
-from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
+from kvfs.meta.metadata import MAX_FILE_SIZE, RENAME_EXCHANGE, Ctx, DirEntry, Metadata, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.objstore.api import ObjectStoreFull
 from kvfs.outage import log_failure
@@ -49,6 +58,7 @@ class FileHandle:
     ino: int
     flags: int
     data: FileData
+    uid: int = 0  # who opened it: the author of the versions its writes make
 
 
 @dataclass(slots=True)
@@ -95,6 +105,32 @@ class FileSystem:
         # inode -> (its data, file length) awaiting background compaction
         self._compact_pending: dict[int, tuple[FileData, int]] = {}
         self._compact_wake = trio.Event()
+        self.history: Recorder | None = None  # set by the mount when the volume keeps one
+        # ino -> (version kind, uid, data written since the last version)
+        self._changed: dict[int, tuple[str, int, bool]] = {}
+
+    # -- history -----------------------------------------------------------------------
+
+    def _mark(self, ino: int, kind: str, uid: int, *, wrote: bool = False) -> None:
+        """``ino`` changed through an open handle: a version is due (see module docstring)."""
+        if self.history is None or not self.history.enabled:
+            return
+        old = self._changed.get(ino)
+        self._changed[ino] = (CREATE if old and old[0] == CREATE else kind, uid,
+                              wrote or bool(old and old[2]))
+
+    async def _record_changed(self, ino: int, *, only_written: bool = False) -> None:
+        change = self._changed.get(ino)
+        if change is None or (only_written and not change[2]):
+            return
+        del self._changed[ino]
+        if change is not None and self.history is not None:
+            await self.history.record_file(ino, change[0], change[1])
+
+    async def _path(self, parent: int, name: bytes) -> bytes | None:
+        assert self.history is not None
+        d = await self.history.dir_path(parent)
+        return None if d is None else join(d, name)
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -143,7 +179,7 @@ class FileSystem:
     async def getattr(self, ino: int) -> Attr:
         return self._overlay(ino, await self.meta.getattr(ino))
 
-    async def setattr(self, ino: int, ch: SetAttr) -> Attr:
+    async def setattr(self, ino: int, ch: SetAttr, uid: int = 0) -> Attr:
         data = self._data.get(ino)
         if ch.size is not None and data is not None:
             data.discard_beyond(ch.size)
@@ -153,11 +189,19 @@ class FileSystem:
         attr = await self.meta.setattr(ino, ch)
         if ch.size is not None:
             self.cleaner.poke()
+        if self.history is not None and not attr.is_dir and any(
+                v is not None for v in (ch.mode, ch.uid, ch.gid, ch.size, ch.mtime)):
+            if ino in self._data:
+                self._mark(ino, WRITE, uid)
+            else:
+                await self.history.record_file(ino, ATTR, uid)
         return self._overlay(ino, attr)
 
     async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int,
                     rdev: int = 0) -> tuple[Ino, Attr]:
         ino, attr, _ = await self.meta.create(ctx, parent, name, mode, rdev)
+        if self.history is not None:
+            await self.history.record_file(ino, CREATE, ctx.uid)
         return ino, attr
 
     async def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int) -> tuple[Ino, Attr]:
@@ -168,33 +212,64 @@ class FileSystem:
                       target: bytes) -> tuple[Ino, Attr]:
         ino, attr, _ = await self.meta.create(ctx, parent, name, stat.S_IFLNK | 0o777,
                                               target=target)
+        if self.history is not None:
+            await self.history.record_file(ino, CREATE, ctx.uid)
         return ino, attr
 
     async def readlink(self, ino: int) -> bytes:
         return await self.meta.readlink(ino)
 
-    async def link(self, ino: int, parent: int, name: bytes) -> Attr:
-        return self._overlay(ino, await self.meta.link(ino, parent, name))
+    async def link(self, ino: int, parent: int, name: bytes, uid: int = 0) -> Attr:
+        attr = await self.meta.link(ino, parent, name)
+        if self.history is not None and self.history.enabled:
+            path = await self._path(parent, name)
+            if path is not None:
+                await self.history.record_file(ino, LINK, uid, paths=[path])
+        return self._overlay(ino, attr)
 
-    async def unlink(self, parent: int, name: bytes) -> None:
+    async def unlink(self, parent: int, name: bytes, uid: int = 0) -> None:
         await self.meta.unlink(parent, name)
         self.cleaner.poke()
+        if self.history is not None and self.history.enabled:
+            path = await self._path(parent, name)
+            if path is not None:
+                await self.history.record_gone(path, DELETE, uid)
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         await self.meta.rmdir(parent, name)
 
-    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0) -> None:
+    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0,
+                     uid: int = 0) -> None:
         await self.meta.rename(p1, n1, p2, n2, flags)
         self.cleaner.poke()
+        if self.history is not None and self.history.enabled:
+            await self._record_rename(p1, n1, p2, n2, flags, uid)
+
+    async def _record_rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int,
+                             uid: int) -> None:
+        assert self.history is not None
+        old, new = await self._path(p1, n1), await self._path(p2, n2)
+        if old is None or new is None:
+            return
+        moves = []
+        for now_at, was_at, parent, name in ((new, old, p2, n2), (old, new, p1, n1)):
+            if now_at is old and not flags & RENAME_EXCHANGE:
+                break
+            try:
+                ino, attr = await self.meta.lookup(parent, name)
+            except FSError:
+                return  # renamed again meanwhile: that rename records its own versions
+            moves.append((now_at, was_at, int(ino), attr))
+        await self.history.record_moves(moves, uid)
 
     # -- files -------------------------------------------------------------------------
 
-    def _new_handle(self, ino: int, flags: int) -> int:
+    def _new_handle(self, ino: int, flags: int, uid: int = 0) -> int:
         data = self._data.get(ino)
         if data is None:
             data = self._data[ino] = FileData(ino, self.meta, self.slices)
         fh = next(self._fh)
-        self._files[fh] = FileHandle(ino, flags, data)
+        self._files[fh] = FileHandle(ino, flags, data, uid)
         self._inc_open(ino)
         return fh
 
@@ -202,16 +277,16 @@ class FileSystem:
         fh, _ = await self.open_with_attr(ino, flags)
         return fh
 
-    async def open_with_attr(self, ino: int, flags: int) -> tuple[int, Attr]:
+    async def open_with_attr(self, ino: int, flags: int, uid: int = 0) -> tuple[int, Attr]:
         """Open ``ino``; also return its attributes as read from the engine just now
         (close-to-open: whatever caches hold, an open sees the latest committed state)."""
         attr = await self.meta.getattr(ino, fresh=True)
         if attr.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
             raise FSError(errno.EISDIR)
-        fh = self._new_handle(ino, flags)
+        fh = self._new_handle(ino, flags, uid)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and attr.size:
             try:
-                attr = await self.setattr(ino, SetAttr(size=0))
+                attr = await self.setattr(ino, SetAttr(size=0), uid)
             except BaseException:
                 await self.release(fh)
                 raise
@@ -241,9 +316,11 @@ class FileSystem:
             # The restarted walk raced too: open the file here, checking what the kernel
             # checked only on the directory.
             await self.access(ctx, ino, _access_wanted(flags))
-        fh = self._new_handle(ino, flags)
+        fh = self._new_handle(ino, flags, ctx.uid)
+        if created:
+            self._mark(ino, CREATE, ctx.uid)
         if not created and flags & os.O_TRUNC and attr.size:
-            attr = await self.setattr(ino, SetAttr(size=0))
+            attr = await self.setattr(ino, SetAttr(size=0), ctx.uid)
         return fh, ino, attr
 
     def _handle(self, fh: int) -> FileHandle:
@@ -264,12 +341,14 @@ class FileSystem:
         if offset + len(buf) > MAX_FILE_SIZE:
             raise FSError(errno.EFBIG)
         await h.data.write(offset, buf)
+        self._mark(h.ino, WRITE, h.uid, wrote=True)
         return len(buf)
 
     async def flush(self, fh: int) -> None:
         """close(2) of one descriptor: make its writes durable and report earlier failures."""
         h = self._handle(fh)
         await self._flush_data(h.data)
+        await self._record_changed(h.ino, only_written=True)
 
     async def _flush_data(self, data: FileData) -> None:
         try:
@@ -297,6 +376,7 @@ class FileSystem:
         try:
             if h.data.dirty:
                 await self._flush_data(h.data)
+            await self._record_changed(h.ino)
         finally:
             await self._dec_open(h.ino)
 
@@ -395,6 +475,8 @@ class FileSystem:
         for data in list(self._data.values()):
             if data.dirty:
                 await self._flush_data(data)
+        for ino in list(self._changed):
+            await self._record_changed(ino)
 
     async def _compactor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
@@ -413,6 +495,8 @@ class FileSystem:
 
     async def run_background(self, nursery: trio.Nursery) -> None:
         """Start the cleaner and the compactor as children of ``nursery``."""
+        if self.history is not None:
+            await nursery.start(self.history.refresh_settings)
         await nursery.start(self.cleaner.run)
         await nursery.start(self.meta.usage.run)
         await nursery.start(self.meta.offline.probe, self.meta.kv)

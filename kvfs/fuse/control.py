@@ -1,0 +1,159 @@
+"""The mount's control socket: how ``kvfs log``, ``diff`` and ``restore`` reach a mount.
+
+Each mount listens on a Unix socket named after its mountpoint (:func:`socket_path`), mode
+0600, so only root (who mounts) may use it.  A request and its answer are each one msgpack
+map preceded by its length (4 bytes, big-endian); one request per connection.  The caller's
+uid (``SO_PEERCRED``) is the author of what a request changes.
+
+Requests: ``{"op": "log", "path"}``, ``{"op": "content", "path", "rev"}``,
+``{"op": "restore", "path", "rev" | "at_rev" | "at_time"}``.  Answers are
+``{"ok": true, ...}`` or ``{"ok": false, "error": "<one line>"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import struct
+from typing import Any
+
+import msgpack
+import trio
+
+from kvfs.errors import FSError
+from kvfs.history.service import AsOf, HistoryError, HistoryService
+from kvfs.outage import log_failure
+
+log = logging.getLogger("kvfs.control")
+RUN_DIR = "/run/kvfs"
+MAX_REQUEST = 1 << 20
+_LEN = struct.Struct(">I")
+
+
+def socket_path(mountpoint: str) -> str:
+    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:24]
+    return os.path.join(RUN_DIR, f"control-{digest}.sock")
+
+
+async def _recv_exactly(stream: trio.SocketStream, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        got = await stream.receive_some(n - len(buf))
+        if not got:
+            raise EOFError("connection closed")
+        buf += got
+    return bytes(buf)
+
+
+async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
+    raw = msgpack.packb(obj)
+    await stream.send_all(_LEN.pack(len(raw)) + raw)
+
+
+class ControlServer:
+    """Serves :class:`HistoryService` on the mount's control socket."""
+
+    def __init__(self, mountpoint: str, history: HistoryService) -> None:
+        self.path = socket_path(mountpoint)
+        self.history = history
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.unlink(self.path)  # left by a mount of this mountpoint that died
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)
+        try:
+            await sock.bind(self.path)
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        try:
+            await trio.serve_listeners(self._serve, [listener])
+        finally:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                (n,) = _LEN.unpack(await _recv_exactly(stream, 4))
+                if n > MAX_REQUEST:
+                    raise ValueError("request too large")
+                req = msgpack.unpackb(await _recv_exactly(stream, n))
+                creds = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                 struct.calcsize("3i"))
+                _, uid, _ = struct.unpack("3i", creds)
+                answer = await self._answer(req, uid)
+            except (HistoryError, FSError, ValueError, KeyError, TypeError) as exc:
+                answer = {"ok": False, "error": str(exc).splitlines()[0] if str(exc)
+                          else type(exc).__name__}
+            except EOFError:
+                return
+            except Exception as exc:  # noqa: BLE001 - answer, log, keep serving
+                log_failure(log, "control request failed")
+                answer = {"ok": False, "error": f"the mount failed: {exc}"}
+            try:
+                await _send(stream, answer)
+            except trio.BrokenResourceError:
+                pass
+
+    async def _answer(self, req: dict[str, Any], uid: int) -> dict[str, Any]:
+        op, path = req["op"], bytes(req["path"])
+        h = self.history
+        if op == "log":
+            return {"ok": True, "versions": [v.summary() for v in await h.log(path)]}
+        if op == "content":
+            v = await h.version(path, int(req["rev"]))
+            return {"ok": True, "version": v.summary(), "target": v.target,
+                    "data": await h.content(path, int(req["rev"]))}
+        if op == "restore":
+            if req.get("rev"):
+                lines = await h.restore(path, revision=int(req["rev"]), uid=uid)
+            else:
+                as_of = AsOf(revision=int(req.get("at_rev", 0)),
+                             time_ns=int(req.get("at_time", 0)))
+                lines = await h.restore(path, as_of=as_of, uid=uid)
+            return {"ok": True, "lines": lines}
+        raise ValueError(f"unknown request {op!r}")
+
+
+def request(mountpoint: str, req: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
+    """Send one request to the mount at ``mountpoint`` (blocking; for the CLI).  Raises
+    ConnectionError with a one-line message when the mount does not answer."""
+    path = socket_path(mountpoint)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ConnectionError(f"the kvfs mount at {mountpoint} has no control socket "
+                                  f"({path}); remount it with this kvfs version") from None
+        except PermissionError:
+            raise ConnectionError(f"permission denied on {path}: history commands need "
+                                  "root") from None
+        raw = msgpack.packb(req)
+        s.sendall(_LEN.pack(len(raw)) + raw)
+        buf = bytearray()
+        try:
+            while True:
+                got = s.recv(1 << 20)
+                if not got:
+                    break
+                buf += got
+        except TimeoutError:
+            raise ConnectionError(f"the kvfs mount at {mountpoint} did not answer within "
+                                  f"{timeout:g} s") from None
+    if len(buf) < 4 or len(buf) != 4 + _LEN.unpack_from(buf)[0]:
+        raise ConnectionError(f"the kvfs mount at {mountpoint} sent a broken answer")
+    answer: dict[str, Any] = msgpack.unpackb(bytes(buf[4:]))
+    return answer
