@@ -195,7 +195,9 @@ class Recorder:
             return where
 
         try:
-            return await run_txn(self.kv, fn, hints=self.meta.hints)
+            # Not through the read hints: a conflict would drop the inode's hint, and an
+            # O_APPEND write racing this takes its offset from that hint (kvfs.kv.txn).
+            return await run_txn(self.kv, fn)
         except Exception:  # noqa: BLE001 - the change itself committed
             log_failure(log, "recording a version of inode %d failed", ino)
             return []
