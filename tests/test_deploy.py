@@ -6,7 +6,7 @@ reader another process).  Every file of generation G says G; the reader opens ev
 by path under PATH, over and over, and the generations it reads must never go backwards --
 a deploy that was not one swap would show a file of the new tree before one of the old --
 nor may a file ever be missing, nor the tree's listing hold other than one generation
-marker.  ``KVFS_DEPLOY_ROUNDS`` (default 10) sets the number of deploys; on etcd each takes
+marker.  ``KVFS_DEPLOY_ROUNDS`` (default 8) sets the number of deploys; on etcd each takes
 about 2.8 s, most of it the grace period before the old tree is removed, so a long run is
 ``KVFS_DEPLOY_ROUNDS=200 .venv/bin/pytest -q -s tests/test_deploy.py -k atomic``.
 
@@ -34,7 +34,7 @@ from kvfs.deploy import STAGING_DIR
 
 __all__ = ["etcd_procs", "etcd_single"]  # fixtures used by this module
 
-ROUNDS = int(os.environ.get("KVFS_DEPLOY_ROUNDS", "10"))
+ROUNDS = int(os.environ.get("KVFS_DEPLOY_ROUNDS", "8"))
 FILES = ("a.conf", "b.conf", "sub/c.conf", "sub/deeper/d.conf")
 QUIET_MS = 300
 
@@ -290,7 +290,7 @@ def test_watch_acts_once_per_deploy_on_whole_trees(
     """A watch of PATH, or of the whole volume (which holds the staging area, left out of
     what the watcher compares), acts once per deploy."""
     a, b = etcd_views
-    deploys = 3
+    deploys = 2
     assert deploy(make_tree(tmp_path, 1), a / "nginx").returncode == 0
     hooks = Hooks(tmp_path)
     if watched == ".":  # the check reads the deployed tree under the watched root
