@@ -23,9 +23,10 @@ DEFAULT_VERSIONS = 10
 # A version keeps the slice lists of a file only up to this size (about 10,000 slices);
 # a bigger file's version records its attributes and says its content was not kept.
 MAX_CHUNK_BYTES = 256 * 1024
-# Paths never versioned: the staging area of `kvfs deploy` (a tree there is versioned
-# when it is swapped in), and the temporary files of restores.
-STAGING_DIR = b"/.kvfs-deploy"
+# Paths never versioned: the staging area of `kvfs deploy` at the volume root (a tree
+# there is versioned when it is swapped in), and the temporary files of restores.
+STAGING_NAME = ".kvfs-deploy"
+STAGING_DIR = b"/" + STAGING_NAME.encode()
 RESTORE_TEMP_PREFIX = b".kvfs-restore-"
 
 # Kinds of version.  Arrivals put a file at a path; departures leave a tombstone.

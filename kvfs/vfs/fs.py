@@ -252,9 +252,11 @@ class FileSystem:
         if old is None or new is None:
             return
         moves = []
-        for now_at, was_at, parent, name in ((new, old, p2, n2), (old, new, p1, n1)):
-            if now_at is old and not flags & RENAME_EXCHANGE:
-                break
+        # What now sits at the new name came from the old one; with EXCHANGE also back.
+        swapped = [(new, old, p2, n2)]
+        if flags & RENAME_EXCHANGE:
+            swapped.append((old, new, p1, n1))
+        for now_at, was_at, parent, name in swapped:
             try:
                 ino, attr = await self.meta.lookup(parent, name)
             except FSError:
