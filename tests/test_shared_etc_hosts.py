@@ -33,10 +33,14 @@ is ``generation N from ADDRESS``.  Steps:
 (c) host 3 dies: its mount daemon is killed with SIGKILL, its watcher and nginx (master and
     workers) too, and so is its engine member (etcd member or Raft member: the host is
     gone, not only its mount); its watch record goes with its lease, and the two others
-    keep serving and take the next deploy.
+    keep serving and take the next deploy;
+(d) ``kvfs restore MOUNTPOINT/nginx --at @TIME`` on host 1 brings back the tree as it was
+    before the broken deploy (from the volume's history); the live hosts validate, reload
+    and serve it again (its rollout time is printed too).
 
 Throughout, no host's check ever sees a partial tree: each check run records one
-generation across all files, and the file set of that generation.
+generation across all files, and the file set of that generation.  (A directory restore
+rewrites its files one by one, each atomically; the watchers' quiet window covers it.)
 
 Needs root, /dev/fuse, iproute2, nsenter, nginx (``/usr/sbin/nginx``, Debian package
 ``nginx``, installed by ``install.sh``) and etcd-server; a missing one fails the test.
@@ -145,17 +149,17 @@ def source(base: Path, gen: int, *, broken: bool = False) -> Path:
 
 
 def start_deploy(host: Host, src: Path, *flags: str) -> subprocess.Popen[str]:
-    """``kvfs deploy SRC MOUNTPOINT/nginx`` on ``host``, in the background (after the swap
-    it waits a grace period before removing the old tree)."""
+    """``kvfs deploy SRC MOUNTPOINT/nginx`` on ``host``, in the background."""
     return subprocess.Popen([*host.wrap, *KVFS, "deploy", *flags, str(src),
                              str(host.mountpoint / "nginx")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen[str], status: int = 0) -> str:
-    """Wait for a deploy; its output (stdout, or stderr when ``status`` is not 0)."""
+    """Wait for a kvfs command; its output (stdout, or stderr when ``status`` is not 0).
+    (After the swap a deploy waits a grace period before removing the old tree.)"""
     out, err = proc.communicate(timeout=WAIT)
-    assert proc.returncode == status, f"kvfs deploy exited with {proc.returncode}: {err}"
+    assert proc.returncode == status, f"{proc.args!r} exited with {proc.returncode}: {err}"
     return (out if status == 0 else err).strip()
 
 
@@ -468,20 +472,29 @@ def recorded(where: Host, hosts: list[Host], result: str) -> bool:
                and recs[h.name]["result"] == result for h in hosts)
 
 
-def timed_deploy(src: Path, first: Host, live: list[Host], gen: int,
-                 label: str) -> tuple[float, float]:
-    """Deploy ``gen`` on ``first``, wait until every live host serves it, print the times;
-    the rollout time from the deploy's start, and from the swap seen on ``first``."""
+def timed_rollout(first: Host, live: list[Host], gen: int, label: str,
+                  *argv: str) -> tuple[float, float]:
+    """Run ``kvfs ARGV`` (a deploy or a restore) on ``first`` and wait until every live
+    host serves generation ``gen``; print the times, and return the rollout time from the
+    command's start and from the new tree seen on ``first``."""
     t0 = time.monotonic()
-    proc = start_deploy(first, source(src, gen))
+    proc = subprocess.Popen([*first.wrap, *KVFS, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     swapped, seen = rollout(live, gen)
     total = max(seen.values()) - t0
     per_host = ", ".join(f"{n} {t - t0:.3f} s" for n, t in sorted(seen.items()))
     out = finish(proc)
+    what = out[out.index("swap "):] if "swap " in out else f"{len(out.splitlines())} restored"
     print(f"{label}: rollout of generation {gen} to {len(live)} hosts {total:.3f} s "
-          f"({per_host}; swap seen on {first.name} at {swapped - t0:.3f} s, "
-          f"{out[out.index('swap '):]})")
+          f"({per_host}; new tree seen on {first.name} at {swapped - t0:.3f} s; {what})")
     return total, max(seen.values()) - swapped
+
+
+def timed_deploy(src: Path, first: Host, live: list[Host], gen: int,
+                 label: str) -> tuple[float, float]:
+    """Deploy ``gen`` on ``first`` with ``kvfs deploy`` (:func:`timed_rollout`)."""
+    return timed_rollout(first, live, gen, label, "deploy", str(source(src, gen)),
+                         str(first.mountpoint / "nginx"))
 
 
 @pytest.fixture(params=["etcd", "raft"])
@@ -532,6 +545,7 @@ def test_shared_etc_nginx_on_three_hosts(engine: Engine, tmp_path: Path) -> None
                   f"s, max {figures[-1]:.3f} s")
         applied = {h.name: last_check(h)[0] for h in hosts}
         good, reloads = gen, 1 + len(times)
+        good_time = time.time()  # the history's clock: the hosts share this machine's
 
         # (b) A broken tree checked before the swap is refused, and nothing changes; one
         # deployed without a check is rejected everywhere, every nginx keeps the old one.
@@ -566,6 +580,14 @@ def test_shared_etc_nginx_on_three_hosts(engine: Engine, tmp_path: Path) -> None
         assert sorted(watchers(h2)) == ["h1", "h2"]
         for h in (h1, h2):
             assert last_check(h)[1] == gen and h.reloads() == reloads + 1
+
+        # (d) The tree as it was before the broken deploy, restored from the volume's
+        # history on host 1: the live hosts validate, reload and serve it again.
+        timed_rollout(h1, [h1, h2], good, f"{engine.kind} (d) restore", "restore",
+                      str(h1.mountpoint / "nginx"), "--at", f"@{good_time:.6f}")
+        wait_until(lambda: recorded(h1, [h1, h2], "ok"), "the live hosts' records")
+        for h in (h1, h2):
+            assert last_check(h)[1] == good and h.reloads() == reloads + 2
 
         runs = assert_whole_trees(hosts)
         print(f"{engine.kind}: {runs} check runs on 3 hosts, each saw one whole tree")
