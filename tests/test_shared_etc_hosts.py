@@ -410,7 +410,8 @@ def raft_engine(base: Path) -> Iterator[Engine]:
 def rollout(hosts: list[Host], gen: int) -> tuple[float, dict[str, float]]:
     """Poll every host's nginx (from the root namespace) until it serves generation
     ``gen``, and the first host's mount until its tree is of ``gen``: the moment the swap
-    was seen there, and the moment each host first served ``gen``, in monotonic seconds."""
+    was seen there, and the moment each host first served ``gen`` (its new worker
+    answered), in monotonic seconds."""
     swapped = 0.0
     seen: dict[str, float] = {}
     deadline = time.monotonic() + WAIT
@@ -432,6 +433,18 @@ def rollout(hosts: list[Host], gen: int) -> tuple[float, dict[str, float]]:
                                  f"within {WAIT} s")
         time.sleep(0.005)
     return swapped or min(seen.values()), seen
+
+
+def steady(hosts: list[Host], gen: int, rounds: int = 5) -> None:
+    """Wait until every host answered generation ``gen`` ``rounds`` times in a row: for a
+    moment after a reload nginx's old worker still answers next to the new one."""
+    in_row = 0
+    deadline = time.monotonic() + WAIT
+    while in_row < rounds:
+        ok = all((h.get() or "").startswith(f"generation {gen} ") for h in hosts)
+        in_row = in_row + 1 if ok else 0
+        assert time.monotonic() < deadline, f"generation {gen} not served steadily"
+        time.sleep(0.02)
 
 
 def watchers(host: Host) -> dict[str, dict[str, object]]:
@@ -481,6 +494,7 @@ def timed_rollout(first: Host, live: list[Host], gen: int, label: str,
     proc = subprocess.Popen([*first.wrap, *KVFS, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     swapped, seen = rollout(live, gen)
+    steady(live, gen)
     total = max(seen.values()) - t0
     per_host = ", ".join(f"{n} {t - t0:.3f} s" for n, t in sorted(seen.items()))
     out = finish(proc)
@@ -523,7 +537,7 @@ def test_shared_etc_nginx_on_three_hosts(engine: Engine, tmp_path: Path) -> None
         for h in hosts:
             wait_until(h.conf.exists, f"the tree on {h.name}")
             h.start_nginx()
-        rollout(hosts, gen)
+        steady(hosts, gen)
         for h in hosts:
             h.start_watcher()
         # On start each watcher checks and reloads what is there once.
