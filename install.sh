@@ -24,19 +24,23 @@ install_system() {
 		fuse3 libfuse3-dev pkg-config gcc python3-venv attr procps psmisc \
 		etcd-server etcd-client iproute2 >/dev/null
 	# nginx is for the shared-/etc test, which runs its own nginx processes with their own
-	# configs: a fresh install must not start (or enable) the system's nginx on port 80.
-	if ! dpkg -s nginx >/dev/null 2>&1; then
+	# configs, and prometheus for its promtool (the metrics test checks a mount's metrics
+	# with it): a fresh install must not start (or enable) the system's nginx on port 80
+	# nor a Prometheus server.
+	local pkg
+	for pkg in nginx prometheus; do
+		dpkg -s "$pkg" >/dev/null 2>&1 && continue
 		local deny=""
 		if [ ! -e /usr/sbin/policy-rc.d ]; then
 			deny=/usr/sbin/policy-rc.d
 			printf '#!/bin/sh\nexit 101\n' >"$deny" && chmod 755 "$deny"
 		fi
-		apt-get install -y -qq --no-install-recommends nginx >/dev/null || { rm -f $deny; exit 1; }
+		apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null || { rm -f $deny; exit 1; }
 		[ -z "$deny" ] || rm -f "$deny"
 		if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-			systemctl disable -q nginx || true
+			systemctl disable -q "$pkg" || true
 		fi
-	fi
+	done
 }
 
 install_python() {
