@@ -42,7 +42,8 @@ Throughout, no host's check ever sees a partial tree: each check run records one
 generation across all files, and the file set of that generation.  (A directory restore
 rewrites its files one by one, each atomically; the watchers' quiet window covers it.)
 
-Needs root, /dev/fuse, iproute2, nsenter, nginx (``/usr/sbin/nginx``, Debian package
+Both variants together take about a minute (more with more deploys).  Needs root,
+/dev/fuse, iproute2, nsenter, nginx (``/usr/sbin/nginx``, Debian package
 ``nginx``, installed by ``install.sh``) and etcd-server; a missing one fails the test.
 Every process is ended by its PID, mounts are unmounted and namespaces deleted also when
 a step fails.
@@ -53,7 +54,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -81,7 +81,6 @@ QUIET_MS = 150  # the watchers' quiet window: a deploy is one rename, so little 
 LEASE_TTL = 3  # the watchers' lease: a dead host's record goes within this
 DEPLOYS = int(os.environ.get("KVFS_SHARED_ETC_DEPLOYS", "3"))  # timed deploys in step (a)
 WAIT = 60.0  # bound on any wait: catches hangs only
-GENERATION = re.compile(r"^# generation (\d+)$", re.M)
 
 
 def require_tools() -> None:
@@ -271,11 +270,7 @@ class Host:
         if self.nginx is not None:
             workers = children(self.nginx.pid)
             self.nginx.kill()
-            for pid in workers:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_all(workers)
             self.nginx.wait(10)
         assert self.mount is not None
         self.mount.kill9()
@@ -297,13 +292,18 @@ class Host:
             except subprocess.TimeoutExpired:
                 self.nginx.kill()
                 self.nginx.wait()
-                for pid in workers:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                kill_all(workers)
         if self.mount is not None:
             self.mount.cleanup()
+
+
+def kill_all(pids: list[int]) -> None:
+    """SIGKILL each of ``pids`` that still runs (nginx's workers outlive a killed master)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def children(pid: int) -> list[int]:
