@@ -52,8 +52,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvfs.errors import VolumeError
 from kvfs.history.records import STAGING_NAME
-from kvfs.volume import VolumeError
 
 STAGING_DIR = STAGING_NAME  # one name, shared with the history that leaves it out
 OLD_TREE_GRACE = 2.0  # seconds: over the default entry_timeout (1 s) other mounts cache names

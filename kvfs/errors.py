@@ -12,3 +12,9 @@ class FSError(Exception):
     def __init__(self, err: int, detail: str = "") -> None:
         super().__init__(f"{errno.errorcode.get(err, err)}: {detail or os.strerror(err)}")
         self.errno = err
+
+
+class VolumeError(Exception):
+    """A user-facing problem with a volume, its URL or a path given to a command; the
+    message is one line.  (Here rather than in kvfs.volume so that light commands need not
+    import the whole stack to raise it.)"""

@@ -23,6 +23,7 @@ import msgpack
 
 from kvfs.chunk.slices import SliceStore
 from kvfs.durable import make_dirs
+from kvfs.errors import VolumeError
 from kvfs.history.records import HistorySettings
 from kvfs.kv.api import KVEngine
 from kvfs.kv.local import MemoryEngine
@@ -37,10 +38,6 @@ from kvfs.vfs.coherence import OwnRevisions
 
 FORMAT_VERSION = 1
 DEFAULT_BLOCK_KIB = {"file": 4096, "kv": 1024, "etcd": 1024}
-
-
-class VolumeError(Exception):
-    """A user-facing problem with a volume or its URL; the message is one line."""
 
 
 @dataclass(frozen=True, slots=True)

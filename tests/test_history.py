@@ -32,7 +32,7 @@ import trio
 from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
 from mounting import Mount, kvfs
 
-from kvfs.fuse import control
+from kvfs.fuse import controlsocket
 from kvfs.history.records import HistorySettings, Version
 from kvfs.history.store import expire, versions_of
 from kvfs.kv.api import Put
@@ -66,13 +66,13 @@ class Model:
 
 
 def ask(mp: Path, req: dict[str, object]) -> dict[str, object]:
-    answer = control.request(str(mp), req)
+    answer = controlsocket.request(str(mp), req)
     assert answer["ok"], answer
     return answer
 
 
 def log_of(mp: Path, path: str) -> list[dict[str, object]]:
-    answer = control.request(str(mp), {"op": "log", "path": path.encode()})
+    answer = controlsocket.request(str(mp), {"op": "log", "path": path.encode()})
     return list(answer["versions"]) if answer["ok"] else []  # type: ignore[arg-type]
 
 

@@ -17,10 +17,9 @@ import sys
 from types import FrameType
 
 from kvfs import deploy as deploying
-from kvfs.cli.mount import is_label, is_local
-from kvfs.cli.watch import locate
+from kvfs.errors import VolumeError
 from kvfs.fuse import mounttab
-from kvfs.volume import VolumeError
+from kvfs.mountpath import is_label, is_local, locate
 
 EXIT_REJECTED = 2
 DEFAULT_TIMEOUT = 60.0

@@ -1,7 +1,7 @@
 """What ``kvfs log``, ``kvfs diff`` and ``kvfs restore`` share: naming a path (which may no
 longer exist) inside a kvfs mount, parsing revisions and times, and asking the mount.
 
-The commands talk to the mount's control socket (:mod:`kvfs.fuse.control`), so they work
+The commands talk to the mount's control socket (:mod:`kvfs.fuse.controlsocket`), so they work
 on every engine, the embedded store included, and need root like the mount itself.
 """
 
@@ -11,9 +11,9 @@ import os
 from datetime import datetime
 from typing import Any
 
-from kvfs.cli.watch import locate
-from kvfs.fuse import control
-from kvfs.volume import VolumeError
+from kvfs.errors import VolumeError
+from kvfs.fuse import controlsocket
+from kvfs.mountpath import locate
 
 
 def resolve(path: str) -> tuple[str, bytes]:
@@ -54,7 +54,7 @@ def parse_time(text: str) -> int:
 
 def ask(mountpoint: str, req: dict[str, Any]) -> dict[str, Any]:
     """One request to the mount; VolumeError with its one-line answer if it failed."""
-    answer = control.request(mountpoint, req)
+    answer = controlsocket.request(mountpoint, req)
     if not answer.get("ok"):
         raise VolumeError(str(answer.get("error", "the mount refused the request")))
     return answer

@@ -9,41 +9,49 @@ nothing is changed.  Only genuine bugs print a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from kvfs import __version__
-from kvfs.cli import (
-    bench,
-    deploy,
-    diff,
-    format,
-    fsck,
-    log,
-    mount,
-    raft,
-    restore,
-    status,
-    umount,
-    watch,
-)
-from kvfs.fuse.mount import MountError
-from kvfs.kv.api import KVError
-from kvfs.objstore.api import ObjectStoreError
-from kvfs.volume import VolumeError
 
-COMMANDS = (format, mount, umount, status, fsck, bench, raft, watch, deploy, log, diff,
-            restore)
-USER_ERRORS = (VolumeError, MountError, KVError, ObjectStoreError, OSError)
+# Each command is the module of its name in kvfs.cli; a run imports only its own command's
+# module, so a light command (deploy, log, restore) does not pay for the whole stack.
+COMMANDS = ("format", "mount", "umount", "status", "fsck", "bench", "raft", "watch",
+            "deploy", "log", "diff", "restore")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that are the user's problem: one line, exit status 1."""
+    from kvfs.errors import VolumeError
+    from kvfs.fuse.mount import MountError
+    from kvfs.kv.api import KVError
+    from kvfs.objstore.api import ObjectStoreError
+
+    return (VolumeError, MountError, KVError, ObjectStoreError, OSError)
+
+
+def _chosen(argv: list[str]) -> str | None:
+    """The command ``argv`` names, or None when it names none (or asks for help)."""
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of ``only`` (the others are not imported)."""
     parser = argparse.ArgumentParser(
         prog="kvfs", description="kvfs: a distributed POSIX filesystem over a KV store")
     parser.add_argument("--version", action="version", version=f"kvfs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for cmd in COMMANDS:
+    for name in COMMANDS:
+        if only is not None and name != only:
+            continue
+        cmd = importlib.import_module(f"kvfs.cli.{name}")
         p = cmd.add_parser(sub)
         p.add_argument("--version", action="version", version=f"kvfs {__version__}")
         p.set_defaults(run=cmd.run)
@@ -52,18 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser(_chosen(argv)).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s kvfs[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")
     try:
         return int(args.run(args))
-    except USER_ERRORS as e:
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"kvfs: error: {msg}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from kvfs.cli.main import USER_ERRORS
+from kvfs.cli.main import user_errors
 from kvfs.cli.mount import mount_background, resolve_source
 from kvfs.fuse.mount import MountOptions, check_mountpoint
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                                "%(message)s")
     try:
         return mount(args)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"kvfs: error: {msg}", file=sys.stderr)
         return 0 if args.nofail else EXIT_FAILURE

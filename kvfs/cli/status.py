@@ -13,9 +13,9 @@ import time
 
 import trio
 
-from kvfs.cli.watch import locate, meta_url
 from kvfs.kv.api import StoreLocked
 from kvfs.meta.session import list_sessions
+from kvfs.mountpath import locate, meta_url
 from kvfs.volume import VolumeError, open_engine, read_format
 from kvfs.watch.record import list_records
 

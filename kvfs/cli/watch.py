@@ -26,9 +26,8 @@ import sys
 
 import trio
 
-from kvfs.cli.mount import META_URL_ENV, is_label, is_local
-from kvfs.fuse import mounttab
 from kvfs.kv.api import KVEngine, StoreLocked
+from kvfs.mountpath import locate, meta_url
 from kvfs.volume import VolumeError, open_engine, read_format
 from kvfs.watch import config
 from kvfs.watch.record import WatchRecord
@@ -74,40 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--lease-ttl", type=_positive, default=15.0, metavar="S",
                    help="seconds after which a dead watcher's record disappears (default 15)")
     return p
-
-
-def locate(path: str) -> tuple[str, mounttab.MountEntry, str]:
-    """``(mountpoint, mount entry, path within the volume)`` of the kvfs mount holding
-    ``path``; VolumeError if ``path`` is missing or not inside a kvfs mount."""
-    real = os.path.realpath(path)
-    if not os.path.exists(real):
-        raise VolumeError(f"{path}: no such file or directory")
-    mp = real
-    while (entry := mounttab.find(mp)) is None:
-        if mp == "/":
-            raise VolumeError(f"{path} is not inside a kvfs mount")
-        mp = os.path.dirname(mp)
-    if not entry.is_kvfs:
-        raise VolumeError(f"{path} is not inside a kvfs mount (it is on {entry.fstype} "
-                          f"mounted at {mp})")
-    rel = os.path.relpath(real, mp)
-    return mp, entry, "/" if rel == "." else "/" + rel
-
-
-def meta_url(entry: mounttab.MountEntry) -> str:
-    """The META_URL of a kvfs mount, from its source; VolumeError if its engine cannot be
-    opened by a second process."""
-    url = entry.source
-    if is_label(url):
-        url = os.environ.get(META_URL_ENV, "")
-        if not url:
-            raise VolumeError(f"the mount at {entry.mountpoint} shows the label "
-                              f"{entry.source!r}; set {META_URL_ENV} to its META_URL")
-    if is_local(url):
-        raise VolumeError(f"the mount at {entry.mountpoint} uses an embedded store, which "
-                          f"only its mount can open; watching needs a shared engine "
-                          f"(etcd:// or raft://)")
-    return url
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -1,4 +1,5 @@
-"""The mount's control socket: how ``kvfs log``, ``diff`` and ``restore`` reach a mount.
+"""The mount's control socket, served: how ``kvfs log``, ``diff`` and ``restore`` reach a
+mount (the client side is :mod:`kvfs.fuse.controlsocket`).
 
 Each mount listens on a Unix socket named after its mountpoint (:func:`socket_path`), mode
 0600, so only root (who mounts) may use it.  A request and its answer are each one msgpack
@@ -12,7 +13,6 @@ Requests: ``{"op": "log", "path"}``, ``{"op": "content", "path", "rev"}``,
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -23,18 +23,12 @@ import msgpack
 import trio
 
 from kvfs.errors import FSError
+from kvfs.fuse.controlsocket import LENGTH, RUN_DIR, socket_path
 from kvfs.history.service import AsOf, HistoryError, HistoryService
 from kvfs.outage import log_failure
 
 log = logging.getLogger("kvfs.control")
-RUN_DIR = "/run/kvfs"
 MAX_REQUEST = 1 << 20
-_LEN = struct.Struct(">I")
-
-
-def socket_path(mountpoint: str) -> str:
-    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:24]
-    return os.path.join(RUN_DIR, f"control-{digest}.sock")
 
 
 async def _recv_exactly(stream: trio.SocketStream, n: int) -> bytes:
@@ -49,7 +43,7 @@ async def _recv_exactly(stream: trio.SocketStream, n: int) -> bytes:
 
 async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
     raw = msgpack.packb(obj)
-    await stream.send_all(_LEN.pack(len(raw)) + raw)
+    await stream.send_all(LENGTH.pack(len(raw)) + raw)
 
 
 class ControlServer:
@@ -86,7 +80,7 @@ class ControlServer:
     async def _serve(self, stream: trio.SocketStream) -> None:
         async with stream:
             try:
-                (n,) = _LEN.unpack(await _recv_exactly(stream, 4))
+                (n,) = LENGTH.unpack(await _recv_exactly(stream, 4))
                 if n > MAX_REQUEST:
                     raise ValueError("request too large")
                 req = msgpack.unpackb(await _recv_exactly(stream, n))
@@ -125,35 +119,3 @@ class ControlServer:
                 lines = await h.restore(path, as_of=as_of, uid=uid)
             return {"ok": True, "lines": lines}
         raise ValueError(f"unknown request {op!r}")
-
-
-def request(mountpoint: str, req: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
-    """Send one request to the mount at ``mountpoint`` (blocking; for the CLI).  Raises
-    ConnectionError with a one-line message when the mount does not answer."""
-    path = socket_path(mountpoint)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise ConnectionError(f"the kvfs mount at {mountpoint} has no control socket "
-                                  f"({path}); remount it with this kvfs version") from None
-        except PermissionError:
-            raise ConnectionError(f"permission denied on {path}: history commands need "
-                                  "root") from None
-        raw = msgpack.packb(req)
-        s.sendall(_LEN.pack(len(raw)) + raw)
-        buf = bytearray()
-        try:
-            while True:
-                got = s.recv(1 << 20)
-                if not got:
-                    break
-                buf += got
-        except TimeoutError:
-            raise ConnectionError(f"the kvfs mount at {mountpoint} did not answer within "
-                                  f"{timeout:g} s") from None
-    if len(buf) < 4 or len(buf) != 4 + _LEN.unpack_from(buf)[0]:
-        raise ConnectionError(f"the kvfs mount at {mountpoint} sent a broken answer")
-    answer: dict[str, Any] = msgpack.unpackb(bytes(buf[4:]))
-    return answer
