@@ -230,7 +230,7 @@ class Metadata:
         if a.parent:
             links[a.parent] = 1
         for kv in await t.scan(keys.link_parent_prefix(ino)):
-            links[keys.read_u64(kv.key, len(kv.key) - 8)] = keys.read_u64(kv.value)
+            links[keys.link_parent_of(kv.key)] = keys.read_u64(kv.value)
             t.delete(kv.key)
         if old and old in links:
             links[old] -= 1
@@ -359,7 +359,7 @@ class Metadata:
             res = await self.kv.range(start, end, limit=1000)
             for kv in res.kvs:
                 ftype, child = decode_dentry(kv.value)
-                out.append(DirEntry(kv.key[len(prefix):], Ino(child), ftype))
+                out.append(DirEntry(keys.dentry_name(kv.key), Ino(child), ftype))
             if not res.more:
                 return out
             start = res.kvs[-1].key + b"\0"
@@ -858,7 +858,7 @@ class Metadata:
         await self.getattr(ino)
         prefix = keys.xattr_prefix(ino)
         res = await self.kv.range(prefix, prefix_end(prefix), keys_only=True)
-        return [kv.key[len(prefix):] for kv in res.kvs]
+        return [keys.xattr_name(kv.key) for kv in res.kvs]
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
         if not name:
