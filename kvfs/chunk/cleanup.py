@@ -71,7 +71,7 @@ class Cleaner:
     async def run_once(self) -> None:
         await self.release_closed_holds()
         await self.release_dead_sessions()
-        held = {keys.read_u64(kv.key, 10) for kv in await self._scan(keys.SUSTAINED_PREFIX)}
+        held = {keys.sustained_parts(kv.key)[1] for kv in await self._scan(keys.SUSTAINED_PREFIX)}
         now = time.time()
         for kv in await self._scan(keys.DELFILE_PREFIX):
             ino = keys.key_ino(kv.key)
@@ -104,8 +104,7 @@ class Cleaner:
         """Inodes kept open by a session whose lease expired are released here."""
         alive: dict[int, bool] = {}
         for kv in await self._scan(keys.SUSTAINED_PREFIX):
-            sid = keys.read_u64(kv.key, 2)
-            ino = keys.read_u64(kv.key, 10)
+            sid, ino = keys.sustained_parts(kv.key)
             if sid == self.meta.session_id:
                 continue
             if sid not in alive:

@@ -108,7 +108,7 @@ class Recorder:
             res = await self.kv.range(start, end, limit=_PAGE)
             for kv in res.kvs:
                 if decode_dentry(kv.value)[1] == ino:
-                    names.append(kv.key[len(prefix):])
+                    names.append(keys.dentry_name(kv.key))
             seen += len(res.kvs)
             if not res.more:
                 break
@@ -148,7 +148,7 @@ class Recorder:
             res = await self.kv.range(keys.link_parent_prefix(ino),
                                       prefix_end(keys.link_parent_prefix(ino)), keys_only=True)
             for kv in res.kvs:
-                p = keys.read_u64(kv.key, len(kv.key) - 8)
+                p = keys.link_parent_of(kv.key)
                 found.append((p, await self._name_in(p, ino)))
             parents = found
         out = []

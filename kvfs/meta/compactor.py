@@ -26,11 +26,10 @@ from collections import deque
 import trio
 
 from kvfs.kv.api import Compare, KVEngine, KVError, Put
-from kvfs.meta.keys import u64
+from kvfs.meta.keys import COMPACTOR, u64
 from kvfs.meta.session import Session
 
 log = logging.getLogger("kvfs.compactor")
-COMPACTOR = b"Ccompactor"
 
 
 class Compactor:

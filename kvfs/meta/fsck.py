@@ -147,14 +147,13 @@ async def check(kv: KVEngine, store: ObjectStore | None, block_size: int,
     refs: dict[int, _SliceRef] = {}  # slices of live chunks
     queued_slices: dict[int, int] = {}  # slice id -> size, of G records
     for item in await _scan_all(kv, keys.INODE_PREFIX):
-        ino = keys.key_ino(item.key)
-        kind = item.key[9:10]
-        if kind == b"I":
+        ino, kind, rest = keys.parse_inode_key(item.key)
+        if kind == keys.ATTR_TAG:
             attrs[ino] = Attr.decode(item.value)
-        elif kind == b"D":
+        elif kind == keys.DENTRY_TAG:
             ftype, child = decode_dentry(item.value)
-            entries.append((ino, item.key[10:], ftype, child))
-        elif kind == b"C":
+            entries.append((ino, rest, ftype, child))
+        elif kind == keys.CHUNK_TAG:
             index = keys.chunk_index(item.key)
             try:
                 for s in decode_slices(item.value):
@@ -168,7 +167,7 @@ async def check(kv: KVEngine, store: ObjectStore | None, block_size: int,
         for s in decode_slices(item.value):
             if s.id:
                 queued_slices.setdefault(s.id, s.size)
-    sustained = {keys.read_u64(i.key, 10) for i in await _scan_all(kv, keys.SUSTAINED_PREFIX)}
+    sustained = {keys.sustained_parts(i.key)[1] for i in await _scan_all(kv, keys.SUSTAINED_PREFIX)}
     queued = {keys.key_ino(i.key) for i in await _scan_all(kv, keys.DELFILE_PREFIX)}
     rep.inodes, rep.entries = len(attrs), len(entries)
     rep.slices = len(refs.keys() | queued_slices.keys())

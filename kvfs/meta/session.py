@@ -40,7 +40,6 @@ from kvfs.meta.ids import IdAllocator
 
 log = logging.getLogger("kvfs.session")
 SESSION_TTL = 15.0
-NEXT_SESSION = b"Cnextsession"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,7 @@ class Session:
     @classmethod
     async def register(cls, kv: KVEngine, mountpoint: str, ttl: float = SESSION_TTL, *,
                        held: Set[int] = frozenset()) -> Session:
-        sid = await IdAllocator(kv, NEXT_SESSION, 1).next()
+        sid = await IdAllocator(kv, keys.NEXT_SESSION, 1).next()
         lease = await kv.lease_grant(ttl)
         info = msgpack.packb([socket.gethostname(), os.getpid(), mountpoint, __version__,
                               int(time.time())])
@@ -139,5 +138,5 @@ async def list_sessions(kv: KVEngine) -> list[SessionInfo]:
     out = []
     for item in res.kvs:
         host, pid, mp, version, started = msgpack.unpackb(item.value)
-        out.append(SessionInfo(keys.read_u64(item.key, 2), host, pid, mp, version, started))
+        out.append(SessionInfo(keys.session_id(item.key), host, pid, mp, version, started))
     return out

@@ -32,11 +32,10 @@ import trio
 from kvfs.chunk.layout import Slice
 from kvfs.kv.api import KVEngine
 from kvfs.kv.txn import Txn, run_txn
+from kvfs.meta.keys import USED_INODES, USED_SPACE
 from kvfs.outage import log_failure
 
 log = logging.getLogger("kvfs.usage")
-USED_SPACE = b"Cusedspace"
-USED_INODES = b"Cusedinodes"
 _UNIT = 4096
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from kvfs.kv.api import Delete, KVEngine, KVError, NoSpace, Put, prefix_end
+from kvfs.meta import keys
 from kvfs.objstore.api import BlockNotFound, ObjectStore, ObjectStoreError, ObjectStoreFull
 
 _LIST_PAGE = 1000
@@ -35,7 +36,7 @@ def _kv_error(op: str, name: str, exc: KVError) -> ObjectStoreError:
 class KVBlobStore(ObjectStore):
     """Blocks stored as values of a :class:`KVEngine` (see module docstring)."""
 
-    def __init__(self, kv: KVEngine, prefix: bytes = b"B") -> None:
+    def __init__(self, kv: KVEngine, prefix: bytes = keys.BLOCK_PREFIX) -> None:
         self.kv = kv
         self.prefix = prefix
 
@@ -50,7 +51,7 @@ class KVBlobStore(ObjectStore):
     def _key(self, name: str) -> bytes:
         if not name:
             raise ObjectStoreError("invalid block name ''")
-        return self.prefix + name.encode()
+        return keys.block(name, self.prefix)
 
     def inline_puts(self, name: str, data: bytes, engine: KVEngine) -> list[Put] | None:
         if engine.base() is not self.kv.base():
@@ -86,16 +87,15 @@ class KVBlobStore(ObjectStore):
             raise _kv_error("delete", name, exc) from exc
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        start = self.prefix + prefix.encode()
+        start = keys.block(prefix, self.prefix)
         end = prefix_end(start)
-        skip = len(self.prefix)
         while True:
             try:
                 res = await self.kv.range(start, end, limit=_LIST_PAGE, keys_only=True)
             except KVError as exc:
                 raise _kv_error("list", prefix, exc) from exc
             for item in res.kvs:
-                yield item.key[skip:].decode()
+                yield keys.block_name(item.key, self.prefix)
             if not res.more or not res.kvs:
                 return
             start = res.kvs[-1].key + b"\x00"

@@ -114,15 +114,15 @@ class Coherence:
             key = ev.key
             if self.hints is not None:
                 self.hints.drop(key)
-            if len(key) < 10:
+            try:
+                ino, kind, rest = keys.parse_inode_key(key)
+            except ValueError:
                 continue
-            ino = keys.key_ino(key)
-            kind = key[9:10]
-            if kind == b"D":
-                entries.add((ino, key[10:]))
-            elif kind in (b"I", b"C", b"S"):
+            if kind == keys.DENTRY_TAG:
+                entries.add((ino, rest))
+            elif kind in (keys.ATTR_TAG, keys.CHUNK_TAG, keys.SYMLINK_TAG):
                 inodes.add(ino)
-                if kind == b"I" and ev.value and self.on_orphaned is not None \
+                if kind == keys.ATTR_TAG and ev.value and self.on_orphaned is not None \
                         and Attr.decode(ev.value).nlink == 0:
                     await self.on_orphaned(ino)
         for parent, name in entries:
