@@ -11,9 +11,10 @@ drains both in idempotent steps, each its own transaction, so it can stop at any
    every remaining key of the inode and the ``D`` key in one transaction.
 2. ``G id``: delete every block of every slice listed, then the ``G`` key.  Deleting a
    block twice is harmless, so a crash between the two steps only repeats work.
-3. ``R due id``: freed slices the history keeps (kvfs.history): once unix time ``due``
-   has passed, the same as ``G``.  Versions past their retention are removed by
-   :func:`kvfs.history.retention.expire`, called here every ``history_interval``.
+3. ``R freed id``: freed slices the history keeps (kvfs.history): once the volume's
+   current retention has passed since ``freed`` (at once when history is off), the same
+   as ``G``.  Versions past their retention are removed by
+   :func:`kvfs.history.store.expire`, called here every ``history_interval``.
 """
 
 from __future__ import annotations
@@ -82,8 +83,11 @@ class Cleaner:
             await self.delete_inode_data(ino)
         for kv in await self._scan(keys.SLICE_GC_PREFIX):
             await self._free_slices(kv.key, kv.value)
-        due = await self.kv.range(keys.RETAINED_PREFIX, keys.retained(int(now) + 1, 0),
-                                  limit=1000)
+        # Retained slices are due once the volume's current retention has passed since
+        # they were freed: all of them when history is off.
+        due = await self.kv.range(
+            keys.RETAINED_PREFIX,
+            keys.retained(int(now) - self.meta.retain_seconds + 1, 0), limit=1000)
         for kv in due.kvs:
             await self._free_slices(kv.key, kv.value)
         if self.expire_history is not None and now >= self._next_expiry:

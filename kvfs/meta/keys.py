@@ -90,7 +90,7 @@ KEY_KINDS: tuple[KeyKind, ...] = (
     KeyKind("link parent", INODE_PREFIX, "`A` ‖ u64 ino ‖ `P` ‖ u64 parent", LINK_PARENT_TAG),
     KeyKind("delfile", DELFILE_PREFIX, "`D` ‖ u64 ino"),
     KeyKind("slice gc", SLICE_GC_PREFIX, "`G` ‖ u64 id"),
-    KeyKind("retained", RETAINED_PREFIX, "`R` ‖ u64 due ‖ u64 id"),
+    KeyKind("retained", RETAINED_PREFIX, "`R` ‖ u64 freed ‖ u64 id"),
     KeyKind("history", HISTORY_PREFIX, "`H` ‖ path ‖ NUL ‖ u64 time ‖ u64 seq"),
     KeyKind("session", SESSION_PREFIX, "`SE` ‖ u64 sid"),
     KeyKind("sustained", SUSTAINED_PREFIX, "`SS` ‖ u64 sid ‖ u64 ino"),
@@ -209,12 +209,13 @@ def slice_gc(gc_id: int) -> bytes:
     return SLICE_GC_PREFIX + _U64.pack(gc_id)
 
 
-def retained(due: int, gc_id: int) -> bytes:
-    """Freed slices whose blocks the history keeps until unix time ``due``."""
-    return RETAINED_PREFIX + _U64.pack(due) + _U64.pack(gc_id)
+def retained(freed: int, gc_id: int) -> bytes:
+    """Slices freed at unix time ``freed`` whose blocks the history keeps for its
+    retention (read when the cleaner runs, so a changed retention applies to them too)."""
+    return RETAINED_PREFIX + _U64.pack(freed) + _U64.pack(gc_id)
 
 
-def retained_due(key: bytes) -> int:
+def retained_freed(key: bytes) -> int:
     return read_u64(key, len(RETAINED_PREFIX))
 
 

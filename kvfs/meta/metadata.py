@@ -765,7 +765,7 @@ class Metadata:
         """Queue slices no chunk refers to any more for deletion of their blocks: at once
         (``G``), or once the history's retention has passed (``R``)."""
         if self.retain_seconds:
-            t.put(keys.retained(now_ns() // 10**9 + self.retain_seconds, gc_id), slices)
+            t.put(keys.retained(now_ns() // 10**9, gc_id), slices)
         else:
             t.put(keys.slice_gc(gc_id), slices)
 
