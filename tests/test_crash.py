@@ -63,8 +63,8 @@ def test_kill9_loses_nothing_acknowledged(tmp_path: Path) -> None:
             m.kill9()
             out, _ = writer.communicate(timeout=60)
             for line in out.splitlines():
-                name, size = line.split()
-                acked[name] = int(size)
+                name, size_text = line.split()
+                acked[name] = int(size_text)
             m = Mount(store, tmp_path / "mnt")
             for name, size in acked.items():
                 got = (m.mountpoint / name).read_bytes()

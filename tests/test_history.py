@@ -73,11 +73,13 @@ def ask(mp: Path, req: dict[str, object]) -> dict[str, object]:
 
 def log_of(mp: Path, path: str) -> list[dict[str, object]]:
     answer = controlsocket.request(str(mp), {"op": "log", "path": path.encode()})
-    return list(answer["versions"]) if answer["ok"] else []  # type: ignore[arg-type]
+    return list(answer["versions"]) if answer["ok"] else []
 
 
 def content_of(mp: Path, path: str, rev: int) -> bytes:
-    return bytes(ask(mp, {"op": "content", "path": path.encode(), "rev": rev})["data"])  # type: ignore[arg-type]
+    data = ask(mp, {"op": "content", "path": path.encode(), "rev": rev})["data"]
+    assert isinstance(data, bytes), data
+    return data
 
 
 def run_model(mounts: list[Path], seed: int, steps: int) -> None:

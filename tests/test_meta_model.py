@@ -38,6 +38,11 @@ FLAGS = [0, 0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_NOREPLACE | RENAME_E
 DIR, REG, LNK = "d", "f", "l"
 
 
+def _errname(err: int | None) -> str:
+    """An errno's name, or "success" for no error."""
+    return "success" if err is None else errno.errorcode.get(err, str(err))
+
+
 class Expected(Exception):
     """The model's verdict: the operation must fail with ``errno``."""
 
@@ -139,8 +144,7 @@ class MetadataMachine(RuleBasedStateMachine):
             got = None
         except FSError as e:
             result, got = None, e.errno
-        assert got == want, (f"expected {errno.errorcode.get(want, 'success')}, "
-                             f"got {errno.errorcode.get(got, 'success')}")
+        assert got == want, f"expected {_errname(want)}, got {_errname(got)}"
         if apply is not None:
             apply(result)
 
