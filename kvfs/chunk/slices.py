@@ -29,6 +29,11 @@ class SliceStore:
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cached = 0
         self._limit = trio.CapacityLimiter(parallel)
+        # Counted for the mount's metrics: block reads answered by the cache or not, and
+        # block store calls that failed (a missing block on delete is not a failure).
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.store_errors = 0
 
     def _blocks(self, slice_id: int, size: int) -> list[tuple[str, int, int]]:
         """(name, start, end) of every block of the slice."""
@@ -55,7 +60,11 @@ class SliceStore:
         async def put(name: str, start: int, end: int) -> None:
             async with self._limit:
                 block = bytes(mv[start:end])
-                await self.store.put(name, block)
+                try:
+                    await self.store.put(name, block)
+                except Exception:
+                    self.store_errors += 1
+                    raise
                 self._remember(name, block)
 
         blocks = self._blocks(slice_id, len(mv))
@@ -84,10 +93,16 @@ class SliceStore:
     async def _block(self, name: str) -> bytes:
         data = self._cache.get(name)
         if data is not None:
+            self.cache_hits += 1
             self._cache.move_to_end(name)
             return data
+        self.cache_misses += 1
         async with self._limit:
-            data = await self.store.get(name)
+            try:
+                data = await self.store.get(name)
+            except Exception:
+                self.store_errors += 1
+                raise
         self._remember(name, data)
         return data
 
@@ -111,3 +126,6 @@ class SliceStore:
                 await self.store.delete(name)
             except BlockNotFound:
                 pass
+            except Exception:
+                self.store_errors += 1
+                raise

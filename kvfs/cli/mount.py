@@ -39,6 +39,7 @@ from collections.abc import Callable
 import trio
 
 from kvfs.cli.fstab import fstab_line, update_fstab
+from kvfs.fuse.metrics import MountMetrics
 from kvfs.fuse.mount import MountError, MountOptions, check_mountpoint, serve
 from kvfs.volume import format_volume, open_engine, open_volume
 
@@ -65,7 +66,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("-o", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, ro, nonempty, attr_timeout=S, "
                         "entry_timeout=S, orphan_grace=S, session_ttl=S, compact_retain=S, "
-                        "credentials=FILE, log=FILE")
+                        "metrics=HOST:PORT|off (default 127.0.0.1:9567), credentials=FILE, "
+                        "log=FILE")
     p.add_argument("--log", metavar="FILE", help="log file of a background mount")
     p.add_argument("--update-fstab", action="store_true",
                    help="mount in the background, then write this mount's line into fstab "
@@ -144,13 +146,14 @@ def is_local(url: str) -> bool:
 
 async def _mount(url: str, shown: str, mp: str, opts: MountOptions,
                  ready: Callable[[], None] | None) -> None:
+    metrics = MountMetrics(url)
+    # The engine is metered beneath everything that uses it: metadata, blocks kept in it,
+    # the session, the watch.
+    kv = metrics.meter(await open_engine(url))
     if url.startswith("mem://"):
-        kv = await open_engine(url)
         await format_volume(kv, "mem")
-        volume = await open_volume(url, kv=kv)
-    else:
-        volume = await open_volume(url)
-    await serve(volume, mp, shown, opts, ready)
+    volume = await open_volume(url, kv=kv)
+    await serve(volume, mp, shown, opts, ready, metrics=metrics)
 
 
 def run(args: argparse.Namespace) -> int:

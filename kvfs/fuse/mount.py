@@ -23,10 +23,12 @@ import trio
 
 from kvfs.fuse import mounttab
 from kvfs.fuse.control import ControlServer
+from kvfs.fuse.metrics import DEFAULT_METRICS, MountMetrics, parse_option
 from kvfs.fuse.ops import KvfsOperations
 from kvfs.history.recorder import Recorder
 from kvfs.history.service import HistoryService
 from kvfs.history.store import expire
+from kvfs.kv import txn
 from kvfs.kv.api import KVEngine
 from kvfs.meta.compactor import Compactor
 from kvfs.meta.records import now_ns
@@ -63,6 +65,8 @@ class MountOptions:
     # much revision history the compactor keeps (sampled every tenth of it, at most 60 s).
     session_ttl: float = SESSION_TTL
     compact_retain: float = 600.0
+    # The Prometheus metrics endpoint (HOST:PORT; None: off).  See kvfs.fuse.metrics.
+    metrics: str | None = DEFAULT_METRICS
     # Not FUSE options but the mount command's, so that an fstab line can carry them:
     # a file of KEY=VALUE lines for the environment (the META_URL, an etcd password),
     # and the log file of a background mount.
@@ -87,6 +91,11 @@ class MountOptions:
                     opts.read_only = True
                 elif key == "nonempty":
                     opts.nonempty = True
+                elif key == "metrics":
+                    try:
+                        opts.metrics = parse_option(value)
+                    except ValueError as e:
+                        raise MountError(str(e)) from None
                 elif key in ("attr_timeout", "entry_timeout", "orphan_grace", "session_ttl",
                              "compact_retain"):
                     try:
@@ -167,14 +176,26 @@ def _stat_clearing_dead_kvfs(mp: str) -> os.stat_result:
 
 
 async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions,
-                ready: Callable[[], None] | None = None) -> None:
-    """Mount ``volume`` at ``mountpoint`` and serve it until unmounted or signalled."""
+                ready: Callable[[], None] | None = None, *, metrics: MountMetrics) -> None:
+    """Mount ``volume`` at ``mountpoint`` and serve it until unmounted or signalled;
+    ``metrics`` records it (its engine already wrapped by ``metrics.meter``) and serves
+    the endpoint of ``opts.metrics``, bound before anything else happens."""
+    if opts.metrics is not None:
+        try:
+            await metrics.listen(opts.metrics, given=opts.metrics != DEFAULT_METRICS)
+        except OSError as exc:
+            with trio.CancelScope(shield=True):
+                await volume.aclose()
+            raise MountError(str(exc)) from None
+    metrics.attach(volume, opts.session_ttl)
+    txn.retry_observer.set(metrics.engine.retried)  # for this task and the ones it starts
     session = await Session.register(volume.kv, mountpoint, opts.session_ttl,
                                      held=volume.meta.held)
     volume.meta.session_id = session.sid
     fs = FileSystem(volume.meta, volume.slices, free_space=volume.free_space,
                     orphan_grace=opts.orphan_grace)
-    ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout)
+    ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout,
+                         stats=metrics.fuse)
     recorder = Recorder(volume.meta, volume.fmt.history_settings, socket.gethostname())
     fs.history = recorder
     fs.cleaner.expire_history = lambda: _expire(volume.kv, recorder)
@@ -201,6 +222,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             await fs.run_background(nursery)
             await nursery.start(ops.drop_moved_directories)
             await nursery.start(control.run)
+            await nursery.start(metrics.serve)
             if volume.kv.shared:
                 coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups,
                                       on_orphaned=fs.note_orphaned,

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ import pyfuse3
 import trio
 
 from kvfs.errors import FSError
+from kvfs.fuse.metrics import FuseStats
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
 from kvfs.meta.metadata import RENAME_EXCHANGE, Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
@@ -44,28 +46,45 @@ T = TypeVar("T")
 
 
 def _errors(fn: F) -> F:
+    """Answer every request of handler ``fn`` with a result or a FUSE error (see the
+    module docstring), and record it in the mount's metrics: its time, and its errno if it
+    failed.  The one place every request passes, so it is measured here."""
+    op = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: KvfsOperations, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        failed = 0
         try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError as e:
+            failed = e.errno
             raise
-        except FSError as e:
-            raise pyfuse3.FUSEError(e.errno) from None
-        except (NoSpace, ObjectStoreFull) as e:
-            log.warning("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno.ENOSPC) from None
-        except TxnTooLarge as e:
-            log.error("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno.EFBIG) from None
-        except (EngineUnavailable, BlockCorrupt) as e:
-            log.error("%s: %s", fn.__name__, e)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log_failure(log, "%s failed", fn.__name__, level=logging.ERROR)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as e:  # noqa: BLE001 - every error becomes an errno
+            failed = _errno_for(op, e)
+            raise pyfuse3.FUSEError(failed) from None
+        finally:
+            self.stats.ended(op, time.perf_counter() - start, failed)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _errno_for(op: str, e: Exception) -> int:
+    """The errno answering a request of ``op`` that raised ``e``, logged as it deserves
+    (called while ``e`` is being handled)."""
+    if isinstance(e, FSError):
+        return e.errno
+    if isinstance(e, (NoSpace, ObjectStoreFull)):
+        log.warning("%s: %s", op, e)
+        return errno.ENOSPC
+    if isinstance(e, TxnTooLarge):
+        log.error("%s: %s", op, e)
+        return errno.EFBIG
+    if isinstance(e, (EngineUnavailable, BlockCorrupt)):
+        log.error("%s: %s", op, e)
+        return errno.EIO
+    log_failure(log, "%s failed", op, level=logging.ERROR)
+    return errno.EIO
 
 
 # FUSE ABI: a readdirplus record is a fuse_entry_out and a fuse_dirent header (152 bytes),
@@ -98,9 +117,10 @@ class KvfsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, fs: FileSystem, *, attr_timeout: float = 1.0,
-                 entry_timeout: float = 1.0) -> None:
+                 entry_timeout: float = 1.0, stats: FuseStats | None = None) -> None:
         super().__init__()
         self.fs = fs
+        self.stats = stats or FuseStats()  # every request is recorded here (see _errors)
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         # Kernel lookup counts: inodes the kernel may hold in its caches.
@@ -408,11 +428,15 @@ class KvfsOperations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.fs.read(fh, off, size)
+        data = await self.fs.read(fh, off, size)
+        self.stats.read_bytes += len(data)
+        return data
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.fs.write(fh, off, buf)
+        written = await self.fs.write(fh, off, buf)
+        self.stats.written_bytes += written
+        return written
 
     @_errors
     async def flush(self, fh: int) -> None:

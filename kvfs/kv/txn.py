@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import trio
 from sortedcontainers import SortedDict
@@ -26,6 +27,13 @@ from kvfs.kv.api import Compare, Conflict, Delete, KeyValue, KVEngine, Put, pref
 T = TypeVar("T")
 
 _DELETED = object()
+
+# Who hears of transactions run again, and why: ``"conflict"`` (the commit's compares
+# failed), ``"retry"`` (the function raised Retry) or ``"hints"`` (an attempt that used read
+# hints is checked against the engine).  A mount's metrics set it for the mount's tasks,
+# which inherit it; elsewhere nobody listens and a retry costs one lookup more.
+retry_observer: ContextVar[Callable[[Callable[..., Any], str], None] | None] = ContextVar(
+    "kvfs_txn_retry_observer", default=None)
 
 
 class Retry(Exception):
@@ -50,9 +58,15 @@ class ReadHints:
         # Sorted, so a deleted prefix is dropped without scanning everything.
         self._items: SortedDict = SortedDict()
         self._limit = limit
+        self.hits = 0  # lookups that found a hint (for the mount's metrics)
+        self.misses = 0
 
     def get(self, key: bytes) -> tuple[bytes | None, int] | None:
         hint: tuple[bytes | None, int] | None = self._items.get(key)
+        if hint is None:
+            self.misses += 1
+        else:
+            self.hits += 1
         return hint
 
     def put(self, key: bytes, value: bytes | None, mod_revision: int) -> None:
@@ -229,6 +243,7 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
         try:
             result = await fn(txn)
         except Retry:
+            _retried(fn, "retry")
             trust_hints = trust_hints and not txn.hinted
             await trio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 0.05)
@@ -236,15 +251,24 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
         except Exception:
             if not txn.hinted:
                 raise
+            _retried(fn, "hints")
             trust_hints = False  # the failure may come from a stale hint: check it for real
             continue
         if txn.hinted and not txn.writes:
+            _retried(fn, "hints")
             trust_hints = False  # nothing would verify a read-only answer from hints
             continue
         if await txn.commit():
             for hook in txn._on_commit:
                 hook()
             return result
+        _retried(fn, "conflict")
         await trio.sleep(random.uniform(0, delay))
         delay = min(delay * 2, 0.05)
     raise Conflict(f"transaction still conflicting after {attempts} attempts")
+
+
+def _retried(fn: Callable[..., Any], reason: str) -> None:
+    observer = retry_observer.get()
+    if observer is not None:
+        observer(fn, reason)
