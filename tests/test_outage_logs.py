@@ -19,6 +19,7 @@ import trio.testing
 from fsapi import open_test_fs
 
 from kvfs.chunk.cleanup import Cleaner
+from kvfs.fuse.metrics import FuseStats
 from kvfs.fuse.ops import _errors
 from kvfs.kv.api import EngineUnavailable, NoSpace, RangeResult
 from kvfs.kv.local import MemoryEngine
@@ -106,14 +107,18 @@ async def test_request_that_meets_a_store_outage_logs_one_line(
         caplog: pytest.LogCaptureFixture) -> None:
     error = OUTAGES["store-unreachable"]
 
-    @_errors
-    async def read() -> None:
-        raise error
+    class Handlers:
+        stats = FuseStats()  # where _errors records each request
+
+        @_errors
+        async def read(self) -> None:
+            raise error
 
     with caplog.at_level(logging.INFO, logger="kvfs.fuse"), \
             pytest.raises(pyfuse3.FUSEError) as info:
-        await read()
+        await Handlers().read()
     assert info.value.errno == errno.EIO
+    assert Handlers.stats.errors == {("read", errno.EIO): 1}
     records = [r for r in caplog.records if r.name == "kvfs.fuse"]
     assert [(r.levelno, r.getMessage(), r.exc_info) for r in records] == [
         (logging.ERROR, f"read failed: {error}", None)]
