@@ -84,7 +84,7 @@ def test_parsers_invert_the_builders() -> None:
     assert keys.link_parent_of(keys.link_parent(9, 44)) == 44
     assert keys.session_id(keys.session(2**40)) == 2**40
     assert keys.sustained_parts(keys.sustained(3, 2**63)) == (3, 2**63)
-    assert keys.retained_due(keys.retained(1_700_000_000, 5)) == 1_700_000_000
+    assert keys.retained_freed(keys.retained(1_700_000_000, 5)) == 1_700_000_000
     assert keys.parse_history(keys.history(b"/a/b", 5, 6)) == (b"/a/b", 5, 6)
     assert keys.parse_watcher(keys.watcher("host", "/p\0q")) == ("host", "/p\0q")
     assert keys.block_name(keys.block("chunks/1/2/3_0_9")) == "chunks/1/2/3_0_9"
@@ -200,7 +200,7 @@ BUILT: dict[str, tuple[bytes, dict[str, int | bytes | str]]] = {
     "link parent": (keys.link_parent(7, 8), {"ino": 7, "parent": 8}),
     "delfile": (keys.delfile(9), {"ino": 9}),
     "slice gc": (keys.slice_gc(10), {"id": 10}),
-    "retained": (keys.retained(11, 12), {"due": 11, "id": 12}),
+    "retained": (keys.retained(11, 12), {"freed": 11, "id": 12}),
     "history": (keys.history(b"/a b", 13, 14), {"path": b"/a b", "time": 13, "seq": 14}),
     "session": (keys.session(15), {"sid": 15}),
     "sustained": (keys.sustained(16, 17), {"sid": 16, "ino": 17}),
