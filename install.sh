@@ -72,6 +72,9 @@ demo_mount() {
 }
 
 run_tests() {
+	log "checking the code with ruff and mypy"
+	.venv/bin/ruff check kvfs tests posix-tests
+	.venv/bin/mypy kvfs tests
 	log "running the test suite"
 	.venv/bin/pytest -q -p no:cacheprovider tests
 	log "running posix-tests/ on a real mount"
