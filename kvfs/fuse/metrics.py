@@ -80,8 +80,8 @@ def _exponential(start: float, count: int) -> tuple[float, ...]:
 
 
 # Histogram buckets (upper bounds, seconds).  A FUSE request answered from caches takes
-# tens of microseconds; an engine round trip to etcd about a millisecond.
-FUSE_BUCKETS = _exponential(0.000025, 19)      # 25 us .. 6.6 s
+# 10-100 microseconds in the daemon; an engine round trip to etcd about a millisecond.
+FUSE_BUCKETS = _exponential(0.00001, 20)       # 10 us .. 5.2 s
 ENGINE_BUCKETS = _exponential(0.0001, 17)      # 100 us .. 6.6 s
 WATCH_BUCKETS = _exponential(0.001, 16)        # 1 ms .. 33 s
 
