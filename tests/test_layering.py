@@ -89,10 +89,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 # (importer, imported) -> why this upward import exists.  Remove an entry when it is fixed.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("kvfs.history.recorder", "kvfs.volume"):
-        "lazy: the recorder decodes the history settings with volume.VolumeFormat",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # Third-party or standard modules -> the only components that may import them.
 RESTRICTED = {"pyfuse3": {"fuse"}}

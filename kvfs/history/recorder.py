@@ -85,15 +85,13 @@ class Recorder:
     async def refresh_settings(self, *, task_status: trio.TaskStatus[None]
                                = trio.TASK_STATUS_IGNORED) -> None:
         """Follow changes of the volume's settings (``kvfs format --force``)."""
-        from kvfs.volume import VolumeFormat
-
         task_status.started()
         while True:
             await trio.sleep(SETTINGS_REFRESH)
             try:
                 raw = await self.kv.get(keys.SETTING)
                 if raw is not None:
-                    self.apply(VolumeFormat.decode(raw.value).history_settings)
+                    self.apply(HistorySettings.from_format(raw.value))
             except Exception:  # noqa: BLE001 - keep the last settings; retry later
                 log_failure(log, "reading the volume's history settings failed")
 

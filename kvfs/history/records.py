@@ -132,6 +132,12 @@ class HistorySettings:
                 "versions": self.versions}
 
     @classmethod
+    def from_format(cls, raw: bytes) -> HistorySettings:
+        """The settings in a volume's format record (the ``setting`` key's value)."""
+        record = msgpack.unpackb(raw)
+        return cls.from_dict(record.get("history") if isinstance(record, dict) else None)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> HistorySettings:
         if not d:
             return cls()

@@ -106,6 +106,7 @@ class FileSystem:
         self._compact_pending: dict[int, tuple[FileData, int]] = {}
         self._compact_wake = trio.Event()
         self.history: Recorder | None = None  # set by the mount when the volume keeps one
+        self._free_cache: tuple[int, float, int | None] | None = None  # (used, when, free)
         # ino -> (version kind, uid, data written since the last version)
         self._changed: dict[int, tuple[str, int, bool]] = {}
 
@@ -434,7 +435,16 @@ class FileSystem:
         ``df`` shows the volume's own size and the room to grow."""
         usage = self.meta.usage
         used = usage.used_space
-        free = await trio.to_thread.run_sync(self.free_space)
+        # The storage's free space moves with anything written under it (the engine's own
+        # log, other programs); a figure at most a second old, re-read at once when the
+        # volume's usage moved, keeps statfs calls that follow each other consistent.
+        now = trio.current_time()
+        cached = self._free_cache
+        if cached is not None and cached[0] == used and now - cached[1] < 1.0:
+            free = cached[2]
+        else:
+            free = await trio.to_thread.run_sync(self.free_space)
+            self._free_cache = (used, now, free)
         if free is None:  # no local figure: a nominal capacity that fills as files grow
             free = max(0, NOMINAL_CAPACITY - used)
         free_inodes = (1 << 40) - usage.used_inodes
