@@ -41,14 +41,12 @@ import trio
 from kvfs.cli.fstab import fstab_line, update_fstab
 from kvfs.fuse.metrics import MountMetrics
 from kvfs.fuse.mount import MountError, MountOptions, check_mountpoint, serve
+from kvfs.mountpath import META_URL_ENV, is_label, is_local
 from kvfs.volume import format_volume, open_engine, open_volume
 
 READY_TIMEOUT = 120.0
-META_URL_ENV = "KVFS_META_URL"
 DEFAULT_FSTAB = "/etc/fstab"
 
-# Labels may hold backslashes: a systemd instance name (%i) escapes "-" as "\x2d".
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+\\-]*\Z")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 log = logging.getLogger("kvfs.mount")
@@ -75,11 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--fstab", default=DEFAULT_FSTAB, metavar="FILE",
                    help=f"the fstab file --update-fstab writes (default {DEFAULT_FSTAB})")
     return p
-
-
-def is_label(source: str) -> bool:
-    """Whether ``source`` can only be a label: no ``/`` or ``:``, so not a path or URL."""
-    return _LABEL.match(source) is not None
 
 
 def read_credentials(path: str) -> dict[str, str]:
@@ -137,11 +130,6 @@ def resolve_source(source: str, opts: MountOptions, *,
             raise MountError(f"source {source!r} is a label, but no {META_URL_ENV} is given "
                              f"(put it in a credentials=FILE or the environment)")
     return source, source
-
-
-def is_local(url: str) -> bool:
-    """Whether the engine of ``url`` is on this host (no network needed to mount it)."""
-    return "://" not in url or url.startswith(("local://", "mem://"))
 
 
 async def _mount(url: str, shown: str, mp: str, opts: MountOptions,
