@@ -32,6 +32,7 @@ COMPONENTS: dict[str, str] = {
     "kvfs": "kvfs",
     "kvfs.cli": "cli",
     "kvfs.benchmarks": "benchmarks",
+    "kvfs.dump": "dump",
     "kvfs.watch": "watch",
     "kvfs.deploy": "deploy",
     "kvfs.mountpath": "mountpath",
@@ -65,6 +66,7 @@ ALLOWED: dict[str, set[str]] = {
     "deploy": {"history", "errors"},
     "mountpath": {"fuse", "errors"},
     "benchmarks": {"volume", "kv", "errors"},
+    "dump": {"volume", "history", "chunk.layout", "meta.keys", "kv", "objstore", "errors", "kvfs"},
     "fuse": {"history.service", "volume", "vfs", "history", "raftkv", "durable", "kvfs"}
             | _MIDDLE,
     "volume": {"vfs", "history", "raftkv", "durable"} | _MIDDLE,
