@@ -30,14 +30,18 @@ from pathlib import Path
 import pytest
 import trio
 from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
+from fsapi import ROOT, mkfile
 from mounting import Mount, kvfs
 
 from kvfs.fuse import controlsocket
+from kvfs.history.recorder import Recorder
 from kvfs.history.records import HistorySettings, Version
-from kvfs.history.store import expire, versions_of
-from kvfs.kv.api import Put
+from kvfs.history.store import expire, read_content, versions_of
+from kvfs.kv.api import Put, prefix_end
 from kvfs.kv.local import MemoryEngine
 from kvfs.meta import keys
+from kvfs.objstore.api import BlockNotFound
+from kvfs.vfs.fs import FileSystem
 
 __all__ = ["etcd_procs", "etcd_single"]  # fixtures used by this module
 
@@ -377,3 +381,24 @@ def test_settings_cover_paths() -> None:
     assert not HistorySettings().covers(b"/d/.kvfs-restore-0123")
     assert not HistorySettings(days=0).covers(b"/a")
 
+
+
+async def test_retained_blocks_follow_the_retention_in_force(fs: FileSystem) -> None:
+    """Freed slices keep their blocks while the history keeps them, and go once the
+    retention in force no longer covers them: turning history off frees them at once."""
+    fs.history = Recorder(fs.meta, HistorySettings(), "host")
+    ino = await mkfile(fs, ROOT, b"f", os.urandom(3 << 20))
+    versions = await versions_of(fs.meta.kv, b"/f")
+    assert [v.kind for v in versions] == ["create"]
+    await fs.unlink(ROOT, b"f")
+    await fs.cleaner.run_once()  # the file's data is queued, retained
+    retained = await fs.meta.kv.range(keys.RETAINED_PREFIX, prefix_end(keys.RETAINED_PREFIX))
+    assert retained.kvs and not await fs.meta.kv.get(keys.attr(ino))
+    assert await read_content(fs.slices, versions[0]) != b""
+    fs.history.apply(HistorySettings(days=0))
+    await fs.cleaner.run_once()
+    retained = await fs.meta.kv.range(keys.RETAINED_PREFIX, prefix_end(keys.RETAINED_PREFIX))
+    assert not retained.kvs
+    with pytest.raises(BlockNotFound):
+        await read_content(fs.slices, versions[0])
+    assert [v.kind for v in await versions_of(fs.meta.kv, b"/f")] == ["create", "delete"]
