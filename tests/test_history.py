@@ -402,3 +402,31 @@ async def test_retained_blocks_follow_the_retention_in_force(fs: FileSystem) -> 
     with pytest.raises(BlockNotFound):
         await read_content(fs.slices, versions[0])
     assert [v.kind for v in await versions_of(fs.meta.kv, b"/f")] == ["create", "delete"]
+
+
+def test_editor_and_shell_save_patterns(embedded: Mount, tmp_path: Path) -> None:
+    """The plain workflows keep working and each leaves one readable version: an editor
+    writing in place (vim's backupcopy=yes), an editor renaming the old file to a backup
+    and writing a new one (backupcopy=no), cp over the file, and mv of a temporary file."""
+    mp = embedded.mountpoint
+    f = mp / "site.conf"
+    f.write_text("v1\n")
+    with open(f, "r+") as fh:  # in place
+        fh.truncate(0)
+        fh.write("v2\n")
+    os.rename(f, mp / "site.conf~")  # backup, then a new file
+    (mp / "site.conf").write_text("v3\n")
+    os.unlink(mp / "site.conf~")
+    src = tmp_path / "new.conf"
+    src.write_text("v4\n")
+    subprocess.run(["cp", str(src), str(f)], check=True)
+    tmp = mp / ".site.conf.tmp"
+    tmp.write_text("v5\n")
+    subprocess.run(["mv", str(tmp), str(f)], check=True)
+    assert f.read_text() == "v5\n"
+    log = log_of(mp, "/site.conf")
+    kinds = [v["kind"] for v in log]
+    assert kinds == ["create", "write", "away", "create", "write", "rename"], kinds
+    contents = [content_of(mp, "/site.conf", int(v["revision"]))  # type: ignore[call-overload]
+                for v in log if v["kind"] != "away"]
+    assert contents == [b"v1\n", b"v2\n", b"v3\n", b"v4\n", b"v5\n"]
