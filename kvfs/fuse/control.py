@@ -7,8 +7,11 @@ map preceded by its length (4 bytes, big-endian); one request per connection.  T
 uid (``SO_PEERCRED``) is the author of what a request changes.
 
 Requests: ``{"op": "log", "path"}``, ``{"op": "content", "path", "rev"}``,
-``{"op": "restore", "path", "rev" | "at_rev" | "at_time"}``.  Answers are
-``{"ok": true, ...}`` or ``{"ok": false, "error": "<one line>"}``.
+``{"op": "restore", "path", "rev" | "at_rev" | "at_time"}``, ``{"op": "info", "path"}``
+(``kvfs info``: :func:`kvfs.vfs.inspect.inspect`) and ``{"op": "metrics"}`` (``kvfs stats``:
+every sample of the mount's metrics registry as ``[name, labels, value]``, so it works with
+the metrics endpoint off).  Answers are ``{"ok": true, ...}`` or
+``{"ok": false, "error": "<one line>"}``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from typing import Any
 
 import msgpack
 import trio
+from prometheus_client import CollectorRegistry
 
 from kvfs.errors import FSError
 from kvfs.fuse.controlsocket import LENGTH, RUN_DIR, socket_path
 from kvfs.history.service import AsOf, HistoryError, HistoryService
 from kvfs.outage import log_failure
+from kvfs.vfs.inspect import inspect
 
 log = logging.getLogger("kvfs.control")
 MAX_REQUEST = 1 << 20
@@ -47,11 +52,14 @@ async def _send(stream: trio.SocketStream, obj: dict[str, Any]) -> None:
 
 
 class ControlServer:
-    """Serves :class:`HistoryService` on the mount's control socket."""
+    """Serves :class:`HistoryService`, :func:`~kvfs.vfs.inspect.inspect` and the samples
+    of ``registry`` (the mount's metrics) on the mount's control socket."""
 
-    def __init__(self, mountpoint: str, history: HistoryService) -> None:
+    def __init__(self, mountpoint: str, history: HistoryService,
+                 registry: CollectorRegistry) -> None:
         self.path = socket_path(mountpoint)
         self.history = history
+        self.registry = registry
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -102,8 +110,14 @@ class ControlServer:
                 pass
 
     async def _answer(self, req: dict[str, Any], uid: int) -> dict[str, Any]:
-        op, path = req["op"], bytes(req["path"])
-        h = self.history
+        op = req["op"]
+        if op == "metrics":
+            return {"ok": True, "samples": [[s.name, s.labels, s.value]
+                                            for family in self.registry.collect()
+                                            for s in family.samples]}
+        path, h = bytes(req["path"]), self.history
+        if op == "info":
+            return {"ok": True, "info": await inspect(h.fs, path)}
         if op == "log":
             return {"ok": True, "versions": [v.summary() for v in await h.log(path)]}
         if op == "content":
