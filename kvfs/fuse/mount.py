@@ -199,7 +199,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
     recorder = Recorder(volume.meta, volume.fmt.history_settings, socket.gethostname())
     fs.history = recorder
     fs.cleaner.expire_history = lambda: _expire(volume.kv, recorder)
-    control = ControlServer(mountpoint, HistoryService(fs, recorder, ops.invalidate_entry))
+    control = ControlServer(mountpoint, HistoryService(fs, recorder, ops.invalidate_entry),
+                            metrics.registry)
     fuse_opts = set(pyfuse3.default_options)
     # libfuse splits options on commas: an etcd URL with several endpoints needs escaping.
     fsname = source.replace("\\", "\\\\").replace(",", "\\,")
