@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from kvfs import __version__
 
@@ -69,11 +70,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        if not isinstance(e, user_errors()):
+        # A command running tasks side by side (kvfs watch --config) reports its failure
+        # as a group: it is the user's problem if everything in it is.
+        leaves = list(_leaves(e))
+        if not all(isinstance(leaf, user_errors()) for leaf in leaves):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = leaves[0]
+        msg = str(first).splitlines()[0] if str(first) else type(first).__name__
         print(f"kvfs: error: {msg}", file=sys.stderr)
         return 1
+
+
+def _leaves(e: BaseException) -> Iterator[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        for inner in e.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield e
 
 
 if __name__ == "__main__":
