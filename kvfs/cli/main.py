@@ -19,7 +19,8 @@ from kvfs import __version__
 # Each command is the module of its name in kvfs.cli; a run imports only its own command's
 # module, so a light command (deploy, log, restore) does not pay for the whole stack.
 COMMANDS = ("format", "mount", "umount", "status", "fsck", "gc", "bench", "raft", "watch",
-            "deploy", "log", "diff", "restore", "info", "stats", "config", "destroy")
+            "deploy", "log", "diff", "restore", "info", "stats", "config", "destroy", "dump",
+            "load")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
