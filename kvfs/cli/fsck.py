@@ -1,14 +1,26 @@
-"""``kvfs fsck META_URL``: check a volume's consistency (read-only).
+"""``kvfs fsck META_URL [--repair] [--json]``: check a volume's consistency, and repair
+what is safe to repair.
 
-stdout carries only the machine-friendly result: one line per problem, then a summary
-line; the exit status is 1 when there are problems.  Progress of the data verification
-goes to stderr: a line redrawn in place on a terminal, else a line every
+stdout carries only the machine-friendly result: one line per problem, then (with
+``--repair``) one line per repair made or refused, then a summary line.  With ``--json`` it
+is one JSON object instead: ``problems`` (each ``{kind, text, repair}``, ``repair`` the
+action ``--repair`` takes or null when fsck cannot repair it), ``counts``, ``repairs``
+(each ``{action, done, detail}``) and ``remaining`` (problem texts left after repairs).
+
+Exit status: 0 when the volume is consistent (or every problem found was repaired), 1 when
+problems are left, or for bad input (``kvfs: error: ...``).
+
+``--repair`` runs rounds of check-then-repair (a repair can reveal what it hid, such as an
+inode left without entries once an entry of a missing directory is removed), at most
+:data:`REPAIR_ROUNDS`, and a last check whose problems are what is left.  Progress of the
+data verification goes to stderr: a line redrawn in place on a terminal, else a line every
 :data:`LOG_INTERVAL` seconds (so a log of a long run shows it is moving).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -16,25 +28,44 @@ from typing import TextIO
 
 import trio
 
-from kvfs.meta.fsck import DataProgress, Report, check
+from kvfs.meta.fsck import (
+    DataProgress,
+    Problem,
+    RepairContext,
+    RepairOutcome,
+    Report,
+    check,
+    repair,
+)
 from kvfs.volume import open_volume
 
 TTY_INTERVAL = 0.25
 LOG_INTERVAL = 10.0
+REPAIR_ROUNDS = 3
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser(
         "fsck", help="check a volume's consistency",
         description="Check a volume's metadata, and read every data block to verify its "
-                    "checksum; changes nothing.  Prints one line per problem and a summary "
-                    "on stdout, progress on stderr; exits 1 if it found a problem.")
+                    "checksum; changes nothing unless --repair.  Prints one line per problem "
+                    "and a summary on stdout, progress on stderr; exits 1 if problems are "
+                    "left.  Works on an unmounted volume and on a live shared one (problems "
+                    "are re-checked before they are reported).")
     p.add_argument("meta_url", metavar="META_URL")
     p.add_argument("--leaked", action="store_true",
                    help="also report blocks no slice refers to")
     p.add_argument("--skip-data", action="store_true",
                    help="do not read the blocks: only check that every block a file needs "
                         "exists (much faster on big volumes; misses corrupt data)")
+    p.add_argument("--repair", action="store_true",
+                   help="repair what is safe, each repair its own guarded transaction: "
+                        "link counts and parent records, dangling entries, inodes without "
+                        "an entry (moved to /lost+found), usage counters, holds of gone "
+                        "sessions, chunk records that do not decode (the file gets a hole); "
+                        "never deletes data blocks (see kvfs gc)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (problems, counts, repairs) instead of lines")
     return p
 
 
@@ -86,28 +117,79 @@ class ProgressLine:
             self._shown = False
 
 
-def summary(rep: Report) -> str:
+def summary(rep: Report, repaired: int | None = None) -> str:
     if rep.data_verified:
         data = f"{rep.verified_blocks} verified ({_size(rep.verified_bytes)})"
     else:
         data = "data not verified"
+    done = "" if repaired is None else f", {repaired} repaired"
     return (f"{rep.inodes} inodes, {rep.entries} entries, {rep.slices} slices, "
-            f"{rep.blocks} blocks, {data}: {len(rep.problems)} problems")
+            f"{rep.blocks} blocks, {data}: {len(rep.problems)} problems{done}")
+
+
+def _problem_json(p: Problem) -> dict[str, object]:
+    return {"kind": p.kind, "text": p.text,
+            "repair": p.repair.action if p.repair is not None else None}
+
+
+def _outcome_line(o: RepairOutcome) -> str:
+    if o.done:
+        return f"repaired: {o.problem.repair.action if o.problem.repair else ''}"
+    return f"not repaired ({o.detail}): {o.problem.text}"
 
 
 def run(args: argparse.Namespace) -> int:
     async def go() -> int:
         vol = await open_volume(args.meta_url)
         shown = ProgressLine(sys.stderr)
+        found: list[Problem] = []
+        outcomes: list[RepairOutcome] = []
+
+        async def one_check() -> Report:
+            try:
+                return await check(vol.kv, vol.store, vol.fmt.block_size,
+                                   leaked_blocks=args.leaked, verify_data=not args.skip_data,
+                                   operational=True, progress=shown)
+            finally:
+                shown.close()
+
         try:
-            rep = await check(vol.kv, vol.store, vol.fmt.block_size, leaked_blocks=args.leaked,
-                              verify_data=not args.skip_data, progress=shown)
+            rep = await one_check()
+            first = rep
+            found.extend(rep.found)
+            if args.repair:
+                ctx = RepairContext(vol.kv)
+                for _ in range(REPAIR_ROUNDS):
+                    done = await repair(vol.kv, rep.found, ctx)
+                    outcomes.extend(done)
+                    if not any(o.done for o in done):
+                        break
+                    rep = await one_check()
+                    seen = {p.text for p in found}
+                    found.extend(p for p in rep.found if p.text not in seen)
         finally:
-            shown.close()
             await vol.aclose()
-        for p in rep.problems:
-            print(p)
-        print(summary(rep))
-        return 1 if rep.problems else 0
+        repaired = sum(1 for o in outcomes if o.done) if args.repair else None
+        if args.json:
+            print(json.dumps({
+                "problems": [_problem_json(p) for p in found],
+                "counts": {"inodes": first.inodes, "entries": first.entries,
+                           "slices": first.slices, "blocks": first.blocks,
+                           "verified_blocks": first.verified_blocks,
+                           "verified_bytes": first.verified_bytes,
+                           "data_verified": first.data_verified,
+                           "rechecked": first.rechecked, "problems": len(found),
+                           "repaired": repaired or 0, "remaining": len(rep.found)},
+                "repairs": [{"action": o.problem.repair.action if o.problem.repair else "",
+                             "done": o.done, "detail": o.detail} for o in outcomes],
+                "remaining": rep.problems}, indent=None))
+        else:
+            for p in found:
+                print(p.text)
+            for o in outcomes:
+                print(_outcome_line(o))
+            # With --repair, the problems counted are those left after the repairs.
+            print(summary(rep, repaired))
+        return 1 if rep.found else 0
 
     return trio.run(go)
