@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import stat
 from typing import Any
 
 from kvfs.cli.history import ask, resolve, show_time
+from kvfs.mountpath import locate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -68,7 +70,18 @@ def _type_bits(kind: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    mountpoint, vpath = resolve(args.path)
+    if os.path.islink(args.path):
+        # The symlink itself, not what it points to (locate resolves the whole path).
+        head, name = os.path.split(os.path.abspath(args.path))
+        mountpoint, _, rel = locate(head)
+        vpath = os.fsencode(rel.rstrip("/") + "/" + name)
+    elif os.path.exists(args.path):
+        # An existing path is located itself (the mountpoint too, which resolve() -- made
+        # for paths that may be gone -- would look for above itself).
+        mountpoint, _, rel = locate(args.path)
+        vpath = os.fsencode(rel)
+    else:
+        mountpoint, vpath = resolve(args.path)
     info = ask(mountpoint, {"op": "info", "path": vpath})["info"]
     if args.json:
         print(json.dumps(info, indent=2))
