@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         vol = await open_volume(args.meta_url)
         try:
             rep = await collect(vol.kv, vol.store, min_age=min_age)
-            if args.delete and rep.found_anything:
+            if args.delete:
                 await delete(vol.kv, vol.store, rep)
         finally:
             await vol.aclose()

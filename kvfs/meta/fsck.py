@@ -663,7 +663,7 @@ def _set_links(ino: int, a: Attr, rev: int, want: int, where: Counter[int]) -> R
     what = (f"set nlink of inode {ino} to {want}" if a.nlink != want
             else f"rewrote the parent records of inode {ino}")
     if not a.is_dir and a.nlink != want:
-        what += " and its parent records"
+        what += ", and its parent records from its entries"
     return Repair(what, apply)
 
 
