@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -125,8 +126,8 @@ async def _present(url: str, names: list[str]) -> list[bool]:
         await vol.aclose()
 
 
-def _lines(res: object) -> list[str]:
-    return str(getattr(res, "stdout")).splitlines()
+def _lines(res: subprocess.CompletedProcess[str]) -> list[str]:
+    return res.stdout.splitlines()
 
 
 async def _fault_injection(url: str, tmp_path: Path) -> None:
