@@ -66,7 +66,8 @@ ALLOWED: dict[str, set[str]] = {
     "deploy": {"history", "errors"},
     "mountpath": {"fuse", "errors"},
     "benchmarks": {"volume", "kv", "errors"},
-    "dump": {"volume", "history", "chunk.layout", "meta.keys", "kv", "objstore", "errors", "kvfs"},
+    "dump": {"volume", "history", "chunk.layout", "meta.keys", "kv", "objstore", "outage",
+             "errors", "kvfs"},
     "fuse": {"history.service", "volume", "vfs", "history", "raftkv", "durable", "kvfs"}
             | _MIDDLE,
     "volume": {"vfs", "history", "raftkv", "durable"} | _MIDDLE,
