@@ -35,11 +35,14 @@ from kvfs.history.records import Version
 from kvfs.kv.api import KeyValue, KVEngine, prefix_end
 from kvfs.meta import keys
 from kvfs.objstore.api import BlockNotFound, ObjectStore, block_name
+from kvfs.outage import side_by_side
 from kvfs.volume import make_store, open_engine, read_format
 
 from .format import DUMP_VERSION, DumpWriter, Header
 
 PAGE = 1000
+FETCH_READERS = 8
+FETCH_BYTES = 32 << 20
 
 COPY = "copy"  # the key goes into the dump as it is
 HEADER = "header"  # carried by the dump's header
@@ -150,10 +153,9 @@ async def dump_engine(kv: KVEngine, out: BinaryIO, *, store: ObjectStore | None,
                     if sid not in seen:
                         seen.add(sid)
                         todo.append((sid, size, required, item.key))
-            for sid, size, required, key in todo:
+            if todo:
                 assert store is not None
-                await _write_slice(w, store, fmt.block_size, sid, size, required, key,
-                                   summary)
+                await _write_blocks(w, store, fmt.block_size, todo, summary)
             summary.keys, summary.blocks = w.keys, w.blocks
             summary.block_bytes, summary.bytes_written = w.block_bytes, w.offset
             if progress is not None:
@@ -166,19 +168,33 @@ async def dump_engine(kv: KVEngine, out: BinaryIO, *, store: ObjectStore | None,
     return summary
 
 
-async def _write_slice(w: DumpWriter, store: ObjectStore, block_size: int, sid: int,
-                       size: int, required: bool, key: bytes, summary: DumpSummary) -> None:
-    for index, start in enumerate(range(0, size, block_size)):
-        name = block_name(sid, index, min(block_size, size - start))
-        try:
-            data = await store.get(name)
-        except BlockNotFound:
-            if required:
-                raise VolumeError(f"block {name} of chunk key {key!r} is missing from "
-                                  f"{store.describe()} (run kvfs fsck)") from None
-            summary.missing_queued_blocks += 1
-            continue
-        await w.block(name, data)
+async def _write_blocks(w: DumpWriter, store: ObjectStore, block_size: int,
+                        slices: list[tuple[int, int, bool, bytes]],
+                        summary: DumpSummary) -> None:
+    """Fetch and write every block of ``slices`` (id, size, required, naming key), a few
+    at a time: at most :data:`FETCH_BYTES` of block data in flight, since a remote store
+    answers one round trip per block."""
+    todo = [(block_name(sid, index, min(block_size, size - start)), required, key)
+            for sid, size, required, key in slices
+            for index, start in enumerate(range(0, size, block_size))]
+    readers = max(1, min(FETCH_READERS, FETCH_BYTES // block_size))
+
+    async def reader() -> None:
+        while todo:
+            name, required, key = todo.pop()
+            try:
+                data = await store.get(name)
+            except BlockNotFound:
+                if required:
+                    raise VolumeError(f"block {name} of chunk key {key!r} is missing from "
+                                      f"{store.describe()} (run kvfs fsck)") from None
+                summary.missing_queued_blocks += 1
+                continue
+            await w.block(name, data)
+
+    async with side_by_side() as nursery:
+        for _ in range(readers):
+            nursery.start_soon(reader)
 
 
 async def dump(url: str, out: BinaryIO, *, with_data: bool,

@@ -107,6 +107,9 @@ class DumpWriter:
         self.blocks = 0
         self.block_bytes = 0
         self._header_written = False
+        # Tasks fetching blocks side by side write records in turn: a flush takes the
+        # buffer and writes it under this lock, so buffers reach the file in order.
+        self._lock = trio.Lock()
 
     async def header(self, header: Header) -> None:
         assert not self._header_written, "a dump has one header"
@@ -124,7 +127,7 @@ class DumpWriter:
 
     async def finish(self) -> None:
         """Write the trailer and flush everything to the file (the caller closes it)."""
-        self._whole.update(self._buf)
+        await self._flush()
         trailer = Trailer(self.keys, self.blocks, self.block_bytes, self._whole.intdigest())
         self._buf += _frame(TRAILER, trailer.encode())
         await self._flush(update=False)
@@ -138,12 +141,13 @@ class DumpWriter:
             await self._flush()
 
     async def _flush(self, *, update: bool = True) -> None:
-        data = bytes(self._buf)
-        self._buf.clear()
-        if update:
-            self._whole.update(data)
-        self.offset += len(data)
-        await trio.to_thread.run_sync(self._out.write, data)
+        async with self._lock:
+            data = bytes(self._buf)
+            self._buf.clear()
+            if update:
+                self._whole.update(data)
+            self.offset += len(data)
+            await trio.to_thread.run_sync(self._out.write, data)
 
 
 class DumpReader:
