@@ -42,7 +42,7 @@ from .format import DUMP_VERSION, DumpWriter, Header
 
 PAGE = 1000
 FETCH_READERS = 8
-FETCH_BYTES = 32 << 20
+FETCH_BYTES = 4 << 20
 
 COPY = "copy"  # the key goes into the dump as it is
 HEADER = "header"  # carried by the dump's header

@@ -88,11 +88,14 @@ class Trailer:
                               "block_bytes": self.block_bytes, "xxh64": self.xxh64})
 
 
-def _frame(kind: bytes, payload: bytes) -> bytes:
+def _frame(buf: bytearray, kind: bytes, payload: bytes) -> None:
+    """Append the record to ``buf`` (piece by piece: a block's payload is copied once)."""
     head = _FRAME.pack(kind, len(payload))
     digest = xxhash.xxh64(head)
     digest.update(payload)
-    return head + payload + _SUM.pack(digest.intdigest())
+    buf += head
+    buf += payload
+    buf += _SUM.pack(digest.intdigest())
 
 
 class DumpWriter:
@@ -129,14 +132,14 @@ class DumpWriter:
         """Write the trailer and flush everything to the file (the caller closes it)."""
         await self._flush()
         trailer = Trailer(self.keys, self.blocks, self.block_bytes, self._whole.intdigest())
-        self._buf += _frame(TRAILER, trailer.encode())
+        _frame(self._buf, TRAILER, trailer.encode())
         await self._flush(update=False)
         await trio.to_thread.run_sync(self._out.flush)
 
     async def _record(self, kind: bytes, payload: bytes) -> None:
         if len(payload) > MAX_RECORD:
             raise VolumeError(f"a {len(payload)}-byte record does not fit a dump file")
-        self._buf += _frame(kind, payload)
+        _frame(self._buf, kind, payload)
         if len(self._buf) >= FLUSH_BYTES:
             await self._flush()
 
