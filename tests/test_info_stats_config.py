@@ -112,7 +112,8 @@ def check_stats(views: list[dict]) -> None:  # type: ignore[type-arg]
     print(f"stats: {busiest['written_bytes_per_s'] / 1024:.0f} KiB/s written, write mean "
           f"{busiest['fuse'].get('write', {}).get('mean_ms', 0):.3f} ms, commit mean "
           f"{busiest['engine'].get('commit', {}).get('mean_ms', 0):.3f} ms, watch lag "
-          f"{busiest['watch_lag_ms']} ms")
+          f"{'-' if busiest['watch_lag_ms'] is None else format(busiest['watch_lag_ms'], '.2f')}"
+          " ms")
 
 
 def check_file_info(i: dict, size: int, block_size: int) -> None:  # type: ignore[type-arg]
