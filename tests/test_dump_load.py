@@ -9,8 +9,8 @@ times; dumps it with its data, loads it into etcd, dumps that, loads it into a o
 ``kvfs raft serve``, mounts the result beside the source and compares them with
 ``diff -r --no-dereference`` and a walk of every attribute but atime (inode numbers
 included: a load keeps them).  Timings are printed (``pytest -s``); the round trip takes
-about 2.5 minutes here, most of it the two walks through FUSE, the rest of the file 30 s.  Bigger runs:
-``KVFS_DUMP_FILES=100000 pytest tests/test_dump_load.py``.
+about 2.5 minutes here, most of it the two walks through FUSE, the rest of the file 30 s.
+Bigger runs: ``KVFS_DUMP_FILES=100000 pytest tests/test_dump_load.py``.
 
 The 1 GiB memory figure is measured by hand (docs/operations.md, "Dump and load").
 """
