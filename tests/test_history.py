@@ -86,6 +86,15 @@ def content_of(mp: Path, path: str, rev: int) -> bytes:
     return data
 
 
+def settle(real: Path, exists: bool) -> None:
+    """Wait until this mount sees what another mount did: its kernel may hold a name (or
+    its absence) until the watch says otherwise, milliseconds later."""
+    deadline = time.monotonic() + 10
+    while os.path.lexists(real) != exists:
+        assert time.monotonic() < deadline, f"{real} still {'absent' if exists else 'there'}"
+        time.sleep(0.01)
+
+
 def run_model(mounts: list[Path], seed: int, steps: int) -> None:
     rng = random.Random(seed)
     model = Model()
@@ -96,6 +105,7 @@ def run_model(mounts: list[Path], seed: int, steps: int) -> None:
         path = rng.choice(PATHS)
         real = mp / path.lstrip("/")
         cur = model.current(path)
+        settle(real, cur is not None)
         op = rng.choice(["write", "deploy", "chmod", "move", "rm", "restore", "restore"])
         if op == "write" or cur is None and op in ("chmod", "move", "rm"):
             data = f"{path} step {step}\n".encode() * rng.randint(1, 50)
@@ -117,6 +127,7 @@ def run_model(mounts: list[Path], seed: int, steps: int) -> None:
         elif op == "move":
             assert cur is not None
             dest = rng.choice([p for p in PATHS if p != path])
+            settle(mp / dest.lstrip("/"), model.current(dest) is not None)
             os.rename(real, mp / dest.lstrip("/"))
             model.add(dest, Expected("rename", cur.content, cur.mode))
             model.add(path, Expected("away", None))
@@ -297,6 +308,10 @@ def test_cli_log_and_diff_output(embedded: Mount) -> None:
     os.rmdir(mp / "d")
     kinds = [line.split()[5] for line in kvfs("log", str(mp / "d" / "x")).stdout.splitlines()[1:]]
     assert kinds == ["create", "delete"]
+    # The whole volume, named by its mountpoint, back to the first version.
+    out = kvfs("restore", str(mp), "--at", str(first)).stdout
+    assert f.read_text() == "listen 80;\nroot /srv;\n", out
+    assert not (mp / "d").exists() or not (mp / "d" / "x").exists()
 
 
 def test_history_off(tmp_path: Path) -> None:

@@ -21,6 +21,9 @@ def resolve(path: str) -> tuple[str, bytes]:
     directories above it need not exist (the history of a removed file); the nearest
     existing directory above it must be inside a kvfs mount."""
     absolute = os.path.abspath(path)
+    if os.path.isdir(absolute) and not os.path.islink(absolute):  # the mountpoint too
+        mountpoint, _, vdir = locate(absolute)
+        return mountpoint, os.fsencode(vdir)
     head, missing = os.path.dirname(absolute), [os.path.basename(absolute)]
     while not os.path.isdir(head):
         head, tail = os.path.split(head)
