@@ -309,8 +309,8 @@ def test_cli_log_and_diff_output(embedded: Mount) -> None:
     kinds = [line.split()[5] for line in kvfs("log", str(mp / "d" / "x")).stdout.splitlines()[1:]]
     assert kinds == ["create", "delete"]
     # The whole volume, named by its mountpoint, back to the first version.
-    out = kvfs("restore", str(mp), "--at", str(first)).stdout
-    assert f.read_text() == "listen 80;\nroot /srv;\n", out
+    restored = kvfs("restore", str(mp), "--at", str(first)).stdout
+    assert f.read_text() == "listen 80;\nroot /srv;\n", restored
     assert not (mp / "d").exists() or not (mp / "d" / "x").exists()
 
 
