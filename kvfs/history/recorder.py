@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from kvfs.chunk.layout import CHUNK_SIZE
 from kvfs.history.records import (
     AWAY,
     MAX_CHUNK_BYTES,
@@ -168,6 +169,9 @@ class Recorder:
         seq = await self.meta.gc_ids.next()
 
         async def fn(t: Txn) -> list[bytes]:
+            # One round trip for most files: their attributes, their first chunk (all of a
+            # file of up to 64 MiB) and a symlink's target.
+            await t.prefetch(keys.attr(ino), keys.chunk(ino, 0), keys.symlink(ino))
             raw = await t.get(keys.attr(ino))
             if raw is None:
                 return []
@@ -181,9 +185,14 @@ class Recorder:
             v = Version(kind, at or now_ns(), self.host, uid, a.mode, a.uid, a.gid, a.mtime,
                         a.size, note=dict(note or {}))
             if a.is_reg:
-                chunks = await t.scan(keys.chunk_prefix(ino))
-                if sum(len(c.value) for c in chunks) <= MAX_CHUNK_BYTES:
-                    v.chunks = [(keys.chunk_index(c.key), c.value) for c in chunks]
+                if a.size <= CHUNK_SIZE:  # chunks past the end are never read
+                    first = await t.get(keys.chunk(ino, 0))
+                    chunks = [] if first is None else [(0, first)]
+                else:
+                    chunks = [(keys.chunk_index(c.key), c.value)
+                              for c in await t.scan(keys.chunk_prefix(ino))]
+                if sum(len(raw) for _, raw in chunks) <= MAX_CHUNK_BYTES:
+                    v.chunks = chunks
                 else:
                     v.note["content"] = "not kept"
             elif a.is_symlink:
