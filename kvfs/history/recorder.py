@@ -160,10 +160,12 @@ class Recorder:
     # -- recording ---------------------------------------------------------------------
 
     async def record_file(self, ino: int, kind: str, uid: int, note: dict[str, Any] | None = None,
-                          paths: list[bytes] | None = None, at: int = 0) -> list[bytes]:
+                          paths: list[bytes] | None = None, at: int = 0,
+                          gone: tuple[bytes, str, dict[str, Any]] | None = None) -> list[bytes]:
         """A version of non-directory ``ino`` as it is now, under each of ``paths`` (default:
         all its paths) that the history covers; returns the paths recorded.  ``at`` (ns)
-        is the version's time, shared by every version one change records (default now)."""
+        is the version's time, shared by every version one change records (default now).
+        ``gone`` is a tombstone ``(path, kind, note)`` written in the same transaction."""
         if not self.enabled:
             return []
         seq = await self.meta.gc_ids.next()
@@ -172,6 +174,9 @@ class Recorder:
             # One round trip for most files: their attributes, their first chunk (all of a
             # file of up to 64 MiB) and a symlink's target.
             await t.prefetch(keys.attr(ino), keys.chunk(ino, 0), keys.symlink(ino))
+            if gone is not None and self.settings.covers(gone[0]):
+                tomb = Version(gone[1], at or now_ns(), self.host, uid, note=dict(gone[2]))
+                t.put(keys.history(gone[0], tomb.time, seq), tomb.encode(), hint=False)
             raw = await t.get(keys.attr(ino))
             if raw is None:
                 return []
@@ -255,6 +260,10 @@ class Recorder:
                         child, MOVE, uid, {"from": (was_at + rel).decode(errors="replace")},
                         [now_at + rel], at))
                     departed.append((was_at + rel, now_at + rel))
+            elif len(moves) == 1:  # a plain rename of a file: one transaction for both
+                await self.record_file(
+                    ino, RENAME, uid, {"from": was_at.decode(errors="replace")}, [now_at], at,
+                    gone=(was_at, AWAY, {"to": now_at.decode(errors="replace")}))
             else:
                 arrived.update(await self.record_file(
                     ino, RENAME, uid, {"from": was_at.decode(errors="replace")}, [now_at], at))

@@ -548,7 +548,11 @@ class Metadata:
 
     # -- rename ------------------------------------------------------------------------
 
-    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0) -> None:
+    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0
+                     ) -> list[tuple[int, Attr]]:
+        """Rename ``p1/n1`` to ``p2/n2``.  Returns what now sits at the new name and, for an
+        exchange, at the old one -- ``(ino, attributes)`` each; nothing when the two names
+        were links to one inode (POSIX: nothing happens)."""
         check_name(n1)
         check_name(n2)
         if n1 in (b".", b"..") or n2 in (b".", b".."):
@@ -556,7 +560,7 @@ class Metadata:
         if flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE:
             raise FSError(errno.EINVAL)
 
-        async def fn(t: Txn) -> None:
+        async def fn(t: Txn) -> list[tuple[int, Attr]]:
             await t.prefetch(keys.attr(p1), keys.attr(p2), keys.dentry(p1, n1),
                              keys.dentry(p2, n2))
             pa1 = await self._dir_attr(t, p1)
@@ -574,7 +578,7 @@ class Metadata:
             if dst is None and flags & RENAME_EXCHANGE:
                 raise FSError(errno.ENOENT)
             if dst is not None and dst[1] == sino:
-                return  # both names are links to one inode: POSIX says do nothing
+                return []  # both names are links to one inode: POSIX says do nothing
             if sa.is_dir and p1 != p2:
                 await self._check_not_ancestor(t, sino, p2)
             if pa2.nlink == 0:
@@ -582,8 +586,9 @@ class Metadata:
             now = now_ns()
             if flags & RENAME_EXCHANGE:
                 assert dst is not None
-                await self._exchange(t, p1, n1, pa1, sino, sa, p2, n2, pa2, dst[1], now)
-                return
+                da_after = await self._exchange(t, p1, n1, pa1, sino, sa, p2, n2, pa2,
+                                                dst[1], now)
+                return [(sino, sa), (dst[1], da_after)]
             da: Attr | None = None
             if dst is not None:
                 da = await self._attr(t, dst[1])
@@ -614,8 +619,9 @@ class Metadata:
             if p2 != p1:
                 pa2.mtime = pa2.ctime = now
                 self._put_attr(t, p2, pa2)
+            return [(sino, sa)]
 
-        await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn, hints=self.hints)
 
     async def _check_not_ancestor(self, t: Txn, ino: int, start: int) -> None:
         """EINVAL if directory ``ino`` is ``start`` or one of its ancestors."""
@@ -630,7 +636,8 @@ class Metadata:
                 raise FSError(errno.ELOOP)
 
     async def _exchange(self, t: Txn, p1: int, n1: bytes, pa1: Attr, sino: int, sa: Attr,
-                        p2: int, n2: bytes, pa2: Attr, dino: int, now: int) -> None:
+                        p2: int, n2: bytes, pa2: Attr, dino: int, now: int) -> Attr:
+        """Swap the two names; returns the attributes of ``dino`` (now at ``p1/n1``)."""
         da = await self._attr(t, dino)
         if da.is_dir and p1 != p2:
             await self._check_not_ancestor(t, dino, p1)
@@ -655,6 +662,7 @@ class Metadata:
         if p2 != p1:
             pa2.mtime = pa2.ctime = now
             self._put_attr(t, p2, pa2)
+        return da
 
     # -- attributes --------------------------------------------------------------------
 

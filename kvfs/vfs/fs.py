@@ -42,7 +42,7 @@ from kvfs.history.recorder import Recorder, join
 from kvfs.history.records import ATTR, CREATE, DELETE, LINK, WRITE
 from kvfs.kv.api import NoSpace
 from kvfs.meta.keys import Ino
-from kvfs.meta.metadata import MAX_FILE_SIZE, RENAME_EXCHANGE, Ctx, DirEntry, Metadata, SetAttr
+from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.objstore.api import ObjectStoreFull
 from kvfs.outage import log_failure
@@ -241,29 +241,18 @@ class FileSystem:
 
     async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0,
                      uid: int = 0) -> None:
-        await self.meta.rename(p1, n1, p2, n2, flags)
+        moved = await self.meta.rename(p1, n1, p2, n2, flags)
         self.cleaner.poke()
-        if self.history is not None and self.history.enabled:
-            await self._record_rename(p1, n1, p2, n2, flags, uid)
-
-    async def _record_rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int,
-                             uid: int) -> None:
-        assert self.history is not None
-        old, new = await self._path(p1, n1), await self._path(p2, n2)
-        if old is None or new is None:
-            return
-        moves = []
-        # What now sits at the new name came from the old one; with EXCHANGE also back.
-        swapped = [(new, old, p2, n2)]
-        if flags & RENAME_EXCHANGE:
-            swapped.append((old, new, p1, n1))
-        for now_at, was_at, parent, name in swapped:
-            try:
-                ino, attr = await self.meta.lookup(parent, name)
-            except FSError:
-                return  # renamed again meanwhile: that rename records its own versions
-            moves.append((now_at, was_at, int(ino), attr))
-        await self.history.record_moves(moves, uid)
+        if moved and self.history is not None and self.history.enabled:
+            old, new = await self._path(p1, n1), await self._path(p2, n2)
+            if old is not None and new is not None:
+                # What now sits at the new name came from the old one; with EXCHANGE the
+                # other way round as well.
+                places = [(new, old), (old, new)]
+                await self.history.record_moves(
+                    [(now_at, was_at, ino, attr)
+                     for (now_at, was_at), (ino, attr) in zip(places, moved, strict=False)],
+                    uid)
 
     # -- files -------------------------------------------------------------------------
 
