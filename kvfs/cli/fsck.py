@@ -13,21 +13,21 @@ problems are left, or for bad input (``kvfs: error: ...``).
 ``--repair`` runs rounds of check-then-repair (a repair can reveal what it hid, such as an
 inode left without entries once an entry of a missing directory is removed), at most
 :data:`REPAIR_ROUNDS`, and a last check whose problems are what is left.  Progress of the
-data verification goes to stderr: a line redrawn in place on a terminal, else a line every
-:data:`LOG_INTERVAL` seconds (so a log of a long run shows it is moving).
+data verification goes to stderr (kvfs.cli.progress): a bar redrawn in place on a terminal,
+else a line every :data:`LOG_INTERVAL` seconds (so a log of a long run shows it is moving).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from typing import TextIO
 
 import trio
 
+from kvfs.cli.progress import Progress, size_text
 from kvfs.meta.fsck import (
     DataProgress,
     Problem,
@@ -39,7 +39,6 @@ from kvfs.meta.fsck import (
 )
 from kvfs.volume import open_volume
 
-TTY_INTERVAL = 0.25
 LOG_INTERVAL = 10.0
 REPAIR_ROUNDS = 3
 
@@ -69,57 +68,35 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     return p
 
 
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} bytes"
-    x, unit = n / 1024, "KiB"
-    for bigger in ("MiB", "GiB", "TiB"):
-        if x < 1024:
-            break
-        x, unit = x / 1024, bigger
-    return f"{x:.1f} {unit}"
-
-
 class ProgressLine:
-    """Shows data verification progress on ``stream`` (see module docstring)."""
+    """Shows data verification progress on ``stream`` (default stderr) through
+    :class:`~kvfs.cli.progress.Progress`: a bar over the bytes read on a terminal, else a
+    line every :data:`LOG_INTERVAL` seconds.  One bar per check: :meth:`close` ends it, and
+    the next call starts a new one."""
 
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.clock = clock
-        self.tty = stream.isatty()
-        self.interval = TTY_INTERVAL if self.tty else LOG_INTERVAL
-        self._last: float | None = None
-        self._shown = False
+        self._bar: Progress | None = None
 
     def __call__(self, p: DataProgress) -> None:
-        now = self.clock()
-        if self._last is None:  # the first call starts the clock, with nothing read yet
-            self._last = now
-            return
-        if p.blocks < p.total_blocks:
-            if now - self._last < self.interval:
-                return
-        elif self.tty or not self._shown:
-            return  # done: close() erases a line in place; a quick run logs nothing
-        self._last = now
-        pct = 100 * p.nbytes // p.total_bytes if p.total_bytes else 100
-        text = (f"verifying data: {p.blocks}/{p.total_blocks} blocks, "
-                f"{_size(p.nbytes)} of {_size(p.total_bytes)} ({pct}%)")
-        self.stream.write(f"\r{text}\x1b[K" if self.tty else text + "\n")
-        self.stream.flush()
-        self._shown = True
+        if self._bar is None:  # the first call starts the clock, with nothing read yet
+            self._bar = Progress("verifying data", total=p.total_bytes, unit="B",
+                                 unit_scale=True, log_every=LOG_INTERVAL,
+                                 stream=self.stream, clock=self.clock)
+        self._bar.set(p.nbytes, f"{p.blocks}/{p.total_blocks} blocks")
 
     def close(self) -> None:
-        """Erase a line drawn in place, so the result follows on a clean line."""
-        if self.tty and self._shown:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._shown = False
+        """Erase a bar drawn in place, so the result follows on a clean line."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def summary(rep: Report, repaired: int | None = None) -> str:
     if rep.data_verified:
-        data = f"{rep.verified_blocks} verified ({_size(rep.verified_bytes)})"
+        data = f"{rep.verified_blocks} verified ({size_text(rep.verified_bytes)})"
     else:
         data = "data not verified"
     done = "" if repaired is None else f", {repaired} repaired"
@@ -141,7 +118,7 @@ def _outcome_line(o: RepairOutcome) -> str:
 def run(args: argparse.Namespace) -> int:
     async def go() -> int:
         vol = await open_volume(args.meta_url)
-        shown = ProgressLine(sys.stderr)
+        shown = ProgressLine()
         found: list[Problem] = []
         outcomes: list[RepairOutcome] = []
 

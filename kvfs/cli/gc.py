@@ -22,7 +22,7 @@ import re
 
 import trio
 
-from kvfs.cli.fsck import _size
+from kvfs.cli.progress import size_text
 from kvfs.errors import VolumeError
 from kvfs.meta.gc import DEFAULT_MIN_AGE, GcReport, collect, delete
 from kvfs.volume import open_volume
@@ -72,7 +72,7 @@ def _items(rep: GcReport) -> list[dict[str, str]]:
            for b in rep.garbage]
     out += [{"kind": "leaked-inode",
              "text": f"inode {i.ino} is gone but {len(i.chunks)} chunk records keep "
-                     f"{i.slices} slices ({_size(i.nbytes)})"} for i in rep.leaked]
+                     f"{i.slices} slices ({size_text(i.nbytes)})"} for i in rep.leaked]
     out += [{"kind": "dead-hold", "text": f"inode {ino} is held open by session {sid}, "
                                           "which is gone"} for sid, ino in rep.dead_holds]
     out += [{"kind": "undecodable", "text": f"{what} does not decode: its blocks are "
@@ -82,14 +82,14 @@ def _items(rep: GcReport) -> list[dict[str, str]]:
 
 
 def summary(rep: GcReport, deleted: bool) -> str:
-    text = (f"{rep.blocks} blocks ({_size(rep.block_bytes)}), {rep.referenced_slices} "
+    text = (f"{rep.blocks} blocks ({size_text(rep.block_bytes)}), {rep.referenced_slices} "
             f"referenced slices: {len(rep.garbage)} unreferenced blocks "
-            f"({_size(rep.garbage_bytes)}), {len(rep.young)} more younger than the minimum "
-            f"age or of unknown age ({_size(rep.young_bytes)}), {len(rep.leaked)} leaked "
-            f"inodes ({_size(rep.leaked_bytes)}), {len(rep.dead_holds)} holds of gone "
+            f"({size_text(rep.garbage_bytes)}), {len(rep.young)} more younger than the minimum "
+            f"age or of unknown age ({size_text(rep.young_bytes)}), {len(rep.leaked)} leaked "
+            f"inodes ({size_text(rep.leaked_bytes)}), {len(rep.dead_holds)} holds of gone "
             f"sessions")
     if deleted:
-        text += (f"; deleted {rep.deleted_blocks} blocks ({_size(rep.deleted_bytes)}), "
+        text += (f"; deleted {rep.deleted_blocks} blocks ({size_text(rep.deleted_bytes)}), "
                  f"freed {rep.freed_inodes} leaked inodes, released {rep.released_holds} "
                  f"holds")
     return text
