@@ -38,6 +38,7 @@ from __future__ import annotations
 import bisect
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
@@ -56,6 +57,9 @@ from kvfs.objstore.kvblob import KVBlobStore
 from kvfs.objstore.localdir import LocalDirStore
 
 DEFAULT_MIN_AGE = 3600.0
+
+# Told how far a walk is: (phase, items done, items in all or None while unknown).
+ProgressFn = Callable[[str, int, int | None], None]
 _CHUNKS_PER_TXN = 50
 
 
@@ -110,8 +114,9 @@ class GcReport:
 
 
 async def collect(kv: KVEngine, store: ObjectStore, *, min_age: float = DEFAULT_MIN_AGE,
-                  now: float | None = None) -> GcReport:
-    """Find the garbage (see module docstring); writes nothing."""
+                  now: float | None = None, progress: ProgressFn | None = None) -> GcReport:
+    """Find the garbage (see module docstring); writes nothing.  ``progress`` is told of
+    the blocks listed, then of the blocks checked."""
     now = time.time() if now is None else now
     rep = GcReport(min_age)
     listed: dict[str, tuple[int, int]] = {}  # name -> slice id, data bytes
@@ -121,6 +126,8 @@ async def collect(kv: KVEngine, store: ObjectStore, *, min_age: float = DEFAULT_
         except ValueError:
             continue  # not a kvfs block: not ours to judge
         listed[name] = (sid, nbytes)
+        if progress is not None:
+            progress("listing blocks", len(listed), None)
     rep.blocks, rep.block_bytes = len(listed), sum(n for _, n in listed.values())
     born = await _block_revisions(kv, store)
 
@@ -182,7 +189,9 @@ async def collect(kv: KVEngine, store: ObjectStore, *, min_age: float = DEFAULT_
         rep.leaked.append(LeakedInode(ino, tuple(records), nslices, nbytes))
 
     when = _RevisionClock(points)
-    for name, (sid, nbytes) in sorted(listed.items()):
+    for checked, (name, (sid, nbytes)) in enumerate(sorted(listed.items()), 1):
+        if progress is not None:
+            progress("checking blocks", checked, len(listed))
         if sid in referenced:
             continue
         age = await _age(store, name, born, when, now)
@@ -194,8 +203,10 @@ async def collect(kv: KVEngine, store: ObjectStore, *, min_age: float = DEFAULT_
     return rep
 
 
-async def delete(kv: KVEngine, store: ObjectStore, rep: GcReport) -> None:
-    """Remove what :func:`collect` found (module docstring); VolumeError when it must not."""
+async def delete(kv: KVEngine, store: ObjectStore, rep: GcReport,
+                 progress: ProgressFn | None = None) -> None:
+    """Remove what :func:`collect` found (module docstring); VolumeError when it must not.
+    ``progress`` is told of each block, leaked inode and hold dealt with."""
     if rep.undecodable:
         raise VolumeError(f"{len(rep.undecodable)} reference records do not decode "
                           f"({rep.undecodable[0]}, ...): run `kvfs fsck --repair` first")
@@ -204,19 +215,30 @@ async def delete(kv: KVEngine, store: ObjectStore, rep: GcReport) -> None:
         if live:
             raise VolumeError(f"{live} sessions are live: deleting blocks of any age "
                               "(--min-age 0) needs the volume unmounted")
+    total, done = len(rep.garbage) + len(rep.leaked) + len(rep.dead_holds), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress("deleting", done, total)
+
     for block in rep.garbage:
         await store.delete(block.name)
         rep.deleted_blocks += 1
         rep.deleted_bytes += block.nbytes
+        tick()
     ids = IdAllocator(kv, keys.NEXT_SLICE, 1)
     for leak in rep.leaked:
         if await _free_inode(kv, ids, leak):
             rep.freed_inodes += 1
+        tick()
     meta = Metadata(kv)
     for sid, ino in rep.dead_holds:
         await meta.release_orphan(ino, sid)
         if await kv.get(keys.sustained(sid, ino)) is None:
             rep.released_holds += 1
+        tick()
 
 
 async def _free_inode(kv: KVEngine, ids: IdAllocator, leak: LeakedInode) -> bool:
