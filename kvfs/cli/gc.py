@@ -9,6 +9,9 @@ hold of a gone session, then a summary line with counts and bytes (and, with
 
 Exit status: 0 when there is no garbage, or ``--delete`` removed all it found; 1 when
 garbage is left (a report without ``--delete``), or for bad input (``kvfs: error: ...``).
+A progress bar on stderr (kvfs.cli.progress, only on a terminal) follows the listing and
+checking of the blocks, and the deletions.
+
 Young blocks (unreferenced, but younger than ``--min-age`` or of unknown age) are counted
 on the summary line, never deleted, and do not change the exit status: on a live volume
 they may belong to a write not yet committed.
@@ -22,7 +25,7 @@ import re
 
 import trio
 
-from kvfs.cli.progress import size_text
+from kvfs.cli.progress import Progress, size_text
 from kvfs.errors import VolumeError
 from kvfs.meta.gc import DEFAULT_MIN_AGE, GcReport, collect, delete
 from kvfs.volume import open_volume
@@ -101,9 +104,18 @@ def run(args: argparse.Namespace) -> int:
     async def go() -> int:
         vol = await open_volume(args.meta_url)
         try:
-            rep = await collect(vol.kv, vol.store, min_age=min_age)
-            if args.delete:
-                await delete(vol.kv, vol.store, rep)
+            with Progress("listing blocks", unit="block") as bar:
+                shown = ["listing blocks"]
+
+                def progress(phase: str, done: int, total: int | None) -> None:
+                    if phase != shown[0]:
+                        shown[0] = phase
+                        bar.phase(phase, total)
+                    bar.set(done)
+
+                rep = await collect(vol.kv, vol.store, min_age=min_age, progress=progress)
+                if args.delete:
+                    await delete(vol.kv, vol.store, rep, progress=progress)
         finally:
             await vol.aclose()
         left = rep.found_anything and not (
