@@ -159,13 +159,55 @@ class Recorder:
 
     # -- recording ---------------------------------------------------------------------
 
+    async def _put_version(self, t: Txn, ino: int, a: Attr, kind: str, uid: int,
+                           note: dict[str, Any] | None, where: list[bytes], at: int,
+                           seq: int) -> None:
+        """Add the version of ``ino`` (attributes ``a``) under ``where`` to ``t``."""
+        v = Version(kind, at or now_ns(), self.host, uid, a.mode, a.uid, a.gid, a.mtime,
+                    a.size, note=dict(note or {}))
+        if a.is_reg:
+            if a.size <= CHUNK_SIZE:  # chunks past the end are never read
+                first = await t.get(keys.chunk(ino, 0))
+                chunks = [] if first is None else [(0, first)]
+            else:
+                chunks = [(keys.chunk_index(c.key), c.value)
+                          for c in await t.scan(keys.chunk_prefix(ino))]
+            if sum(len(raw) for _, raw in chunks) <= MAX_CHUNK_BYTES:
+                v.chunks = chunks
+            else:
+                v.note["content"] = "not kept"
+        elif a.is_symlink:
+            v.target = await t.get(keys.symlink(ino))
+        for p in where:
+            t.put(keys.history(p, v.time, seq), v.encode(), hint=False)
+
+    def put_tombstone(self, t: Txn, path: bytes, kind: str, uid: int,
+                      note: dict[str, Any] | None, seq: int, at: int = 0) -> None:
+        """Add a tombstone of ``path`` to ``t`` (within the change's own transaction)."""
+        if self.settings.covers(path):
+            v = Version(kind, at or now_ns(), self.host, uid, note=dict(note or {}))
+            t.put(keys.history(path, v.time, seq), v.encode(), hint=False)
+
+    async def in_rename(self, t: Txn, moved: list[tuple[int, Attr]],
+                        new: bytes, old: bytes, uid: int, seq: int) -> bool:
+        """Inside a rename's own transaction: record a plain rename of a file (its version
+        at ``new``, a tombstone at ``old``) and return True; anything else (a directory,
+        an exchange) returns False and is recorded by :meth:`record_moves` afterwards."""
+        if len(moved) != 1 or moved[0][1].is_dir:
+            return False
+        ino, a = moved[0]
+        at = now_ns()
+        self.put_tombstone(t, old, AWAY, uid, {"to": new.decode(errors="replace")}, seq, at)
+        if self.settings.covers(new):
+            await self._put_version(t, ino, a, RENAME, uid,
+                                    {"from": old.decode(errors="replace")}, [new], at, seq)
+        return True
+
     async def record_file(self, ino: int, kind: str, uid: int, note: dict[str, Any] | None = None,
-                          paths: list[bytes] | None = None, at: int = 0,
-                          gone: tuple[bytes, str, dict[str, Any]] | None = None) -> list[bytes]:
+                          paths: list[bytes] | None = None, at: int = 0) -> list[bytes]:
         """A version of non-directory ``ino`` as it is now, under each of ``paths`` (default:
         all its paths) that the history covers; returns the paths recorded.  ``at`` (ns)
-        is the version's time, shared by every version one change records (default now).
-        ``gone`` is a tombstone ``(path, kind, note)`` written in the same transaction."""
+        is the version's time, shared by every version one change records (default now)."""
         if not self.enabled:
             return []
         seq = await self.meta.gc_ids.next()
@@ -174,9 +216,6 @@ class Recorder:
             # One round trip for most files: their attributes, their first chunk (all of a
             # file of up to 64 MiB) and a symlink's target.
             await t.prefetch(keys.attr(ino), keys.chunk(ino, 0), keys.symlink(ino))
-            if gone is not None and self.settings.covers(gone[0]):
-                tomb = Version(gone[1], at or now_ns(), self.host, uid, note=dict(gone[2]))
-                t.put(keys.history(gone[0], tomb.time, seq), tomb.encode(), hint=False)
             raw = await t.get(keys.attr(ino))
             if raw is None:
                 return []
@@ -185,25 +224,8 @@ class Recorder:
                 return []
             where = paths if paths is not None else await self.paths_of(ino, a)
             where = [p for p in where if self.settings.covers(p)]
-            if not where:
-                return []
-            v = Version(kind, at or now_ns(), self.host, uid, a.mode, a.uid, a.gid, a.mtime,
-                        a.size, note=dict(note or {}))
-            if a.is_reg:
-                if a.size <= CHUNK_SIZE:  # chunks past the end are never read
-                    first = await t.get(keys.chunk(ino, 0))
-                    chunks = [] if first is None else [(0, first)]
-                else:
-                    chunks = [(keys.chunk_index(c.key), c.value)
-                              for c in await t.scan(keys.chunk_prefix(ino))]
-                if sum(len(raw) for _, raw in chunks) <= MAX_CHUNK_BYTES:
-                    v.chunks = chunks
-                else:
-                    v.note["content"] = "not kept"
-            elif a.is_symlink:
-                v.target = await t.get(keys.symlink(ino))
-            for p in where:
-                t.put(keys.history(p, v.time, seq), v.encode(), hint=False)
+            if where:
+                await self._put_version(t, ino, a, kind, uid, note, where, at, seq)
             return where
 
         try:
@@ -260,10 +282,6 @@ class Recorder:
                         child, MOVE, uid, {"from": (was_at + rel).decode(errors="replace")},
                         [now_at + rel], at))
                     departed.append((was_at + rel, now_at + rel))
-            elif len(moves) == 1:  # a plain rename of a file: one transaction for both
-                await self.record_file(
-                    ino, RENAME, uid, {"from": was_at.decode(errors="replace")}, [now_at], at,
-                    gone=(was_at, AWAY, {"to": now_at.decode(errors="replace")}))
             else:
                 arrived.update(await self.record_file(
                     ino, RENAME, uid, {"from": was_at.decode(errors="replace")}, [now_at], at))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import errno
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -475,7 +475,10 @@ class Metadata:
             raise FSError(errno.ENOENT)
         return pa, ent[1], await self._attr(t, ent[1])
 
-    async def unlink(self, parent: int, name: bytes) -> Ino:
+    async def unlink(self, parent: int, name: bytes,
+                     record: Callable[[Txn], None] | None = None) -> Ino:
+        """Remove the name of a non-directory.  ``record`` adds writes of the caller's to
+        the same transaction (the history's tombstone)."""
         check_name(name)
 
         async def fn(t: Txn) -> Ino:
@@ -487,6 +490,8 @@ class Metadata:
             await self._drop_link(t, ino, a, parent, now)
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
+            if record is not None:
+                record(t)
             return Ino(ino)
 
         return await run_txn(self.kv, fn, hints=self.hints)
@@ -548,11 +553,13 @@ class Metadata:
 
     # -- rename ------------------------------------------------------------------------
 
-    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0
-                     ) -> list[tuple[int, Attr]]:
+    async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0,
+                     record: Callable[[Txn, list[tuple[int, Attr]]], Awaitable[None]]
+                     | None = None) -> list[tuple[int, Attr]]:
         """Rename ``p1/n1`` to ``p2/n2``.  Returns what now sits at the new name and, for an
         exchange, at the old one -- ``(ino, attributes)`` each; nothing when the two names
-        were links to one inode (POSIX: nothing happens)."""
+        were links to one inode (POSIX: nothing happens).  ``record`` is given the same,
+        inside the transaction, to add writes of the caller's (the history's versions)."""
         check_name(n1)
         check_name(n2)
         if n1 in (b".", b"..") or n2 in (b".", b".."):
@@ -588,7 +595,10 @@ class Metadata:
                 assert dst is not None
                 da_after = await self._exchange(t, p1, n1, pa1, sino, sa, p2, n2, pa2,
                                                 dst[1], now)
-                return [(sino, sa), (dst[1], da_after)]
+                moved = [(sino, sa), (dst[1], da_after)]
+                if record is not None:
+                    await record(t, moved)
+                return moved
             da: Attr | None = None
             if dst is not None:
                 da = await self._attr(t, dst[1])
@@ -619,6 +629,8 @@ class Metadata:
             if p2 != p1:
                 pa2.mtime = pa2.ctime = now
                 self._put_attr(t, p2, pa2)
+            if record is not None:
+                await record(t, [(sino, sa)])
             return [(sino, sa)]
 
         return await run_txn(self.kv, fn, hints=self.hints)

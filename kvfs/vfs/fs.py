@@ -41,6 +41,7 @@ from kvfs.errors import FSError
 from kvfs.history.recorder import Recorder, join
 from kvfs.history.records import ATTR, CREATE, DELETE, LINK, WRITE
 from kvfs.kv.api import NoSpace
+from kvfs.kv.txn import Txn
 from kvfs.meta.keys import Ino
 from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
 from kvfs.meta.records import Attr
@@ -229,30 +230,47 @@ class FileSystem:
         return self._overlay(ino, attr)
 
     async def unlink(self, parent: int, name: bytes, uid: int = 0) -> None:
-        await self.meta.unlink(parent, name)
-        self.cleaner.poke()
+        record: Callable[[Txn], None] | None = None
         if self.history is not None and self.history.enabled:
-            path = await self._path(parent, name)
+            history, path = self.history, await self._path(parent, name)
+            seq = await self.meta.gc_ids.next()
             if path is not None:
-                await self.history.record_gone(path, DELETE, uid)
+                def record(t: Txn) -> None:  # the tombstone commits with the unlink
+                    history.put_tombstone(t, path, DELETE, uid, None, seq)
+        await self.meta.unlink(parent, name, record)
+        self.cleaner.poke()
 
     async def rmdir(self, parent: int, name: bytes) -> None:
         await self.meta.rmdir(parent, name)
 
     async def rename(self, p1: int, n1: bytes, p2: int, n2: bytes, flags: int = 0,
                      uid: int = 0) -> None:
-        moved = await self.meta.rename(p1, n1, p2, n2, flags)
+        history = self.history
+        if history is None or not history.enabled:
+            await self.meta.rename(p1, n1, p2, n2, flags)
+            self.cleaner.poke()
+            return
+        # The parents keep their paths whatever the rename does.
+        old, new = await self._path(p1, n1), await self._path(p2, n2)
+        if old is None or new is None:  # a parent went meanwhile: nothing to name
+            await self.meta.rename(p1, n1, p2, n2, flags)
+            self.cleaner.poke()
+            return
+        seq = await self.meta.gc_ids.next()
+        recorded = False
+
+        async def record(t: Txn, moved: list[tuple[int, Attr]]) -> None:
+            nonlocal recorded  # a plain rename of a file commits its versions with it
+            recorded = await history.in_rename(t, moved, new, old, uid, seq)
+
+        moved = await self.meta.rename(p1, n1, p2, n2, flags, record)
         self.cleaner.poke()
-        if moved and self.history is not None and self.history.enabled:
-            old, new = await self._path(p1, n1), await self._path(p2, n2)
-            if old is not None and new is not None:
-                # What now sits at the new name came from the old one; with EXCHANGE the
-                # other way round as well.
-                places = [(new, old), (old, new)]
-                await self.history.record_moves(
-                    [(now_at, was_at, ino, attr)
-                     for (now_at, was_at), (ino, attr) in zip(places, moved, strict=False)],
-                    uid)
+        if moved and not recorded:
+            # A directory's tree, or an exchange: recorded after the commit.
+            places = [(new, old), (old, new)]
+            await history.record_moves(
+                [(now_at, was_at, ino, attr)
+                 for (now_at, was_at), (ino, attr) in zip(places, moved, strict=False)], uid)
 
     # -- files -------------------------------------------------------------------------
 
