@@ -3,6 +3,9 @@
   kvfs bench deploy DIR_A DIR_B   rename-deploy visibility between two mounts
   kvfs bench small DIR            small-file and metadata operation rates
   kvfs bench commit META_URL      commit throughput and latency of a metadata engine
+
+``bench small`` shows a progress bar on stderr on a terminal (kvfs.cli.progress), fed by a
+callback: kvfs.benchmarks does not import the CLI.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 
 from kvfs.benchmarks import deploy, kvcommit, smallfiles
+from kvfs.cli.progress import Progress
 from kvfs.fuse.mount import MountError
 
 
@@ -66,7 +70,19 @@ def run(args: argparse.Namespace) -> int:
             raise MountError(str(exc)) from None
         print(json.dumps(figures.as_dict()) if args.json else figures.summary())
         return 0
-    rates = smallfiles.run(_check_dir(args.dir), count=args.count)
+    root = _check_dir(args.dir)
+    with Progress("bench small", total=args.count * len(smallfiles.PHASES),
+                  unit="op") as bar:
+        shown = [""]
+
+        def progress(phase: str) -> None:
+            if phase != shown[0]:
+                shown[0] = phase
+                bar.advance(1, phase.removesuffix(" /s"))
+            else:
+                bar.advance()
+
+        rates = smallfiles.run(root, count=args.count, progress=progress)
     if args.json:
         print(json.dumps(rates))
     else:
