@@ -90,9 +90,12 @@ class Progress:
         self._description = description
         self._bar.set_description_str(description)
 
-    def phase(self, description: str, total: int | None = None) -> None:
-        """Start the next phase on the same line: a new label and total, position 0."""
+    def phase(self, description: str, total: int | None = None,
+              unit: str | None = None) -> None:
+        """Start the next phase on the same line: a new label, total (and unit), at 0."""
         self._description, self._total, self._n, self._note = description, total, 0, ""
+        if unit is not None:
+            self._unit = self._bar.unit = unit
         self._logged = self._finished = False
         self._last = self._clock()
         self._bar.reset(total)
@@ -113,16 +116,15 @@ class Progress:
         self._stream.flush()
 
     def _line(self) -> str:
-        def amount(n: int) -> str:
-            return size_text(n) if self._unit == "B" else f"{n} {self._unit}"
-
         parts = [self._note] if self._note else []
-        if self._total is None:
-            parts.append(amount(self._n))
+        n, total = self._n, self._total
+        if self._unit == "B":
+            done = size_text(n) if total is None else f"{size_text(n)} of {size_text(total)}"
         else:
-            pct = 100 * self._n // self._total if self._total else 100
-            parts.append(f"{amount(self._n)} of {amount(self._total)} ({pct}%)")
-        return f"{self._description}: {', '.join(parts)}"
+            done = f"{n} {self._unit}s" if total is None else f"{n} of {total} {self._unit}s"
+        if total is not None:
+            done += f" ({100 * n // total if total else 100}%)"
+        return f"{self._description}: {', '.join(parts + [done])}"
 
     def __enter__(self) -> Progress:
         return self
