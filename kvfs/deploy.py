@@ -51,6 +51,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from kvfs.errors import VolumeError
 from kvfs.history.records import STAGING_NAME
@@ -62,6 +63,16 @@ COPY_BUFFER = 1 << 20
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+
+
+class StageProgress(Protocol):
+    """Told how far the copy into staging is (a progress bar, for the CLI)."""
+
+    def copied(self, files: int, nbytes: int) -> None:
+        """``files`` files and symlinks, ``nbytes`` bytes copied so far."""
+
+    def staged(self) -> None:
+        """The copy is complete (or failed): nothing more will be told."""
 
 
 class CheckFailed(Exception):
@@ -159,9 +170,9 @@ def _copy_file(src: str, dst: str) -> None:
             os.fsync(fout.fileno())  # committed before the swap, whatever close does
 
 
-def _copy_tree(src: str, dst: str) -> None:
+def _copy_tree(src: str, dst: str, copied: Callable[[int], None]) -> None:
     """Copy the contents of directory ``src`` into the existing directory ``dst``, then
-    give ``dst`` the attributes of ``src``."""
+    give ``dst`` the attributes of ``src``; ``copied(size)`` after each file or symlink."""
     with os.scandir(src) as it:
         entries = sorted(it, key=lambda e: e.name)
     for entry in entries:
@@ -169,19 +180,31 @@ def _copy_tree(src: str, dst: str) -> None:
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             os.mkdir(d, 0o700)
-            _copy_tree(s, d)
+            _copy_tree(s, d, copied)
             continue
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(s), d)
+            size = 0
         else:
             _copy_file(s, d)
+            size = st.st_size
         _copy_meta(s, d, st)
+        copied(size)
     _copy_meta(src, dst, os.lstat(src))
 
 
-def stage(p: Plan) -> str:
+def stage(p: Plan, progress: StageProgress | None = None) -> str:
     """Copy SRC into a new staging directory; return its path.  On any failure (or
     interruption) the staging directory is removed before the exception propagates."""
+    files = nbytes = 0
+
+    def copied(size: int) -> None:
+        nonlocal files, nbytes
+        files += 1
+        nbytes += size
+        if progress is not None:
+            progress.copied(files, nbytes)
+
     try:
         os.mkdir(p.staging_root, 0o700)
     except FileExistsError:
@@ -189,10 +212,13 @@ def stage(p: Plan) -> str:
             raise VolumeError(f"{p.staging_root}: exists and is not a directory") from None
     staged = tempfile.mkdtemp(prefix=os.path.basename(p.target) + "-", dir=p.staging_root)
     try:
-        _copy_tree(p.src, staged)
+        _copy_tree(p.src, staged, copied)
     except BaseException:
         remove(staged)
         raise
+    finally:
+        if progress is not None:
+            progress.staged()
     return staged
 
 
@@ -272,10 +298,11 @@ class Result:
 
 
 def deploy(p: Plan, check: str | None, timeout: float, keep_old: bool,
-           grace: float = OLD_TREE_GRACE) -> Result:
+           grace: float = OLD_TREE_GRACE, progress: StageProgress | None = None) -> Result:
     """Stage, check, swap and clean up (see the module docstring); ``grace`` is how long
-    the old tree outlives the swap on a shared engine."""
-    staged = stage(p)
+    the old tree outlives the swap on a shared engine; ``progress`` follows the staging
+    copy."""
+    staged = stage(p, progress)
     try:
         if check is not None:
             run_check(check, staged, timeout)

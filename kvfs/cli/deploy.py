@@ -6,7 +6,8 @@ took); 2 with ``kvfs: error: check failed ...`` when ``--check`` rejected it (no
 changed); 1 with ``kvfs: error: ...`` for bad input (a missing or non-directory SRC_DIR, a
 PATH outside a kvfs mount, a file, or without a parent, a bad ``--timeout`` or ``--grace``),
 which changes nothing.  Options are checked here, not by argparse, so that a bad value is
-the same one-line error as any other bad input.
+the same one-line error as any other bad input.  On a terminal a progress bar on stderr
+follows the copy into staging (bytes, and files after it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from types import FrameType
 
 from kvfs import deploy as deploying
+from kvfs.cli.progress import Progress
 from kvfs.errors import VolumeError
 from kvfs.fuse import mounttab
 from kvfs.mountpath import is_label, is_local, locate
@@ -73,6 +75,21 @@ def _shared(mountpoint: str) -> bool:
     return entry is None or is_label(entry.source) or not is_local(entry.source)
 
 
+class _StagingBar:
+    """The staging copy as a progress bar over its bytes, the files counted after it;
+    the bar is gone before the check runs (its output then has the terminal)."""
+
+    def __init__(self, p: deploying.Plan) -> None:
+        self._files = p.files
+        self._bar = Progress("staging", total=p.nbytes, unit="B", unit_scale=True)
+
+    def copied(self, files: int, nbytes: int) -> None:
+        self._bar.set(nbytes, f"{files}/{self._files} files")
+
+    def staged(self) -> None:
+        self._bar.close()  # closing twice is harmless
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so that a staged tree is removed on SIGTERM too
 
@@ -82,11 +99,14 @@ def run(args: argparse.Namespace) -> int:
     grace = _seconds("--grace", args.grace, zero=True)
     plan = deploying.plan(args.src, args.target, _mount_of, _shared)
     signal.signal(signal.SIGTERM, _interrupt)
+    bar = _StagingBar(plan)
     try:
-        result = deploying.deploy(plan, args.check, timeout, args.keep_old, grace)
+        result = deploying.deploy(plan, args.check, timeout, args.keep_old, grace, bar)
     except deploying.CheckFailed as e:
         print(f"kvfs: error: {e}; nothing changed at {plan.target}", file=sys.stderr)
         return EXIT_REJECTED
+    finally:
+        bar.staged()  # also when staging failed before its copy began
     kept = f"; old tree kept at {result.old_tree}" if result.old_tree else ""
     print(f"deployed {plan.src} to {plan.target}: {plan.files} files, {plan.nbytes} bytes, "
           f"swap {result.swap_seconds * 1000:.1f} ms{kept}")
