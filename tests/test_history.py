@@ -401,7 +401,8 @@ def test_settings_cover_paths() -> None:
 async def test_retained_blocks_follow_the_retention_in_force(fs: FileSystem) -> None:
     """Freed slices keep their blocks while the history keeps them, and go once the
     retention in force no longer covers them: turning history off frees them at once."""
-    fs.history = Recorder(fs.meta, HistorySettings(), "host")
+    recorder = Recorder(fs.meta, HistorySettings(), "host")
+    fs.keep_history(recorder)
     ino = await mkfile(fs, ROOT, b"f", os.urandom(3 << 20))
     versions = await versions_of(fs.meta.kv, b"/f")
     assert [v.kind for v in versions] == ["create"]
@@ -410,7 +411,7 @@ async def test_retained_blocks_follow_the_retention_in_force(fs: FileSystem) -> 
     retained = await fs.meta.kv.range(keys.RETAINED_PREFIX, prefix_end(keys.RETAINED_PREFIX))
     assert retained.kvs and not await fs.meta.kv.get(keys.attr(ino))
     assert await read_content(fs.slices, versions[0]) != b""
-    fs.history.apply(HistorySettings(days=0))
+    recorder.apply(HistorySettings(days=0))
     await fs.cleaner.run_once()
     retained = await fs.meta.kv.range(keys.RETAINED_PREFIX, prefix_end(keys.RETAINED_PREFIX))
     assert not retained.kvs

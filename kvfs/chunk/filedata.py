@@ -13,6 +13,7 @@ first, so reads always observe every earlier write of this mount.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -26,6 +27,7 @@ from kvfs.chunk.layout import (
 )
 from kvfs.chunk.slices import SliceStore
 from kvfs.kv.api import Put
+from kvfs.kv.txn import Txn
 from kvfs.meta import keys
 from kvfs.meta.metadata import Metadata
 from kvfs.meta.records import Attr, now_ns
@@ -111,8 +113,11 @@ class FileData:
         self._pending_bytes = sum(len(b) for _, b in kept)
         self._pending_end = max((o + len(b) for o, b in kept), default=0)
 
-    async def flush(self) -> Attr | None:
+    async def flush(self, record: Callable[[Txn, Attr], Awaitable[None]] | None = None
+                    ) -> Attr | None:
         """Make every buffered write durable; the new attributes, or None if clean.
+        ``record`` rides in the transaction that commits the last of them
+        (:meth:`Metadata.write_slices`).
 
         On failure the data stays buffered, so a later write, fsync or close retries it: a
         descriptor whose fsync failed during an outage works again once the engine is back.
@@ -125,7 +130,7 @@ class FileData:
             end, mtime = self._pending_end, self._mtime
             self._flushing = True
             try:
-                attr = await self._commit(segs, end, mtime)
+                attr = await self._commit(segs, end, mtime, record)
             except BaseException:
                 # The failed attempt's exception (its traceback) may keep views of these
                 # buffers alive, and a bytearray with live views cannot grow: buffer fresh
@@ -140,7 +145,8 @@ class FileData:
                 self._pending_end = 0
             return attr
 
-    async def _commit(self, segs: list[tuple[int, bytearray]], end: int, mtime: int) -> Attr:
+    async def _commit(self, segs: list[tuple[int, bytearray]], end: int, mtime: int,
+                      record: Callable[[Txn, Attr], Awaitable[None]] | None = None) -> Attr:
         pieces: list[tuple[int, int, memoryview]] = []  # chunk index, offset in chunk, data
         for off, buf in segs:
             mv = memoryview(buf)
@@ -154,7 +160,7 @@ class FileData:
             inline = await self._inline(pieces, recorded)
             if inline is not None:
                 committed, crowded = await self.meta.write_slices(self.ino, recorded, end,
-                                                                  mtime, inline)
+                                                                  mtime, inline, record)
                 self.compact_wanted.update(crowded)
                 return committed
 
@@ -175,7 +181,8 @@ class FileData:
                 batch, chunks = [], set()
             batch.append((idx, s))
             chunks.add(idx)
-        attr, crowded = await self.meta.write_slices(self.ino, batch, end, mtime)
+        attr, crowded = await self.meta.write_slices(self.ino, batch, end, mtime,
+                                                     record=record)
         self.compact_wanted.update(crowded)
         return attr
 

@@ -197,7 +197,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
     ops = KvfsOperations(fs, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout,
                          stats=metrics.fuse)
     recorder = Recorder(volume.meta, volume.fmt.history_settings, socket.gethostname())
-    fs.history = recorder
+    fs.keep_history(recorder)
     fs.cleaner.expire_history = lambda: _expire(volume.kv, recorder)
     control = ControlServer(mountpoint, HistoryService(fs, recorder, ops.invalidate_entry),
                             metrics.registry)

@@ -159,14 +159,16 @@ class Recorder:
 
     # -- recording ---------------------------------------------------------------------
 
-    async def _put_version(self, t: Txn, ino: int, a: Attr, kind: str, uid: int,
-                           note: dict[str, Any] | None, where: list[bytes], at: int,
-                           seq: int) -> None:
+    async def put_version(self, t: Txn, ino: int, a: Attr, kind: str, uid: int,
+                          where: list[bytes], at: int, seq: int,
+                          note: dict[str, Any] | None = None) -> None:
         """Add the version of ``ino`` (attributes ``a``) under ``where`` to ``t``."""
         v = Version(kind, at or now_ns(), self.host, uid, a.mode, a.uid, a.gid, a.mtime,
                     a.size, note=dict(note or {}))
         if a.is_reg:
-            if a.size <= CHUNK_SIZE:  # chunks past the end are never read
+            if a.size == 0:  # nothing to read (and a new file's chunks are not even asked for)
+                chunks: list[tuple[int, bytes]] = []
+            elif a.size <= CHUNK_SIZE:  # chunks past the end are never read
                 first = await t.get(keys.chunk(ino, 0))
                 chunks = [] if first is None else [(0, first)]
             else:
@@ -199,18 +201,20 @@ class Recorder:
         at = now_ns()
         self.put_tombstone(t, old, AWAY, uid, {"to": new.decode(errors="replace")}, seq, at)
         if self.settings.covers(new):
-            await self._put_version(t, ino, a, RENAME, uid,
-                                    {"from": old.decode(errors="replace")}, [new], at, seq)
+            await self.put_version(t, ino, a, RENAME, uid, [new], at, seq,
+                                   {"from": old.decode(errors="replace")})
         return True
 
     async def record_file(self, ino: int, kind: str, uid: int, note: dict[str, Any] | None = None,
-                          paths: list[bytes] | None = None, at: int = 0) -> list[bytes]:
+                          paths: list[bytes] | None = None, at: int = 0,
+                          seq: int = 0) -> list[bytes]:
         """A version of non-directory ``ino`` as it is now, under each of ``paths`` (default:
         all its paths) that the history covers; returns the paths recorded.  ``at`` (ns)
-        is the version's time, shared by every version one change records (default now)."""
+        is the version's time, shared by every version one change records (default now);
+        ``at`` and ``seq`` together name an existing version to bring up to date."""
         if not self.enabled:
             return []
-        seq = await self.meta.gc_ids.next()
+        seq = seq or await self.meta.gc_ids.next()
 
         async def fn(t: Txn) -> list[bytes]:
             # One round trip for most files: their attributes, their first chunk (all of a
@@ -225,7 +229,7 @@ class Recorder:
             where = paths if paths is not None else await self.paths_of(ino, a)
             where = [p for p in where if self.settings.covers(p)]
             if where:
-                await self._put_version(t, ino, a, kind, uid, note, where, at, seq)
+                await self.put_version(t, ino, a, kind, uid, where, at, seq, note)
             return where
 
         try:

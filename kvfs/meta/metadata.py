@@ -381,9 +381,12 @@ class Metadata:
     # -- creating names ----------------------------------------------------------------
 
     async def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int = 0,
-                     target: bytes | None = None, *, exclusive: bool = True
+                     target: bytes | None = None, *, exclusive: bool = True,
+                     record: Callable[[Txn, int, Attr], Awaitable[None]] | None = None
                      ) -> tuple[Ino, Attr, bool]:
-        """Create a node of any type.  Returns (ino, attr, created).
+        """Create a node of any type.  Returns (ino, attr, created).  ``record`` is given
+        the new inode inside the transaction, to add writes of the caller's (the history's
+        version); it is not called when an existing entry is returned.
 
         ``exclusive=False`` (open with O_CREAT but not O_EXCL) returns an existing entry,
         of whatever type, instead of failing with EEXIST; what to make of a non-file is the
@@ -432,6 +435,8 @@ class Metadata:
             # A new inode has no data or capabilities yet: say so, so writes need not ask.
             t.on_commit(lambda: self.hints.put(keys.chunk(ino, 0), None, 0))
             t.on_commit(lambda: self.hints.put(keys.xattr(ino, SECURITY_CAPABILITY), None, 0))
+            if record is not None:
+                await record(t, ino, a)
             return Ino(ino), a, True
 
         return await run_txn(self.kv, fn, hints=self.hints)
@@ -800,10 +805,13 @@ class Metadata:
                                           lambda: self._last_known_chunk(ino, index))
 
     async def write_slices(self, ino: int, slices: list[tuple[int, Slice]], end: int,
-                           mtime: int, blocks: list[Put] | None = None
+                           mtime: int, blocks: list[Put] | None = None,
+                           record: Callable[[Txn, Attr], Awaitable[None]] | None = None
                            ) -> tuple[Attr, list[int]]:
         """Record written slices ``(chunk index, slice)`` and grow the file to ``end``;
         ``blocks`` are block writes committed in the same transaction (small writes).
+        ``record`` is given the new attributes inside the transaction, to add writes of the
+        caller's (the history's version of the file as this write leaves it).
         Returns the new attributes and the chunks now fragmented enough to compact."""
         space = slice_space(s for _, s in slices)
 
@@ -825,6 +833,8 @@ class Metadata:
             a.size = max(a.size, end)
             a.mtime = a.ctime = mtime
             self._put_attr(t, ino, a)
+            if record is not None:
+                await record(t, a)
             return a, crowded
 
         return await run_txn(self.kv, fn, hints=self.hints)

@@ -13,13 +13,10 @@ Invariants:
     one inode share it, so they see each other's buffered writes.
   * Attributes returned for an inode with unsettled writes (buffered, or being committed by
     a flush) include their length and mtime.
-  * With a history (:mod:`kvfs.history`), ``_changed[ino]`` marks an inode changed through
-    an open handle since its last version.  The next close that follows written data
-    records one version (close(2) waits for it, so the version holds what was written); a
-    change without data (a create, an O_TRUNC) is recorded at the release of the handle
-    if no write followed -- a shell's ``open; dup2; close; write; close`` records once.
-    Changes without a handle (rename, unlink, chmod of a closed file) are recorded when
-    they commit.
+  * With a history (:mod:`kvfs.history`), every change is recorded as a version, in the
+    change's own transaction where it can be (create, unlink, a rename of a file, the
+    close that commits written data) -- see :mod:`kvfs.history.pending` for changes made
+    through open handles.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -38,8 +35,9 @@ from kvfs.chunk.cleanup import Cleaner
 from kvfs.chunk.filedata import FileData
 from kvfs.chunk.slices import SliceStore
 from kvfs.errors import FSError
+from kvfs.history.pending import PendingVersions
 from kvfs.history.recorder import Recorder, join
-from kvfs.history.records import ATTR, CREATE, DELETE, LINK, WRITE
+from kvfs.history.records import ATTR, DELETE, LINK, WRITE
 from kvfs.kv.api import NoSpace
 from kvfs.kv.txn import Txn
 from kvfs.meta.keys import Ino
@@ -106,28 +104,29 @@ class FileSystem:
         # inode -> (its data, file length) awaiting background compaction
         self._compact_pending: dict[int, tuple[FileData, int]] = {}
         self._compact_wake = trio.Event()
-        self.history: Recorder | None = None  # set by the mount when the volume keeps one
+        self.history: Recorder | None = None  # set by keep_history
+        self._pending: PendingVersions | None = None
         self._free_cache: tuple[int, float, int | None] | None = None  # (used, when, free)
-        # ino -> (version kind, uid, data written since the last version)
-        self._changed: dict[int, tuple[str, int, bool]] = {}
 
     # -- history -----------------------------------------------------------------------
 
+    def keep_history(self, recorder: Recorder) -> None:
+        """Record a version of every change (the volume keeps a history)."""
+        self.history = recorder
+        self._pending = PendingVersions(recorder)
+
+    async def _create_record(self, ctx: Ctx, parent: int, name: bytes, *, handle: bool = False
+                             ) -> Callable[[Txn, int, Attr], Awaitable[None]] | None:
+        """What records a new node's version inside its create (None without history)."""
+        if self._pending is None or not self._pending.recorder.enabled:
+            return None
+        return await self._pending.on_create(await self._path(parent, name), ctx.uid,
+                                             handle=handle)
+
     def _mark(self, ino: int, kind: str, uid: int, *, wrote: bool = False) -> None:
         """``ino`` changed through an open handle: a version is due (see module docstring)."""
-        if self.history is None or not self.history.enabled:
-            return
-        old = self._changed.get(ino)
-        self._changed[ino] = (CREATE if old and old[0] == CREATE else kind, uid,
-                              wrote or bool(old and old[2]))
-
-    async def _record_changed(self, ino: int, *, only_written: bool = False) -> None:
-        change = self._changed.get(ino)
-        if change is None or (only_written and not change[2]):
-            return
-        del self._changed[ino]
-        if change is not None and self.history is not None:
-            await self.history.record_file(ino, change[0], change[1])
+        if self._pending is not None:
+            self._pending.changed(ino, kind, uid, wrote=wrote)
 
     async def _path(self, parent: int, name: bytes) -> bytes | None:
         assert self.history is not None
@@ -201,9 +200,8 @@ class FileSystem:
 
     async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int,
                     rdev: int = 0) -> tuple[Ino, Attr]:
-        ino, attr, _ = await self.meta.create(ctx, parent, name, mode, rdev)
-        if self.history is not None:
-            await self.history.record_file(ino, CREATE, ctx.uid)
+        ino, attr, _ = await self.meta.create(ctx, parent, name, mode, rdev,
+                                              record=await self._create_record(ctx, parent, name))
         return ino, attr
 
     async def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int) -> tuple[Ino, Attr]:
@@ -213,9 +211,8 @@ class FileSystem:
     async def symlink(self, ctx: Ctx, parent: int, name: bytes,
                       target: bytes) -> tuple[Ino, Attr]:
         ino, attr, _ = await self.meta.create(ctx, parent, name, stat.S_IFLNK | 0o777,
-                                              target=target)
-        if self.history is not None:
-            await self.history.record_file(ino, CREATE, ctx.uid)
+                                              target=target,
+                                              record=await self._create_record(ctx, parent, name))
         return ino, attr
 
     async def readlink(self, ino: int) -> bytes:
@@ -311,7 +308,8 @@ class FileSystem:
         application: a name found existing is opened here instead.
         """
         ino, attr, created = await self.meta.create(
-            ctx, parent, name, stat.S_IFREG | (mode & 0o7777), exclusive=bool(flags & os.O_EXCL))
+            ctx, parent, name, stat.S_IFREG | (mode & 0o7777), exclusive=bool(flags & os.O_EXCL),
+            record=await self._create_record(ctx, parent, name, handle=True))
         if not created:
             # Another mount made the name meanwhile.  Answer as open(2) of that name would.
             if attr.is_dir:
@@ -327,8 +325,6 @@ class FileSystem:
             # checked only on the directory.
             await self.access(ctx, ino, _access_wanted(flags))
         fh = self._new_handle(ino, flags, ctx.uid)
-        if created:
-            self._mark(ino, CREATE, ctx.uid)
         if not created and flags & os.O_TRUNC and attr.size:
             attr = await self.setattr(ino, SetAttr(size=0), ctx.uid)
         return fh, ino, attr
@@ -357,12 +353,18 @@ class FileSystem:
     async def flush(self, fh: int) -> None:
         """close(2) of one descriptor: make its writes durable and report earlier failures."""
         h = self._handle(fh)
-        await self._flush_data(h.data)
-        await self._record_changed(h.ino, only_written=True)
+        due = None
+        if self._pending is not None and h.data.dirty:
+            due = await self._pending.flush_record(h.ino)
+        await self._flush_data(h.data, due[0] if due else None)
+        if due is not None:
+            assert self._pending is not None
+            self._pending.settled(h.ino, due[1], due[2])
 
-    async def _flush_data(self, data: FileData) -> None:
+    async def _flush_data(self, data: FileData,
+                          record: Callable[[Txn, Attr], Awaitable[None]] | None = None) -> None:
         try:
-            attr = await data.flush()
+            attr = await data.flush(record)
         except FSError:
             raise
         except (NoSpace, ObjectStoreFull) as exc:
@@ -386,7 +388,8 @@ class FileSystem:
         try:
             if h.data.dirty:
                 await self._flush_data(h.data)
-            await self._record_changed(h.ino)
+            if self._pending is not None:
+                await self._pending.release(h.ino)
         finally:
             await self._dec_open(h.ino)
 
@@ -494,8 +497,8 @@ class FileSystem:
         for data in list(self._data.values()):
             if data.dirty:
                 await self._flush_data(data)
-        for ino in list(self._changed):
-            await self._record_changed(ino)
+        if self._pending is not None:
+            await self._pending.release_all()
 
     async def _compactor(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
