@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
+from etcd_cluster import etcd_procs, etcd_single
 from fsapi import ROOT, mkfile
 from mounting import Mount, kvfs
+from test_watch import hosts
 
 from kvfs.fuse import controlsocket
 from kvfs.history.recorder import Recorder
@@ -43,7 +44,7 @@ from kvfs.meta import keys
 from kvfs.objstore.api import BlockNotFound
 from kvfs.vfs.fs import FileSystem
 
-__all__ = ["etcd_procs", "etcd_single"]  # fixtures used by this module
+__all__ = ["etcd_procs", "etcd_single", "hosts"]  # fixtures used by this module
 
 STEPS = int(os.environ.get("KVFS_HISTORY_STEPS", "60"))
 SEED = int(os.environ.get("KVFS_HISTORY_SEED", str(random.randrange(1 << 30))))
@@ -178,26 +179,12 @@ def embedded(tmp_path: Path) -> Iterator[Mount]:
         m.cleanup()
 
 
-@pytest.fixture
-def two_hosts(etcd_single: Member, tmp_path: Path) -> Iterator[tuple[Mount, Mount]]:
-    url = f"etcd://{etcd_single.endpoint}/{unique_prefix('history')}"
-    kvfs("format", url, "hist", "--history-versions", "1000")
-    ms: list[Mount] = []
-    try:
-        ms.append(Mount(url, tmp_path / "a"))
-        ms.append(Mount(url, tmp_path / "b"))
-        yield ms[0], ms[1]
-    finally:
-        for m in reversed(ms):
-            m.cleanup()
-
-
 def test_model_embedded(embedded: Mount) -> None:
     run_model([embedded.mountpoint], SEED, STEPS)
 
 
-def test_model_etcd_two_hosts(two_hosts: tuple[Mount, Mount]) -> None:
-    run_model([m.mountpoint for m in two_hosts], SEED + 1, STEPS)
+def test_model_etcd_two_hosts(hosts: tuple[Mount, Mount]) -> None:
+    run_model([m.mountpoint for m in hosts], SEED + 1, STEPS)
 
 
 def digest(root: Path) -> dict[str, str]:

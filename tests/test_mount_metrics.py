@@ -28,6 +28,7 @@ import pytest
 from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
 from mounting import KVFS, Mount, is_mounted, kvfs
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import listening_ports
 
 from kvfs.fuse.metrics import PORT_TRIES
 
@@ -41,28 +42,6 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports process ``pid`` listens on (its sockets in /proc/net/tcp{,6} in the
-    LISTEN state)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def endpoint_port(m: Mount) -> int:

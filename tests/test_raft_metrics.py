@@ -12,7 +12,6 @@ when busy, and a bad or busy ``--listen-metrics`` is one line and a non-zero exi
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import time
@@ -25,6 +24,7 @@ import pytest
 import trio
 from raft_cluster import NAMES, MemberProcesses, free_ports, loopback_addresses
 from test_raft_serve import Cluster, run_kvfs
+from waiting import listening_ports
 
 from kvfs.kv.api import Put
 from kvfs.raftkv.httpserver import serve_http
@@ -177,26 +177,6 @@ async def test_health_and_metrics_of_a_cluster_and_of_a_survivor(
     code, text = cluster.get(survivor, "/metrics")
     assert code == 200 and parse(text)["kvfs_raft_has_leader"] == 0
     print(f"/health turned 503 {took:.1f} s after the majority was killed")
-
-
-def listening_ports(pid: int) -> set[int]:
-    """The TCP ports process ``pid`` listens on (from /proc: its sockets' inodes)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def one_member(tmp_path: Path, *extra: str) -> tuple[MemberProcesses, list[str]]:

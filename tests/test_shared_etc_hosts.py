@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import waiting
 from etcd_cluster import ETCD, require_etcd, scratch_dir
 from mounting import KVFS, Mount, kvfs
 from raft_cluster import BridgedCluster
@@ -92,11 +93,7 @@ def require_tools() -> None:
 
 
 def wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen within {timeout} s")
-        time.sleep(0.02)
+    waiting.wait_until(pred, what, timeout)
 
 
 # -- the deployed tree -----------------------------------------------------------------------

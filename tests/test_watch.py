@@ -16,12 +16,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
 from mounting import KVFS, Mount, kvfs
+from waiting import wait_until
 
 from kvfs.meta import keys
 from kvfs.watch.record import WatchRecord
@@ -30,15 +31,6 @@ __all__ = ["etcd_procs", "etcd_single"]  # fixtures used by this module
 
 QUIET_MS = 300
 LEASE_TTL = 2
-WAIT = 30.0  # bound on any wait: catches hangs only
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not seen within {timeout} s")
-        time.sleep(0.02)
 
 
 def lines(p: Path) -> list[str]:

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import trio
 
-from kvfs.cli.progress import Progress
+from kvfs.cli.progress import Progress, size_text
 from kvfs.dump.dump import DumpSummary, dump
 
 
@@ -37,13 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     return p
 
 
-def _size(n: int) -> str:
-    return f"{n} bytes" if n < 1024 else f"{n / 1048576:.1f} MiB"
-
-
 def _text(s: DumpSummary) -> str:
-    return (f"dumped {s.keys} keys, {s.blocks} blocks ({_size(s.block_bytes)} of data), "
-            f"{_size(s.bytes_written)} written")
+    return (f"dumped {s.keys} keys, {s.blocks} blocks ({size_text(s.block_bytes)} of data), "
+            f"{size_text(s.bytes_written)} written")
 
 
 def _to_file(file: str, write: Callable[[BinaryIO], Awaitable[DumpSummary]]) -> DumpSummary:

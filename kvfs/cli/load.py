@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import trio
 
-from kvfs.cli.progress import Progress
+from kvfs.cli.progress import Progress, size_text
 from kvfs.dump.load import LoadSummary, check_storage, load
 from kvfs.errors import VolumeError
 
@@ -36,13 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     return p
 
 
-def _size(n: int) -> str:
-    return f"{n} bytes" if n < 1024 else f"{n / 1048576:.1f} MiB"
-
-
 def _text(s: LoadSummary) -> str:
-    return (f"loaded {s.keys} keys, {s.blocks} blocks ({_size(s.block_bytes)} of data), "
-            f"{_size(s.bytes_read)} read")
+    return (f"loaded {s.keys} keys, {s.blocks} blocks ({size_text(s.block_bytes)} of data), "
+            f"{size_text(s.bytes_read)} read")
 
 
 def run(args: argparse.Namespace) -> int:

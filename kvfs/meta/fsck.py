@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import stat
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgpack
@@ -180,6 +180,20 @@ async def scan_all(kv: KVEngine, prefix: bytes) -> list[KeyValue]:
         if not res.more:
             return out
         start = res.kvs[-1].key + b"\0"
+
+
+async def reference_records(kv: KVEngine
+                            ) -> AsyncIterator[tuple[bytes, KeyValue, list[Slice] | None]]:
+    """``(prefix, record, slices)`` of every record that keeps slices alive outside the
+    chunks: the ``G`` and ``R`` queues and the history's versions (``H``).  ``slices`` is
+    None for a record that does not decode: the blocks it refers to are unknown."""
+    for prefix in (keys.SLICE_GC_PREFIX, keys.RETAINED_PREFIX, keys.HISTORY_PREFIX):
+        for item in await scan_all(kv, prefix):
+            try:
+                yield prefix, item, (history_slices(item.value) if prefix == keys.HISTORY_PREFIX
+                                     else decode_slices(item.value))
+            except ValueError:
+                yield prefix, item, None
 
 
 def blocks_of(slice_id: int, size: int, block_size: int) -> Iterator[tuple[str, int]]:
@@ -301,18 +315,14 @@ async def _check_once(kv: KVEngine, store: ObjectStore | None, block_size: int, 
                     ref.owners.append((ino, index))
         elif kind == keys.LINK_PARENT_TAG:
             link_parents[ino][keys.link_parent_of(item.key)] = keys.read_u64(item.value)
-    for prefix in (keys.SLICE_GC_PREFIX, keys.RETAINED_PREFIX, keys.HISTORY_PREFIX):
-        for item in await scan_all(kv, prefix):
-            try:
-                slices = (history_slices(item.value) if prefix == keys.HISTORY_PREFIX
-                          else decode_slices(item.value))
-            except ValueError:
-                rep.add("bad-reference", f"record {item.key!r} does not decode: the blocks "
-                        "it refers to are unknown")
-                continue
-            for s in slices:
-                if s.id:
-                    queued_slices.setdefault(s.id, s.size)
+    async for _, record, kept in reference_records(kv):
+        if kept is None:
+            rep.add("bad-reference", f"record {record.key!r} does not decode: the blocks "
+                    "it refers to are unknown")
+            continue
+        for s in kept:
+            if s.id:
+                queued_slices.setdefault(s.id, s.size)
     holds = [keys.sustained_parts(i.key) for i in await scan_all(kv, keys.SUSTAINED_PREFIX)]
     sustained = {ino for _, ino in holds}
     queued = {keys.key_ino(i.key): i.mod_revision

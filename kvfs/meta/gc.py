@@ -48,7 +48,7 @@ from kvfs.chunk.layout import Slice, decode_slices, encode_slices
 from kvfs.errors import VolumeError
 from kvfs.kv.api import Compare, Delete, KVEngine, Put, prefix_end
 from kvfs.meta import keys
-from kvfs.meta.fsck import history_slices, scan_all
+from kvfs.meta.fsck import reference_records, scan_all
 from kvfs.meta.ids import IdAllocator
 from kvfs.meta.metadata import Metadata
 from kvfs.objstore.api import ObjectStore, parse_block_name
@@ -145,19 +145,15 @@ async def collect(kv: KVEngine, store: ObjectStore, *, min_age: float = DEFAULT_
             except ValueError:
                 rep.undecodable.append(f"inode {ino}: chunk {keys.chunk_index(item.key)}")
     points: list[tuple[int, float]] = []  # (revision, unix time) of commits that say when
-    for prefix in (keys.SLICE_GC_PREFIX, keys.RETAINED_PREFIX, keys.HISTORY_PREFIX):
-        for item in await scan_all(kv, prefix):
-            try:
-                slices = (history_slices(item.value) if prefix == keys.HISTORY_PREFIX
-                          else decode_slices(item.value))
-            except ValueError:
-                rep.undecodable.append(f"record {item.key!r}")
-                continue
-            referenced.update(s.id for s in slices if s.id)
-            if prefix == keys.HISTORY_PREFIX:
-                points.append((item.mod_revision, keys.parse_history(item.key)[1] / 1e9))
-            elif prefix == keys.RETAINED_PREFIX:
-                points.append((item.create_revision, float(keys.retained_freed(item.key))))
+    async for prefix, item, slices in reference_records(kv):
+        if slices is None:
+            rep.undecodable.append(f"record {item.key!r}")
+            continue
+        referenced.update(s.id for s in slices if s.id)
+        if prefix == keys.HISTORY_PREFIX:
+            points.append((item.mod_revision, keys.parse_history(item.key)[1] / 1e9))
+        elif prefix == keys.RETAINED_PREFIX:
+            points.append((item.create_revision, float(keys.retained_freed(item.key))))
     queued: set[int] = set()
     for item in await scan_all(kv, keys.DELFILE_PREFIX):
         queued.add(keys.key_ino(item.key))
