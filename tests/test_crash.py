@@ -72,5 +72,5 @@ def test_kill9_loses_nothing_acknowledged(tmp_path: Path) -> None:
             m.unmount()
         finally:
             m.cleanup()
-        fsck(store)
+        fsck(store, after_kill=True)
     assert acked, "the writer never got a file acknowledged"

@@ -33,7 +33,7 @@ class _Due:
     uid: int
     changed: bool  # something no version shows yet
     wrote: bool  # ... and it includes written data
-    created_key: tuple[bytes, int, int] | None = None  # (path, time, seq) of its create
+    created_as: tuple[bytes, int, int] | None = None  # (path, time, seq) of its create
     generation: int = 0  # counts changes, so a version knows whether it shows the last
 
 
@@ -83,17 +83,17 @@ class PendingVersions:
             return None
         attr = await rec.meta.getattr(ino)
         paths = [p for p in await rec.paths_of(ino, attr) if rec.settings.covers(p)]
-        keys: list[tuple[bytes, int, int]] = []
+        targets: list[tuple[bytes, int, int]] = []
         at = now_ns()
         for p in paths:
-            if due.created_key is not None and due.created_key[0] == p:
-                keys.append(due.created_key)  # the create's version, now with content
+            if due.created_as is not None and due.created_as[0] == p:
+                targets.append(due.created_as)  # the create's version, now with content
             else:
-                keys.append((p, at, await rec.meta.gc_ids.next()))
-        kind = CREATE if due.created_key is not None else due.kind
+                targets.append((p, at, await rec.meta.gc_ids.next()))
+        kind = CREATE if due.created_as is not None else due.kind
 
         async def record(t: Txn, a: Attr) -> None:
-            for path, when, seq in keys:
+            for path, when, seq in targets:
                 await rec.put_version(t, ino, a, kind, due.uid, [path], when, seq)
 
         return record, due, due.generation
@@ -109,8 +109,8 @@ class PendingVersions:
         due = self._due.pop(ino, None)
         if due is None or not due.changed:
             return
-        if due.created_key is not None:  # still its create: that version, brought up to date
-            path, at, seq = due.created_key
+        if due.created_as is not None:  # still its create: that version, brought up to date
+            path, at, seq = due.created_as
             await self.recorder.record_file(ino, CREATE, due.uid, paths=[path], at=at, seq=seq)
         else:
             await self.recorder.record_file(ino, due.kind or WRITE, due.uid)

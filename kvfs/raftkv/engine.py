@@ -22,7 +22,6 @@ closed without a nursery, like the others); ``aclose`` cancels it and waits for 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import os
@@ -52,6 +51,10 @@ from kvfs.raftkv.node import RaftNode
 log = logging.getLogger(__name__)
 
 
+def _new_client_id() -> int:
+    return int.from_bytes(os.urandom(8), "big") >> 1 | 1  # 0 means "no session"
+
+
 class MemberEngine(KVEngine):
     def __init__(self, node: RaftNode, *, timeout: float = 30.0, limits: Limits | None = None,
                  shared: bool = False, name: str = "raft", prefix: bytes = b"") -> None:
@@ -65,9 +68,13 @@ class MemberEngine(KVEngine):
             self.limits = limits
         self.shared = shared
         self._name = name
-        # Random, so two engines (or two runs) never share a session in the state machine.
-        self.client_id = int.from_bytes(os.urandom(8), "big") >> 1 | 1
-        self._seq = itertools.count(1)
+        # Sessions of the state machine (client id, last seq), random so two engines (or
+        # two runs) never share one.  The state machine remembers only a session's latest
+        # seq, and answers an older one as superseded: a seq taken by one task could reach
+        # the log after a later seq another task took (a wait for a leader, a proposal
+        # dropped and made again), so each write holds a session of its own until it is
+        # answered -- sessions are made as concurrency demands and reused.
+        self._free_sessions: list[list[int]] = []  # [client id, last seq]
         self._closed = False
         self._cancel = trio.CancelScope()
         self._stopped = trio.Event()
@@ -108,8 +115,14 @@ class MemberEngine(KVEngine):
 
     async def _submit(self, command: Command) -> ApplyResult:
         self._check_open()
-        return await self.node.submit(self.client_id, next(self._seq), command,
-                                      deadline=self._deadline())
+        session = self._free_sessions.pop() if self._free_sessions else [_new_client_id(), 0]
+        session[1] += 1
+        result = await self.node.submit(session[0], session[1], command,
+                                        deadline=self._deadline())
+        # Reused only once answered: a session whose write failed may still have that
+        # write in the log, so it is dropped (the state machine forgets it in time).
+        self._free_sessions.append(session)
+        return result
 
     async def _barrier(self) -> None:
         self._check_open()
