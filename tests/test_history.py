@@ -87,12 +87,20 @@ def content_of(mp: Path, path: str, rev: int) -> bytes:
     return data
 
 
-def settle(real: Path, exists: bool) -> None:
-    """Wait until this mount sees what another mount did: its kernel may hold a name (or
-    its absence) until the watch says otherwise, milliseconds later."""
+def settle(mounts: list[Path], path: str) -> None:
+    """Wait until every mount sees ``path`` as the others do: a mount's kernel may hold a
+    name, its absence, or the inode a rename on another mount replaced, until the watch
+    says otherwise, milliseconds later (a path operation meanwhile would act on the old
+    inode)."""
+    def seen(mp: Path) -> int:
+        try:
+            return os.lstat(mp / path.lstrip("/")).st_ino
+        except FileNotFoundError:
+            return 0
+
     deadline = time.monotonic() + 10
-    while os.path.lexists(real) != exists:
-        assert time.monotonic() < deadline, f"{real} still {'absent' if exists else 'there'}"
+    while len({seen(mp) for mp in mounts}) > 1:
+        assert time.monotonic() < deadline, f"the mounts disagree on {path}"
         time.sleep(0.01)
 
 
@@ -106,7 +114,7 @@ def run_model(mounts: list[Path], seed: int, steps: int) -> None:
         path = rng.choice(PATHS)
         real = mp / path.lstrip("/")
         cur = model.current(path)
-        settle(real, cur is not None)
+        settle(mounts, path)
         op = rng.choice(["write", "deploy", "chmod", "move", "rm", "restore", "restore"])
         if op == "write" or cur is None and op in ("chmod", "move", "rm"):
             data = f"{path} step {step}\n".encode() * rng.randint(1, 50)
@@ -128,7 +136,7 @@ def run_model(mounts: list[Path], seed: int, steps: int) -> None:
         elif op == "move":
             assert cur is not None
             dest = rng.choice([p for p in PATHS if p != path])
-            settle(mp / dest.lstrip("/"), model.current(dest) is not None)
+            settle(mounts, dest)
             os.rename(real, mp / dest.lstrip("/"))
             model.add(dest, Expected("rename", cur.content, cur.mode))
             model.add(path, Expected("away", None))

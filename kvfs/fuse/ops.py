@@ -333,8 +333,8 @@ class KvfsOperations(pyfuse3.Operations):
             mtime=attr.st_mtime_ns if fields.update_mtime else None,
             ctime=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        return self._entry(inode, await self._stale(ctx, inode,
-                                                      self.fs.setattr(inode, ch, ctx.uid)))
+        return self._entry(inode, await self._stale(
+            ctx, inode, self.fs.setattr(inode, ch, ctx.uid, through_handle=fh is not None)))
 
     @_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:

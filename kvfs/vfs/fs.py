@@ -180,7 +180,12 @@ class FileSystem:
     async def getattr(self, ino: int) -> Attr:
         return self._overlay(ino, await self.meta.getattr(ino))
 
-    async def setattr(self, ino: int, ch: SetAttr, uid: int = 0) -> Attr:
+    async def setattr(self, ino: int, ch: SetAttr, uid: int = 0, *,
+                      through_handle: bool = False) -> Attr:
+        """Change attributes.  ``through_handle``: by an open descriptor (ftruncate,
+        fchmod, an open with O_TRUNC), whose close records the version; otherwise the
+        version is recorded now -- a path's chmod must not wait for a release the kernel
+        sends when it likes, after which the file may be gone."""
         data = self._data.get(ino)
         if ch.size is not None and data is not None:
             data.discard_beyond(ch.size)
@@ -192,7 +197,7 @@ class FileSystem:
             self.cleaner.poke()
         if self.history is not None and not attr.is_dir and any(
                 v is not None for v in (ch.mode, ch.uid, ch.gid, ch.size, ch.mtime)):
-            if ino in self._data:
+            if through_handle and ino in self._data:
                 self._mark(ino, WRITE, uid)
             else:
                 await self.history.record_file(ino, ATTR, uid)
@@ -293,7 +298,7 @@ class FileSystem:
         fh = self._new_handle(ino, flags, uid)
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and attr.size:
             try:
-                attr = await self.setattr(ino, SetAttr(size=0), uid)
+                attr = await self.setattr(ino, SetAttr(size=0), uid, through_handle=True)
             except BaseException:
                 await self.release(fh)
                 raise
@@ -326,7 +331,7 @@ class FileSystem:
             await self.access(ctx, ino, _access_wanted(flags))
         fh = self._new_handle(ino, flags, ctx.uid)
         if not created and flags & os.O_TRUNC and attr.size:
-            attr = await self.setattr(ino, SetAttr(size=0), ctx.uid)
+            attr = await self.setattr(ino, SetAttr(size=0), ctx.uid, through_handle=True)
         return fh, ino, attr
 
     def _handle(self, fh: int) -> FileHandle:
