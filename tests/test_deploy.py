@@ -26,13 +26,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
+from etcd_cluster import etcd_procs, etcd_single
 from mounting import KVFS, Mount, kvfs
-from test_watch import Hooks, assert_one_line_error, lines, wait_until
+from test_watch import Hooks, assert_one_line_error, hosts, lines, wait_until
 
 from kvfs.deploy import STAGING_DIR
 
-__all__ = ["etcd_procs", "etcd_single"]  # fixtures used by this module
+__all__ = ["etcd_procs", "etcd_single", "hosts"]  # fixtures used by this module
 
 ROUNDS = int(os.environ.get("KVFS_DEPLOY_ROUNDS", "8"))
 FILES = ("a.conf", "b.conf", "sub/c.conf", "sub/deeper/d.conf")
@@ -109,18 +109,9 @@ def staged(mp: Path) -> list[str]:
 
 
 @pytest.fixture
-def etcd_views(etcd_single: Member, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+def etcd_views(hosts: tuple[Mount, Mount]) -> tuple[Path, Path]:
     """Two mounts of one etcd volume: (the deploying host's, the other host's)."""
-    url = f"etcd://{etcd_single.endpoint}/{unique_prefix('deploy')}"
-    kvfs("format", url, "deploy")
-    ms: list[Mount] = []
-    try:
-        ms.append(Mount(url, tmp_path / "a"))
-        ms.append(Mount(url, tmp_path / "b"))
-        yield ms[0].mountpoint, ms[1].mountpoint
-    finally:
-        for m in reversed(ms):
-            m.cleanup()
+    return hosts[0].mountpoint, hosts[1].mountpoint
 
 
 @pytest.fixture

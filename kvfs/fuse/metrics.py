@@ -61,6 +61,7 @@ from kvfs.kv.api import (
     RangeResult,
     WatchBatch,
 )
+from kvfs.kv.recording import DelegatingEngine
 from kvfs.raftkv.httpserver import parse_address, serve_http
 from kvfs.vfs.fs import NOMINAL_CAPACITY
 
@@ -209,14 +210,12 @@ class EngineStats:
             self._pending_at.pop(self._pending.popleft()[0], None)
 
 
-class MeteredEngine(KVEngine):
+class MeteredEngine(DelegatingEngine):
     """Delegates everything to ``inner``, recording each call into ``stats``."""
 
     def __init__(self, inner: KVEngine, stats: EngineStats) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.stats = stats
-        self.limits = inner.limits
-        self.shared = inner.shared
         self._get = stats.timings("get")
         self._get_many = stats.timings("get_many")
         self._range = stats.timings("range")
@@ -304,15 +303,6 @@ class MeteredEngine(KVEngine):
             raise
         finally:
             self.stats.timings(call).observe(time.perf_counter() - start)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def base(self) -> KVEngine:
-        return self.inner.base()
 
 
 class _ObservedWatch:

@@ -20,12 +20,11 @@ from kvfs.kv.api import (
 )
 
 
-class RecordingEngine(KVEngine):
-    """Delegates everything to ``inner``; reports each committed revision to ``record``."""
+class DelegatingEngine(KVEngine):
+    """Hands every call to ``inner``: the base of wrappers that watch some calls."""
 
-    def __init__(self, inner: KVEngine, record: Callable[[int], None]) -> None:
+    def __init__(self, inner: KVEngine) -> None:
         self.inner = inner
-        self.record = record
         self.limits = inner.limits
         self.shared = inner.shared
 
@@ -41,10 +40,7 @@ class RecordingEngine(KVEngine):
 
     async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
                      deletes: Sequence[Delete] = ()) -> CommitResult:
-        res = await self.inner.commit(compares, puts, deletes)
-        if res.succeeded:
-            self.record(res.revision)
-        return res
+        return await self.inner.commit(compares, puts, deletes)
 
     def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
         return self.inner.watch(start, end, start_revision)
@@ -72,3 +68,18 @@ class RecordingEngine(KVEngine):
 
     def base(self) -> KVEngine:
         return self.inner.base()
+
+
+class RecordingEngine(DelegatingEngine):
+    """Delegates everything to ``inner``; reports each committed revision to ``record``."""
+
+    def __init__(self, inner: KVEngine, record: Callable[[int], None]) -> None:
+        super().__init__(inner)
+        self.record = record
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        res = await self.inner.commit(compares, puts, deletes)
+        if res.succeeded:
+            self.record(res.revision)
+        return res
