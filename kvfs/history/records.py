@@ -17,6 +17,8 @@ from typing import Any
 
 import msgpack
 
+from kvfs.meta.trash import TRASH_PATH
+
 VERSION_RECORD = 1
 DEFAULT_DAYS = 7.0
 DEFAULT_VERSIONS = 10
@@ -24,7 +26,8 @@ DEFAULT_VERSIONS = 10
 # a bigger file's version records its attributes and says its content was not kept.
 MAX_CHUNK_BYTES = 256 * 1024
 # Paths never versioned: the staging area of `kvfs deploy` at the volume root (a tree
-# there is versioned when it is swapped in), and the temporary files of restores.
+# there is versioned when it is swapped in), the trash (kvfs.meta.trash: a file there was
+# removed, and its tombstone says so), and the temporary files of restores.
 STAGING_NAME = ".kvfs-deploy"
 STAGING_DIR = b"/" + STAGING_NAME.encode()
 RESTORE_TEMP_PREFIX = b".kvfs-restore-"
@@ -121,7 +124,7 @@ class HistorySettings:
 
     def covers(self, path: bytes) -> bool:
         """Whether changes to the file at ``path`` are kept."""
-        if not self.enabled or _under(path, STAGING_DIR):
+        if not self.enabled or _under(path, STAGING_DIR) or _under(path, TRASH_PATH):
             return False
         if path.rsplit(b"/", 1)[-1].startswith(RESTORE_TEMP_PREFIX):
             return False
