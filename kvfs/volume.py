@@ -28,7 +28,7 @@ from kvfs.history.records import HistorySettings
 from kvfs.kv.api import KVEngine
 from kvfs.kv.local import MemoryEngine
 from kvfs.kv.recording import RecordingEngine
-from kvfs.meta import keys
+from kvfs.meta import keys, trash
 from kvfs.meta.metadata import Metadata
 from kvfs.objstore.api import ObjectStore
 from kvfs.objstore.checksum import ChecksummedStore
@@ -52,6 +52,9 @@ class VolumeFormat:
     # kvfs.history.records.HistorySettings as a map; absent in volumes made before history
     # existed, which then get the default settings.
     history: dict[str, Any] | None = None
+    # Days removed files stay in /.trash (kvfs.meta.trash; 0: off); volumes made before
+    # the trash existed get the default.
+    trash_days: float = trash.DEFAULT_DAYS
 
     @property
     def history_settings(self) -> HistorySettings:
@@ -69,6 +72,13 @@ class VolumeFormat:
         # are kept out rather than refused.
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_trash_days(days: float) -> None:
+    """VolumeError unless ``days`` is a trash retention: 0 (off) to 36500 days."""
+    if not 0 <= days <= trash.MAX_DAYS:
+        raise VolumeError(f"invalid --trash-days {days:g} (0 to {trash.MAX_DAYS:g}; 0 turns "
+                          "the trash off)")
 
 
 def embedded_dir(url: str) -> str | None:
@@ -138,7 +148,8 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
                         block_kib: int | None = None, force: bool = False,
                         root_mode: int | None = None,
                         root_owner: tuple[int, int] | None = None,
-                        history: HistorySettings | None = None) -> VolumeFormat:
+                        history: HistorySettings | None = None,
+                        trash_days: float | None = None) -> VolumeFormat:
     """Write a new volume's format record and root directory.
 
     The root is made as mkfs makes one: ``root_mode`` 0755 and owned by the formatting
@@ -147,8 +158,8 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
 
     Refuses an already formatted engine unless ``force`` (which only rewrites the format
     record's changeable fields -- it never erases data; the root's mode and owner are not
-    among them: chmod and chown it on a mount).  ``history`` None keeps an existing
-    volume's history settings, or gives a new one the defaults.
+    among them: chmod and chown it on a mount).  ``history`` and ``trash_days`` None keep
+    an existing volume's settings, or give a new one the defaults.
     """
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise VolumeError(f"invalid volume name {name!r} (letters, digits, - _ . only)")
@@ -186,9 +197,12 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
         history = old.history_settings if old else HistorySettings()
     if history.days < 0 or history.versions < 1:
         raise VolumeError("history needs days >= 0 (0: off) and versions >= 1")
+    if trash_days is None:
+        trash_days = old.trash_days if old else trash.DEFAULT_DAYS
+    check_trash_days(trash_days)
     fmt = VolumeFormat(name, old.uuid if old else str(uuid.uuid4()), block_size, storage,
                        bucket, FORMAT_VERSION, old.created if old else int(time.time()),
-                       history.to_dict())
+                       history.to_dict(), float(trash_days))
     if storage == "file":
         make_dirs(bucket)  # durably: a power cut must not take the bucket
     from kvfs.kv.api import Put

@@ -1,10 +1,11 @@
 """``kvfs config META_URL``: show a volume's settings, or change them.
 
-With no flag it shows the format record (name, UUID, storage, block size, history
-settings).  ``--history``, ``--history-days`` and ``--history-versions`` change the history
-settings with the checks ``kvfs format`` applies to the same flags; the record is rewritten
-only if it did not change meanwhile (a compare on its revision).  Running mounts pick the
-change up within a minute: each mount's history recorder re-reads the record every 60 s.
+With no flag it shows the format record (name, UUID, storage, block size, history and
+trash settings).  ``--history``, ``--history-days``, ``--history-versions`` and
+``--trash-days`` change them with the checks ``kvfs format`` applies to the same flags; the
+record is rewritten only if it did not change meanwhile (a compare on its revision).
+Running mounts pick a history change up within a minute (each mount's history recorder
+re-reads the record every 60 s) and a trash change at once (they watch the record).
 
 An embedded store can be opened by one process only: while it is mounted, its settings
 cannot be shown or changed here (one line naming the mount); unmount it first.
@@ -21,19 +22,20 @@ from typing import Any
 
 import trio
 
-from kvfs.cli.format import history_settings
+from kvfs.cli.format import add_trash_flag, history_settings, trash_text
 from kvfs.errors import VolumeError
 from kvfs.fuse import mounttab
 from kvfs.history.records import HistorySettings
 from kvfs.kv.api import Compare, KVEngine, Put, StoreLocked
 from kvfs.meta import keys
-from kvfs.volume import VolumeFormat, embedded_dir, open_engine
+from kvfs.volume import VolumeFormat, check_trash_days, embedded_dir, open_engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = sub.add_parser("config", help="show or change a volume's settings",
-                       description="Show a volume's settings, or change its history "
-                                   "settings (running mounts pick changes up within 60 s).")
+                       description="Show a volume's settings, or change its history and "
+                                   "trash settings (running mounts pick changes up within "
+                                   "60 s).")
     p.add_argument("meta_url", metavar="META_URL")
     p.add_argument("--history", metavar="PATH[,PATH...]",
                    help="keep the history of files under these paths of the volume")
@@ -41,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    help="keep versions this many days; 0 turns history off")
     p.add_argument("--history-versions", type=int, metavar="N",
                    help="keep at most this many versions of each path")
+    add_trash_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -78,7 +81,8 @@ def settings(url: str, fmt: VolumeFormat) -> dict[str, Any]:
             "storage": fmt.storage, "bucket": fmt.bucket, "block_size": fmt.block_size,
             "created": fmt.created,
             "history": {"paths": [p.decode(errors="replace") for p in h.paths],
-                        "days": h.days, "versions": h.versions, "enabled": h.enabled}}
+                        "days": h.days, "versions": h.versions, "enabled": h.enabled},
+            "trash_days": fmt.trash_days}
 
 
 def _show(s: dict[str, Any], changed: bool) -> None:
@@ -92,11 +96,15 @@ def _show(s: dict[str, Any], changed: bool) -> None:
               f"{h['versions']} versions each")
     else:
         print("  history: off")
+    print(f"  {trash_text(s['trash_days'])}")
     if changed:
         print("  changed; running mounts apply it within 60 s")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.trash_days is not None:
+        check_trash_days(args.trash_days)
+
     async def go() -> tuple[dict[str, Any], bool]:
         kv = await open_unmounted(args.meta_url)
         try:
@@ -106,9 +114,11 @@ def run(args: argparse.Namespace) -> int:
                                   "`kvfs format` first)")
             fmt = VolumeFormat.decode(raw.value)
             new: HistorySettings | None = history_settings(args, fmt.history_settings)
-            if new is None or new == fmt.history_settings:
+            days = fmt.trash_days if args.trash_days is None else float(args.trash_days)
+            if (new is None or new == fmt.history_settings) and days == fmt.trash_days:
                 return settings(args.meta_url, fmt), False
-            fmt = dataclasses.replace(fmt, history=new.to_dict())
+            fmt = dataclasses.replace(fmt, history=(new or fmt.history_settings).to_dict(),
+                                      trash_days=days)
             res = await kv.commit([Compare(keys.SETTING, raw.mod_revision)],
                                   [Put(keys.SETTING, fmt.encode())])
             if not res.succeeded:

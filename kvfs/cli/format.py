@@ -18,7 +18,8 @@ from kvfs.history.records import (
     HistorySettings,
     parse_paths,
 )
-from kvfs.volume import VolumeError, format_volume, open_engine, read_format
+from kvfs.meta import trash
+from kvfs.volume import VolumeError, check_trash_days, format_volume, open_engine, read_format
 
 ID_NONE = 0xFFFFFFFF  # (uid_t)-1 means "no change" to chown: never an owner
 
@@ -53,7 +54,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--history-versions", type=int, metavar="N",
                    help=f"keep at most this many versions of each path "
                         f"(default {DEFAULT_VERSIONS})")
+    add_trash_flag(p, f" (default {trash.DEFAULT_DAYS:g})")
     return p
+
+
+def add_trash_flag(p: argparse.ArgumentParser, default: str = "") -> None:
+    p.add_argument("--trash-days", type=float, metavar="DAYS",
+                   help="keep removed and overwritten files this many days in /.trash; 0 "
+                        f"turns the trash off{default}")
+
+
+def trash_text(days: float) -> str:
+    """How the trash setting reads in the commands' output."""
+    return f"trash kept {days:g} days in /.trash" if days > 0 else "trash off"
 
 
 def history_settings(args: argparse.Namespace, old: HistorySettings | None
@@ -106,6 +119,8 @@ def parse_owner(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     root_mode = None if args.root_mode is None else parse_mode(args.root_mode)
     root_owner = None if args.root_owner is None else parse_owner(args.root_owner)
+    if args.trash_days is not None:
+        check_trash_days(args.trash_days)
 
     async def go() -> None:
         kv = await open_engine(args.meta_url, create=True)
@@ -115,14 +130,14 @@ def run(args: argparse.Namespace) -> int:
             fmt = await format_volume(kv, args.name, storage=args.storage, bucket=args.bucket,
                                       block_kib=args.block_size, force=args.force,
                                       root_mode=root_mode, root_owner=root_owner,
-                                      history=history)
+                                      history=history, trash_days=args.trash_days)
         finally:
             await kv.aclose()
         h = fmt.history_settings
         kept = (f"history of {','.join(p.decode() for p in h.paths)} kept {h.days:g} days, "
                 f"at most {h.versions} versions each" if h.enabled else "history off")
         print(f"formatted volume {fmt.name} (uuid {fmt.uuid}, storage {fmt.storage}, "
-              f"block size {fmt.block_size // 1024} KiB, {kept})")
+              f"block size {fmt.block_size // 1024} KiB, {kept}, {trash_text(fmt.trash_days)})")
 
     trio.run(go)
     return 0

@@ -33,6 +33,7 @@ from kvfs.kv.api import KVEngine
 from kvfs.meta.compactor import Compactor
 from kvfs.meta.records import now_ns
 from kvfs.meta.session import SESSION_TTL, Session
+from kvfs.meta.trash import TrashPurger
 from kvfs.outage import log_failure
 from kvfs.vfs.coherence import Coherence
 from kvfs.vfs.fs import FileSystem
@@ -189,6 +190,8 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             raise MountError(str(exc)) from None
     metrics.attach(volume, opts.session_ttl)
     txn.retry_observer.set(metrics.engine.retried)  # for this task and the ones it starts
+    volume.meta.trash_days = volume.fmt.trash_days
+    await volume.meta.ensure_trash()  # so the name /.trash always exists on a mount
     session = await Session.register(volume.kv, mountpoint, opts.session_ttl,
                                      held=volume.meta.held)
     volume.meta.session_id = session.sid
@@ -234,6 +237,9 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             compactor = Compactor(volume.kv, session, retain=opts.compact_retain,
                                   interval=min(60.0, opts.compact_retain / 10))
             await nursery.start(compactor.run)
+            purger = TrashPurger(volume.meta, session, freed=fs.cleaner.poke)
+            await nursery.start(purger.follow_settings)
+            await nursery.start(purger.run)
             nursery.start_soon(_on_signal)
             log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,
                      session.sid)

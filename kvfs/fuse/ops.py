@@ -31,6 +31,7 @@ from kvfs.fuse.metrics import FuseStats
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
 from kvfs.meta.metadata import RENAME_EXCHANGE, Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
+from kvfs.meta.trash import shown_nlink
 from kvfs.objstore.api import BlockCorrupt, ObjectStoreFull
 from kvfs.outage import log_failure
 from kvfs.vfs.fs import FileSystem
@@ -266,7 +267,7 @@ class KvfsOperations(pyfuse3.Operations):
         e.st_ino = ino
         e.generation = 0
         e.st_mode = a.mode
-        e.st_nlink = a.nlink
+        e.st_nlink = shown_nlink(a)  # a trashed file was unlinked, whoever holds it open
         e.st_uid = a.uid
         e.st_gid = a.gid
         e.st_rdev = a.rdev

@@ -7,8 +7,10 @@ empty for a consistent volume.  Checking never writes.  Checked:
 
 * every directory entry decodes and names an existing inode of the entry's type, in an
   existing directory;
-* every attribute record decodes; every live inode is in some directory, and its
-  ``nlink`` equals its entries (directories: 2 + child directories);
+* every attribute record decodes; every live inode is in some directory (but the root
+  and the trash, :mod:`kvfs.meta.trash`, which no entry names), and its ``nlink`` equals
+  its entries (directories: 2 + child directories) -- a file in the trash has its entry
+  there, so the trash needs no other rule;
 * a directory's ``parent`` is the directory holding its entry; a non-directory's parent
   bookkeeping (its ``parent`` field while it has one link, its ``P`` keys while it has
   several) names the directories holding its entries;
@@ -82,6 +84,7 @@ from kvfs.meta import keys
 from kvfs.meta.keys import ROOT_INO
 from kvfs.meta.metadata import ROOT_CTX, Metadata
 from kvfs.meta.records import Attr, decode_dentry, encode_dentry, ftype_of, now_ns
+from kvfs.meta.trash import TRASH_INO, TRASH_NAME
 from kvfs.meta.usage import slice_space
 from kvfs.objstore.api import (
     BlockCorrupt,
@@ -226,7 +229,8 @@ class _Names:
     """Paths of inodes from the directory entries, derived only for inodes fsck reports."""
 
     def __init__(self, entries: list[_Entry]) -> None:
-        self._entry: dict[int, tuple[int, bytes]] = {}  # child -> one (parent, name)
+        # child -> one (parent, name); the trash has no entry but a name all the same
+        self._entry: dict[int, tuple[int, bytes]] = {TRASH_INO: (ROOT_INO, TRASH_NAME)}
         for e in entries:
             self._entry.setdefault(e.child, (e.parent, e.name))
 
@@ -385,7 +389,7 @@ def _check_namespace(rep: Report, attrs: dict[int, tuple[Attr, int]],
                         "and it is not queued for deletion", _to_lost_found(ino, a, rev, 0))
             continue
         want = 2 + subdirs[ino] if a.is_dir else links[ino]
-        if ino != ROOT_INO and links[ino] == 0:
+        if ino not in (ROOT_INO, TRASH_INO) and links[ino] == 0:
             rep.add("no-entry", f"inode {ino} ({stat.filemode(a.mode)}) is not in any "
                     "directory", _to_lost_found(ino, a, rev, subdirs[ino]))
             continue

@@ -53,6 +53,7 @@ NEXT_SESSION = COUNTER_PREFIX + b"nextsession"
 USED_SPACE = COUNTER_PREFIX + b"usedspace"  # msgpack integer (kvfs.meta.usage)
 USED_INODES = COUNTER_PREFIX + b"usedinodes"  # msgpack integer (kvfs.meta.usage)
 COMPACTOR = COUNTER_PREFIX + b"compactor"  # holder's session id (kvfs.meta.compactor)
+TRASH_PURGER = COUNTER_PREFIX + b"trashpurger"  # holder's session id (kvfs.meta.trash)
 
 INODE_PREFIX = b"A"
 DELFILE_PREFIX = b"D"
@@ -82,6 +83,7 @@ KEY_KINDS: tuple[KeyKind, ...] = (
     KeyKind("used space", USED_SPACE, "`C` ‖ `usedspace`"),
     KeyKind("used inodes", USED_INODES, "`C` ‖ `usedinodes`"),
     KeyKind("compactor", COMPACTOR, "`C` ‖ `compactor`"),
+    KeyKind("trash purger", TRASH_PURGER, "`C` ‖ `trashpurger`"),
     KeyKind("attr", INODE_PREFIX, "`A` ‖ u64 ino ‖ `I`", ATTR_TAG),
     KeyKind("dentry", INODE_PREFIX, "`A` ‖ u64 dir ‖ `D` ‖ name", DENTRY_TAG),
     KeyKind("chunk", INODE_PREFIX, "`A` ‖ u64 ino ‖ `C` ‖ u32 index", CHUNK_TAG),

@@ -14,7 +14,9 @@ and one of them retries -- correct across any number of mounts.
 
 Deletion of data is deferred: the transaction that drops an inode's last link either records
 the inode as *sustained* by this session (it is still open here) or queues it under ``D ino``
-for :mod:`kvfs.chunk.cleanup`, which removes chunks and blocks in idempotent steps.
+for :mod:`kvfs.chunk.cleanup`, which removes chunks and blocks in idempotent steps.  While the
+volume keeps a trash (``trash_days`` > 0), that transaction moves a non-directory into
+``/.trash`` instead (:mod:`kvfs.meta.trash`), and only removing it from there deletes it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from kvfs.chunk.layout import (
 from kvfs.errors import FSError
 from kvfs.kv.api import KVEngine, Put, prefix_end
 from kvfs.kv.txn import ReadHints, Retry, Txn, run_txn
-from kvfs.meta import keys
+from kvfs.meta import keys, trash
 from kvfs.meta.ids import IdAllocator
 from kvfs.meta.keys import ROOT_INO, Ino
 from kvfs.meta.offline import LRU, OfflineCache
@@ -98,6 +100,16 @@ def check_name(name: bytes) -> None:
         raise FSError(errno.EINVAL, "invalid name")
 
 
+def check_new_name(parent: int, name: bytes) -> None:
+    """A name to be made by create or link: nothing goes into the trash but what kvfs
+    moves there (EPERM), and ``/.trash`` always exists (EEXIST)."""
+    check_name(name)
+    if trash.is_trash_dir(parent):
+        raise FSError(errno.EPERM, "only kvfs puts entries into the trash")
+    if parent == ROOT_INO and name == trash.TRASH_NAME:
+        raise FSError(errno.EEXIST, "/.trash is the trash")
+
+
 class Metadata:
     """The POSIX namespace of one volume (see module docstring).
 
@@ -128,6 +140,9 @@ class Metadata:
         # Seconds freed slices keep their blocks (the history's retention; 0: none), so
         # every version's content stays readable as long as the version is kept.
         self.retain_seconds = 0
+        # Days removed files stay in /.trash (0: no trash; kvfs.meta.trash).  A mount sets
+        # it from the volume's settings; other users of this class delete at once.
+        self.trash_days = 0.0
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -158,8 +173,27 @@ class Metadata:
         # The directory's attr key is guarded by the caller, so this unguarded scan is safe.
         return not await t.scan(keys.dentry_prefix(ino), limit=1)
 
-    async def _drop_link(self, t: Txn, ino: int, a: Attr, parent: int, now: int) -> None:
-        """Remove one link of non-directory ``ino`` from ``parent``; handle its last link."""
+    def _trashes(self, parent: int) -> bool:
+        """Whether the last link of a file in ``parent`` goes to the trash: the trash is
+        on and the file is not in it already (removing it from there deletes it)."""
+        return self.trash_days > 0 and not trash.is_trash_dir(parent)
+
+    def _trash_keys(self, parent: int, now: int) -> list[bytes]:
+        """The keys a move from ``parent`` into the trash at ``now`` reads (none when it
+        would not trash), for the caller to fetch with its own next round trip."""
+        if not self._trashes(parent):
+            return []
+        hour = trash.hour_of(now / 10**9)
+        return [keys.attr(trash.TRASH_INO), keys.attr(trash.hour_ino(hour))]
+
+    async def _drop_link(self, t: Txn, ino: int, a: Attr, parent: int, name: bytes,
+                         now: int) -> None:
+        """Remove the link ``name`` in ``parent`` of non-directory ``ino`` (the caller
+        deletes or replaces the entry); its last link takes it to the trash when the
+        volume keeps one, else out of the namespace."""
+        if a.nlink == 1 and self._trashes(parent):
+            await self._to_trash(t, ino, a, parent, name, now)
+            return
         a.nlink -= 1
         a.ctime = now
         if a.nlink > 0:
@@ -167,6 +201,49 @@ class Metadata:
             self._put_attr(t, ino, a)
             return
         await self._forget_inode(t, ino, a)
+
+    async def _to_trash(self, t: Txn, ino: int, a: Attr, parent: int, name: bytes,
+                        now: int) -> None:
+        """Give non-directory ``ino``, whose one link ``name`` in ``parent`` goes, an entry
+        in the trash's directory of the current hour instead (made, and the trash too, when
+        missing): all in the caller's transaction, so it is never in neither place."""
+        hour = trash.hour_of(now / 10**9)
+        hino, hname = trash.hour_ino(hour), trash.hour_name(hour)
+        await t.prefetch(*self._trash_keys(parent, now))
+        raw = await t.get(keys.attr(hino))
+        if raw is None:
+            traw = await t.get(keys.attr(trash.TRASH_INO))
+            if traw is None:
+                ta = trash.new_dir_attr(ROOT_INO, trash.TRASH_NAME, now)
+                t.on_commit(lambda: self.usage.add(inodes=1))
+            else:
+                ta = Attr.decode(traw)
+            ta.nlink += 1
+            ta.mtime = ta.ctime = now
+            self._put_attr(t, trash.TRASH_INO, ta)
+            t.put(keys.dentry(trash.TRASH_INO, hname), encode_dentry(ftype_of(ta.mode), hino))
+            ha = trash.new_dir_attr(trash.TRASH_INO, hname, now)
+            t.on_commit(lambda: self.usage.add(inodes=1))
+        else:
+            ha = Attr.decode(raw)
+        entry = trash.entry_name(parent, ino, name)
+        t.put(keys.dentry(hino, entry), encode_dentry(ftype_of(a.mode), ino))
+        ha.mtime = ha.ctime = now
+        self._put_attr(t, hino, ha)
+        await self._move_link_parent(t, ino, a, parent, hino)
+        a.name = entry
+        a.ctime = now
+        self._put_attr(t, ino, a)
+
+    async def ensure_trash(self) -> None:
+        """Make ``/.trash`` if the volume has none (a mount does, so the name exists)."""
+        async def fn(t: Txn) -> None:
+            if await t.get(keys.attr(trash.TRASH_INO)) is None:
+                self._put_attr(t, trash.TRASH_INO,
+                               trash.new_dir_attr(ROOT_INO, trash.TRASH_NAME, now_ns()))
+                t.on_commit(lambda: self.usage.add(inodes=1))
+
+        await run_txn(self.kv, fn, hints=self.hints)
 
     async def _forget_inode(self, t: Txn, ino: int, a: Attr) -> None:
         """``ino`` has no links left: keep it for open handles or queue its data for deletion.
@@ -319,6 +396,8 @@ class Metadata:
         check_name(name)
 
         async def fn(t: Txn) -> tuple[Ino, Attr]:
+            if parent == ROOT_INO and name == trash.TRASH_NAME:  # listed nowhere
+                return trash.TRASH_INO, await self._attr(t, trash.TRASH_INO)
             await t.prefetch(keys.dentry(parent, name), keys.attr(parent))
             if name in (b".", b".."):
                 pa = await self._dir_attr(t, parent)
@@ -392,7 +471,7 @@ class Metadata:
         of whatever type, instead of failing with EEXIST; what to make of a non-file is the
         caller's business.
         """
-        check_name(name)
+        check_new_name(parent, name)
         if target is not None and (not target or len(target) > 4095):
             raise FSError(errno.ENAMETOOLONG if target else errno.ENOENT)
         ino = await self.inodes.next()
@@ -442,7 +521,7 @@ class Metadata:
         return await run_txn(self.kv, fn, hints=self.hints)
 
     async def link(self, ino: int, parent: int, name: bytes) -> Attr:
-        check_name(name)
+        check_new_name(parent, name)
 
         async def fn(t: Txn) -> Attr:
             await t.prefetch(keys.attr(ino), keys.attr(parent), keys.dentry(parent, name))
@@ -470,14 +549,19 @@ class Metadata:
 
     # -- removing names ----------------------------------------------------------------
 
-    async def _named_child(self, t: Txn, parent: int, name: bytes) -> tuple[Attr, int, Attr]:
+    async def _named_child(self, t: Txn, parent: int, name: bytes, *also: bytes
+                           ) -> tuple[Attr, int, Attr]:
         """The attributes of directory ``parent``, and the inode and attributes ``name``
-        in it names (ENOENT if none), read in as few round trips as possible."""
+        in it names (ENOENT if none), read in as few round trips as possible; keys
+        ``also`` are fetched with the child's attributes."""
+        if parent == ROOT_INO and name == trash.TRASH_NAME:
+            raise FSError(errno.EPERM, "the trash cannot be removed")
         await t.prefetch(keys.attr(parent), keys.dentry(parent, name))
         pa = await self._dir_attr(t, parent)
         ent = await self._entry(t, parent, name)
         if ent is None:
             raise FSError(errno.ENOENT)
+        await t.prefetch(keys.attr(ent[1]), *also)
         return pa, ent[1], await self._attr(t, ent[1])
 
     async def unlink(self, parent: int, name: bytes,
@@ -487,12 +571,13 @@ class Metadata:
         check_name(name)
 
         async def fn(t: Txn) -> Ino:
-            pa, ino, a = await self._named_child(t, parent, name)
+            now = now_ns()
+            pa, ino, a = await self._named_child(t, parent, name,
+                                                 *self._trash_keys(parent, now))
             if a.is_dir:
                 raise FSError(errno.EISDIR)
-            now = now_ns()
             t.delete(keys.dentry(parent, name))
-            await self._drop_link(t, ino, a, parent, now)
+            await self._drop_link(t, ino, a, parent, name, now)
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
             if record is not None:
@@ -571,6 +656,13 @@ class Metadata:
             raise FSError(errno.EINVAL if n1 != b".." and n2 != b".." else errno.EBUSY)
         if flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE:
             raise FSError(errno.EINVAL)
+        # Entries leave the trash (a restore) but never arrive there; the trash and its
+        # hour directories stay where they are.
+        if (trash.is_trash_dir(p2) or p1 == trash.TRASH_INO
+                or (flags & RENAME_EXCHANGE and trash.is_trash_dir(p1))
+                or (p1 == ROOT_INO and n1 == trash.TRASH_NAME)
+                or (p2 == ROOT_INO and n2 == trash.TRASH_NAME)):
+            raise FSError(errno.EPERM, "the trash takes no entries but kvfs's own")
 
         async def fn(t: Txn) -> list[tuple[int, Attr]]:
             await t.prefetch(keys.attr(p1), keys.attr(p2), keys.dentry(p1, n1),
@@ -582,7 +674,9 @@ class Metadata:
                 raise FSError(errno.ENOENT)
             sino = src[1]
             dst = await self._entry(t, p2, n2)
-            await t.prefetch(keys.attr(sino), *([keys.attr(dst[1])] if dst else []))
+            now = now_ns()
+            await t.prefetch(keys.attr(sino), *([keys.attr(dst[1]), *self._trash_keys(p2, now)]
+                                                if dst else []))
             sa = await self._attr(t, sino)
             # Like renameat2 on Linux: the flags are checked before anything else.
             if dst is not None and flags & RENAME_NOREPLACE:
@@ -595,7 +689,6 @@ class Metadata:
                 await self._check_not_ancestor(t, sino, p2)
             if pa2.nlink == 0:
                 raise FSError(errno.ENOENT, "target directory was removed")
-            now = now_ns()
             if flags & RENAME_EXCHANGE:
                 assert dst is not None
                 da_after = await self._exchange(t, p1, n1, pa1, sino, sa, p2, n2, pa2,
@@ -617,7 +710,7 @@ class Metadata:
                     pa2.nlink -= 1
                     await self._forget_dir(t, dst[1], da)
                 else:
-                    await self._drop_link(t, dst[1], da, p2, now)
+                    await self._drop_link(t, dst[1], da, p2, n2, now)
             t.delete(keys.dentry(p1, n1))
             t.put(keys.dentry(p2, n2), encode_dentry(ftype_of(sa.mode), sino))
             if sa.is_dir and p1 != p2:
