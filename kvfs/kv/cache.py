@@ -1,0 +1,516 @@
+"""One cache of metadata records per mount, kept coherent by a watch on the engine.
+
+:class:`CachedEngine` wraps a mount's engine.  Keys in one cached range (a mount's inode
+keyspace) are remembered as the engine last showed them -- values, absences, and whole
+*groups* (a directory's entries, an inode's xattrs: every key under one prefix) -- and
+reads of them are answered without a round trip while the cache may answer.  Keys outside
+the range, and keys written with a lease, are never cached.
+
+The cache learns from three sources, all ordered by revision, so an entry never goes back
+to an older state:
+
+  * reads that went to the engine (a read's answer is kept only if nothing about its key
+    was learned while it was in flight: the watch may already have delivered a newer
+    state, which the older answer must not replace);
+  * this mount's own commits, applied at their revision before the commit returns, so a
+    mount always reads its own writes;
+  * the watch, which delivers every change to the range -- other mounts' and our own --
+    and which is applied before listeners (the kernel invalidator) hear of it, so a
+    kernel that drops a name and asks again finds the new state here.
+
+When the cache may answer (:meth:`CachedEngine.answering`): while the watch is running
+and has delivered every change this mount committed more than ``max_lag`` seconds ago.
+Otherwise -- the watch broke, or it lags -- reads go to the engine (and still refresh the
+cache).  Inside :func:`fresh_reads` reads always go to the engine: transactions retried
+after a conflict and close-to-open checks use it.  While the engine is unreachable, any
+cached answer is served (the last-known state), whatever the watch's health.
+
+A commit whose compares fail forgets the keys it compared: some of them were stale.
+
+Memory is bounded by ``limit_bytes`` (keys, values and a fixed overhead per entry); the
+least recently used entry goes first, and a group loses its completeness when any of its
+members goes.  Changes the watch reports for keys this mount holds nothing about cost a
+dictionary lookup and are not stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+import trio
+from sortedcontainers import SortedDict
+
+from kvfs.kv.api import (
+    CommitResult,
+    Compacted,
+    Compare,
+    Delete,
+    EngineUnavailable,
+    KeyValue,
+    KVEngine,
+    KVError,
+    Put,
+    RangeResult,
+    WatchBatch,
+    prefix_end,
+)
+from kvfs.kv.recording import DelegatingEngine
+
+log = logging.getLogger("kvfs.cache")
+
+# Bytes an entry costs beyond its key and value: the entry object, its KeyValue, and the
+# slots of the two dictionaries that hold it (measured with tracemalloc on CPython 3.11).
+ENTRY_OVERHEAD = 240
+
+_fresh: ContextVar[bool] = ContextVar("kvfs_cache_fresh", default=False)
+
+
+@contextmanager
+def fresh_reads() -> Iterator[None]:
+    """Within this block (and tasks it starts), cached engines read from the engine."""
+    token = _fresh.set(True)
+    try:
+        yield
+    finally:
+        _fresh.reset(token)
+
+
+def reading_fresh() -> bool:
+    """Whether the current task is inside :func:`fresh_reads`."""
+    return _fresh.get()
+
+
+GroupOf = Callable[[bytes], "bytes | None"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    kv: KeyValue | None  # None: the key is absent
+    revision: int  # the revision this state was seen at (0: absent, age unknown)
+    size: int
+
+
+class RecordCache:
+    """Keys' last-known states, bounded, with complete groups (see module docstring).
+
+    Entries sit in a sorted map (groups and range deletes are key ranges) and in an LRU
+    order.  Invariants: every key in both; ``_bytes`` is the sum of the entries' sizes; a
+    complete group's present keys are exactly its present entries; an entry's revision
+    never decreases except by being dropped.
+    """
+
+    def __init__(self, limit_bytes: int, group_of: GroupOf) -> None:
+        self.limit_bytes = limit_bytes
+        self.group_of = group_of
+        self._entries: SortedDict = SortedDict()  # key -> _Entry
+        self._lru: OrderedDict[bytes, None] = OrderedDict()
+        self._complete: set[bytes] = set()
+        self._bytes = 0
+        # Reads in flight, and what changed while they were: a read started at epoch e
+        # may fill only keys (and groups) not changed after e.
+        self._epoch = 0
+        self._inflight = 0
+        self._changed: dict[bytes, int] = {}
+        self._floor = 0  # reads started before this epoch fill nothing
+        self.hits = 0
+        self.misses = 0
+
+    # -- answering -------------------------------------------------------------------
+
+    def lookup(self, key: bytes) -> tuple[bool, KeyValue | None]:
+        """``(True, state)`` when the key's state is known, else ``(False, None)``."""
+        e: _Entry | None = self._entries.get(key)
+        if e is not None:
+            self._lru.move_to_end(key)
+            self.hits += 1
+            return True, e.kv
+        g = self.group_of(key)
+        if g is not None and g in self._complete:
+            self.hits += 1
+            return True, None  # not a member of a complete group: absent
+        self.misses += 1
+        return False, None
+
+    def listing(self, group: bytes, start: bytes, end: bytes, limit: int,
+                keys_only: bool) -> tuple[list[KeyValue], bool] | None:
+        """The present keys of ``group`` in ``[start, end)`` (at most ``limit``, 0: all)
+        and whether more follow, or None when the group is not complete."""
+        if group not in self._complete:
+            self.misses += 1
+            return None
+        self.hits += 1
+        out: list[KeyValue] = []
+        more = False
+        for k in self._entries.irange(start, end, inclusive=(True, False)):
+            kv = self._entries[k].kv
+            if kv is None:
+                continue
+            if limit and len(out) == limit:
+                more = True
+                break
+            self._lru.move_to_end(k)
+            out.append(KeyValue(kv.key, b"", kv.mod_revision, kv.create_revision)
+                       if keys_only else kv)
+        return out, more
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    # -- learning from reads ---------------------------------------------------------
+
+    def begin_read(self) -> int:
+        """Mark a read to the engine as started; returns its epoch for :meth:`fill`."""
+        self._inflight += 1
+        return self._epoch
+
+    def end_read(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._changed.clear()
+            self._floor = self._epoch
+
+    def _stale(self, key: bytes, started: int) -> bool:
+        return started < self._floor or self._changed.get(key, -1) > started
+
+    def fill(self, key: bytes, kv: KeyValue | None, started: int) -> None:
+        """Keep what a read started at epoch ``started`` found for ``key``."""
+        if self._stale(key, started):
+            return
+        g = self.group_of(key)
+        e: _Entry | None = self._entries.get(key)
+        if kv is None:
+            if e is not None and e.kv is not None:
+                # Absence carries no revision, so it may be older than the entry: forget.
+                self._remove(key)
+            elif e is None and (g is None or g not in self._complete):
+                self._set(key, None, 0)
+        elif e is None or kv.mod_revision >= e.revision:
+            self._set(key, kv, kv.mod_revision)
+        self._evict()
+
+    def fill_group(self, group: bytes, kvs: Sequence[KeyValue], started: int) -> None:
+        """Keep a complete read of every key under ``group``."""
+        if self._stale(group, started) or any(self._stale(kv.key, started) for kv in kvs):
+            return
+        size = sum(len(kv.key) + len(kv.value) + ENTRY_OVERHEAD for kv in kvs)
+        if size > self.limit_bytes // 4:
+            return  # too big to keep whole: listing it again beats evicting everything
+        listed = {kv.key for kv in kvs}
+        # Present entries the listing lacks were removed since they were learned.
+        gone = [k for k in self._entries.irange(group, prefix_end(group),
+                                                inclusive=(True, False))
+                if k not in listed and self._entries[k].kv is not None]
+        for k in gone:
+            self._remove(k)
+        for kv in kvs:
+            e: _Entry | None = self._entries.get(kv.key)
+            if e is None or kv.mod_revision >= e.revision:
+                self._set(kv.key, kv, kv.mod_revision)
+        self._complete.add(group)
+        self._evict()
+
+    # -- learning from changes -------------------------------------------------------
+
+    def apply(self, key: bytes, value: bytes | None, revision: int, *,
+              store: bool = False, lease: int = 0) -> None:
+        """A change to ``key`` at ``revision`` (``value`` None: deleted).  Kept when the
+        cache holds the key or its complete group, or ``store`` (this mount's own
+        commits); forgotten when written with a lease."""
+        self._epoch += 1
+        g = self.group_of(key)
+        if self._inflight:
+            self._changed[key] = self._epoch
+            if g is not None:
+                self._changed[g] = self._epoch
+            if len(self._changed) > 100_000:  # bound it: fail every read in flight
+                self._changed.clear()
+                self._floor = self._epoch + 1
+        e: _Entry | None = self._entries.get(key)
+        if e is not None and e.revision > revision:
+            return  # older than what is known
+        if lease:
+            if e is not None:
+                self._remove(key)
+            return
+        if e is None and not store and (g is None or g not in self._complete):
+            return  # nothing known here about it: not worth keeping
+        if value is None:
+            self._set(key, None, revision)
+        else:
+            created = e.kv.create_revision if e is not None and e.kv is not None else revision
+            self._set(key, KeyValue(key, value, revision, created), revision)
+        self._evict()
+
+    def apply_range_delete(self, start: bytes, end: bytes, revision: int) -> None:
+        """Every key in ``[start, end)`` deleted at ``revision``."""
+        for k in list(self._entries.irange(start, end, inclusive=(True, False))):
+            self.apply(k, None, revision)
+
+    def drop(self, key: bytes) -> None:
+        """Forget ``key`` (its group is no longer complete either)."""
+        if key in self._entries:
+            self._remove(key)
+        g = self.group_of(key)
+        if g is not None:
+            self._complete.discard(g)
+
+    def drop_range(self, start: bytes, end: bytes) -> None:
+        for k in list(self._entries.irange(start, end, inclusive=(True, False))):
+            self.drop(k)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._lru.clear()
+        self._complete.clear()
+        self._bytes = 0
+        self._floor = self._epoch + 1
+
+    # -- storage ---------------------------------------------------------------------
+
+    def _set(self, key: bytes, kv: KeyValue | None, revision: int) -> None:
+        old: _Entry | None = self._entries.get(key)
+        if old is not None:
+            self._bytes -= old.size
+        size = len(key) + (len(kv.value) if kv is not None else 0) + ENTRY_OVERHEAD
+        self._entries[key] = _Entry(kv, revision, size)
+        self._lru[key] = None
+        self._lru.move_to_end(key)
+        self._bytes += size
+
+    def _remove(self, key: bytes) -> None:
+        e: _Entry = self._entries.pop(key)
+        del self._lru[key]
+        self._bytes -= e.size
+        if e.kv is not None:
+            g = self.group_of(key)
+            if g is not None:
+                self._complete.discard(g)
+
+    def _evict(self) -> None:
+        while self._bytes > self.limit_bytes and self._lru:
+            self._remove(next(iter(self._lru)))
+
+
+Listener = Callable[[WatchBatch | None], Awaitable[None]]
+
+
+class CachedEngine(DelegatingEngine):
+    """An engine whose reads of one key range are cached (see module docstring).
+
+    :meth:`run` is the mount's one watch of the range; :meth:`listen` registers a
+    listener that hears every batch after the cache applied it, and ``None`` when the
+    watch could not resume (compacted past) and everything was forgotten.
+    """
+
+    def __init__(self, inner: KVEngine, *, prefix: bytes, group_of: GroupOf,
+                 limit_bytes: int = 64 << 20, max_lag: float = 2.0) -> None:
+        super().__init__(inner)
+        self.cache = RecordCache(limit_bytes, group_of)
+        self.start, self.end = prefix, prefix_end(prefix)
+        self.max_lag = max_lag
+        self.revision = 0  # the watch has delivered every change up to here
+        self.watching = False
+        self._listeners: list[Listener] = []
+        # This mount's commits to the range not yet delivered by the watch: (revision,
+        # when committed).  The oldest one's age is the watch's lag.
+        self._undelivered: deque[tuple[int, float]] = deque()
+
+    # -- health ----------------------------------------------------------------------
+
+    def lag(self) -> float:
+        """Seconds the watch is behind this mount's own commits (0: caught up)."""
+        if not self._undelivered:
+            return 0.0
+        return max(0.0, trio.current_time() - self._undelivered[0][1])
+
+    def answering(self) -> bool:
+        """May cached entries answer reads now (see module docstring)?"""
+        return self.watching and self.lag() <= self.max_lag and not _fresh.get()
+
+    def _cached(self, key: bytes) -> bool:
+        return self.start <= key and (key < self.end or self.end == b"\x00")
+
+    # -- the watch -------------------------------------------------------------------
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def run(self, *, since: int | None = None,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch the range from revision ``since`` + 1 (default: the current one)."""
+        self.revision = await self.inner.current_revision() if since is None else since
+        task_status.started()
+        while True:
+            try:
+                self.watching = True
+                async for batch in self.inner.watch(self.start, self.end, self.revision + 1):
+                    self._apply(batch)
+                    for listener in self._listeners:
+                        await listener(batch)
+            except Compacted:
+                log.warning("watch fell behind compaction; forgetting every cached record")
+                self.cache.clear()
+                self.revision = await self._current_or(self.revision)
+                self._undelivered.clear()
+                for listener in self._listeners:
+                    await listener(None)
+            except KVError as exc:
+                self.watching = False
+                log.warning("watch interrupted (%s); resuming from revision %d", exc,
+                            self.revision + 1)
+                await trio.sleep(1.0)
+            finally:
+                self.watching = False
+
+    async def _current_or(self, fallback: int) -> int:
+        try:
+            return await self.inner.current_revision()
+        except KVError:
+            return fallback
+
+    def _apply(self, batch: WatchBatch) -> None:
+        for ev in batch.events:
+            self.cache.apply(ev.key, ev.value, ev.mod_revision)
+        self.revision = max(self.revision, batch.revision)
+        while self._undelivered and self._undelivered[0][0] <= self.revision:
+            self._undelivered.popleft()
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        if not self._cached(key):
+            return await self.inner.get(key)
+        if self.answering():
+            known, kv = self.cache.lookup(key)
+            if known:
+                return kv
+        started = self.cache.begin_read()
+        try:
+            kv = await self.inner.get(key)
+        except EngineUnavailable:
+            known, kv = self.cache.lookup(key)
+            if known:
+                return kv
+            raise
+        else:
+            if not (kv and kv.lease):
+                self.cache.fill(key, kv, started)
+            return kv
+        finally:
+            self.cache.end_read()
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        out: dict[bytes, KeyValue | None] = {}
+        want: list[bytes] = []
+        answering = self.answering()
+        for k in keys:
+            if answering and self._cached(k):
+                known, kv = self.cache.lookup(k)
+                if known:
+                    out[k] = kv
+                    continue
+            want.append(k)
+        if want:
+            started = self.cache.begin_read()
+            try:
+                got = await self.inner.get_many(want)
+            except EngineUnavailable:
+                for k in want:
+                    known, kv = self.cache.lookup(k) if self._cached(k) else (False, None)
+                    if not known:
+                        raise
+                    out[k] = kv
+            else:
+                for k, kv in zip(want, got, strict=True):
+                    out[k] = kv
+                    if self._cached(k) and not (kv and kv.lease):
+                        self.cache.fill(k, kv, started)
+            finally:
+                self.cache.end_read()
+        return [out[k] for k in keys]
+
+    def _group_of_range(self, start: bytes, end: bytes) -> bytes | None:
+        if not self._cached(start):
+            return None
+        g = self.cache.group_of(start)
+        return g if g is not None and end == prefix_end(g) else None
+
+    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
+                    keys_only: bool = False) -> RangeResult:
+        g = self._group_of_range(start, end)
+        if g is None:
+            return await self.inner.range(start, end, limit=limit, keys_only=keys_only)
+        if self.answering():
+            hit = self.cache.listing(g, start, end, limit, keys_only)
+            if hit is not None:
+                return RangeResult(hit[0], hit[1], self.revision)
+        started = self.cache.begin_read()
+        try:
+            res = await self.inner.range(start, end, limit=limit, keys_only=keys_only)
+        except EngineUnavailable:
+            hit = self.cache.listing(g, start, end, limit, keys_only)
+            if hit is not None:
+                return RangeResult(hit[0], hit[1], self.revision)
+            raise
+        else:
+            if start == g and not res.more and not keys_only \
+                    and not any(kv.lease for kv in res.kvs):
+                self.cache.fill_group(g, res.kvs, started)
+            return res
+        finally:
+            self.cache.end_read()
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        try:
+            res = await self.inner.commit(compares, puts, deletes)
+        except KVError:
+            # The outcome is unknown: what this mount wrote may or may not be there.
+            for p in puts:
+                self.cache.drop(p.key)
+            for d in deletes:
+                self._forget_deleted(d)
+            raise
+        if not res.succeeded:
+            for c in compares:
+                if self._cached(c.key):
+                    self.cache.drop(c.key)
+            return res
+        touched = False
+        for d in deletes:
+            if d.range_end is None:
+                if self._cached(d.key):
+                    self.cache.apply(d.key, None, res.revision, store=True)
+                    touched = True
+            elif self._cached(d.key) or self._cached(d.range_end):
+                self.cache.apply_range_delete(d.key, d.range_end, res.revision)
+                touched = True
+        for p in puts:
+            if self._cached(p.key):
+                self.cache.apply(p.key, p.value, res.revision, store=True, lease=p.lease)
+                touched = True
+        if touched and res.revision > self.revision:
+            self._undelivered.append((res.revision, trio.current_time()))
+        return res
+
+    def _forget_deleted(self, d: Delete) -> None:
+        if d.range_end is None:
+            self.cache.drop(d.key)
+        else:
+            self.cache.drop_range(d.key, d.range_end)
+
+    def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
+        return self.inner.watch(start, end, start_revision)
+
+

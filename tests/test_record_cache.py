@@ -1,0 +1,399 @@
+"""The watch-coherent record cache (kvfs.kv.cache): its rules, the KV contract on a cached
+engine, and a model-based check of two caches on one engine.
+
+The model-based test runs random operations from two cached engines (as two mounts would)
+on one shared engine whose watch feeds both caches, and checks after every step that each
+answer is what the engine held for that key at some revision between what the cache's
+watch had delivered (or this cache's own last commit) and the engine's revision when the
+answer arrived -- and, once both watches have caught up, exactly the engine's state.
+``KVFS_CACHE_MODEL_SEEDS`` (default 20) sets how many seeds run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import trio
+from kv_contract import KVContract
+
+from kvfs.kv.api import (
+    CommitResult,
+    Compare,
+    Delete,
+    EngineUnavailable,
+    KeyValue,
+    KVEngine,
+    Put,
+    RangeResult,
+    WatchBatch,
+    prefix_end,
+)
+from kvfs.kv.cache import CachedEngine, RecordCache, fresh_reads
+from kvfs.kv.local import MemoryEngine
+from kvfs.kv.recording import DelegatingEngine
+
+
+def slash_group(key: bytes) -> bytes | None:
+    """Test groups: everything up to and including the first ``/``."""
+    at = key.find(b"/")
+    return key[:at + 1] if at >= 0 else None
+
+
+def kv(key: bytes, value: bytes, rev: int) -> KeyValue:
+    return KeyValue(key, value, rev, rev)
+
+
+# -- RecordCache, pure --------------------------------------------------------------------
+
+
+def test_fill_and_lookup() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    assert c.lookup(b"a") == (False, None)
+    c.fill(b"a", kv(b"a", b"1", 5), c.begin_read())
+    c.end_read()
+    assert c.lookup(b"a") == (True, kv(b"a", b"1", 5))
+    c.fill(b"b", None, c.begin_read())
+    c.end_read()
+    assert c.lookup(b"b") == (True, None)
+
+
+def test_read_overtaken_by_a_change_is_not_kept() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    c.fill(b"a", kv(b"a", b"old", 3), c.begin_read())
+    c.end_read()
+    started = c.begin_read()
+    c.apply(b"a", None, 7)  # the watch says it was deleted while the read was out
+    c.fill(b"a", kv(b"a", b"old", 3), started)  # the read's answer is older
+    c.end_read()
+    assert c.lookup(b"a") == (True, None)
+    started = c.begin_read()
+    c.apply(b"n", b"new", 9, store=True)
+    c.fill(b"n", None, started)  # absence read before the create: must not win
+    c.end_read()
+    assert c.lookup(b"n") == (True, kv(b"n", b"new", 9))
+
+
+def test_older_change_never_replaces_newer() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    c.apply(b"a", b"2", 8, store=True)
+    c.apply(b"a", b"1", 6)
+    assert c.lookup(b"a")[1] == kv(b"a", b"2", 8)
+    c.apply(b"a", None, 9)
+    c.apply(b"a", b"2", 8)
+    assert c.lookup(b"a") == (True, None)
+
+
+def test_changes_to_unknown_keys_are_not_stored() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    for i in range(100):
+        c.apply(b"x%d" % i, b"v", i + 1)
+    assert len(c) == 0
+
+
+def test_complete_group_answers_listing_and_absence() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    c.fill(b"d/stale", kv(b"d/stale", b"s", 2), c.begin_read())
+    c.end_read()
+    c.fill_group(b"d/", [kv(b"d/a", b"1", 3), kv(b"d/b", b"2", 4)], c.begin_read())
+    c.end_read()
+    assert c.lookup(b"d/stale") == (True, None)  # gone, as the listing showed
+    assert c.lookup(b"d/zzz") == (True, None)
+    hit = c.listing(b"d/", b"d/", prefix_end(b"d/"), 0, False)
+    assert hit is not None and [x.key for x in hit[0]] == [b"d/a", b"d/b"]
+    c.apply(b"d/c", b"3", 5)  # another mount's create: the complete group takes it
+    c.apply(b"d/a", None, 6)
+    hit = c.listing(b"d/", b"d/", prefix_end(b"d/"), 1, True)
+    assert hit == ([KeyValue(b"d/b", b"", 4, 4)], True)
+    hit = c.listing(b"d/", b"d/b\x00", prefix_end(b"d/"), 1, False)
+    assert hit is not None and hit[0][0].value == b"3" and not hit[1]
+
+
+def test_group_filled_during_a_change_is_not_complete() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    started = c.begin_read()
+    c.apply(b"d/new", b"1", 5)
+    c.fill_group(b"d/", [], started)
+    c.end_read()
+    assert c.listing(b"d/", b"d/", prefix_end(b"d/"), 0, False) is None
+
+
+def test_bounded_and_eviction_breaks_completeness() -> None:
+    c = RecordCache(20 * 300, slash_group)
+    c.fill_group(b"d/", [kv(b"d/%d" % i, b"x", i + 1) for i in range(5)], c.begin_read())
+    c.end_read()
+    assert c.listing(b"d/", b"d/", prefix_end(b"d/"), 0, False) is not None
+    for i in range(40):
+        c.fill(b"k%d" % i, kv(b"k%d" % i, b"y" * 10, 100 + i), c.begin_read())
+        c.end_read()
+        assert c.size_bytes <= c.limit_bytes
+    assert c.listing(b"d/", b"d/", prefix_end(b"d/"), 0, False) is None
+    assert c.lookup(b"d/zzz") == (False, None)
+
+
+def test_lease_writes_are_forgotten() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    c.apply(b"s", b"1", 3, store=True)
+    c.apply(b"s", b"2", 4, store=True, lease=7)
+    assert c.lookup(b"s") == (False, None)
+
+
+def test_range_delete() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    c.fill_group(b"d/", [kv(b"d/a", b"1", 3)], c.begin_read())
+    c.end_read()
+    c.apply(b"e", b"1", 4, store=True)
+    c.apply_range_delete(b"d", b"e", 9)
+    assert c.lookup(b"d/a") == (True, None)
+    assert c.listing(b"d/", b"d/", prefix_end(b"d/"), 0, False) == ([], False)
+    assert c.lookup(b"e")[0]
+
+
+# -- the KV contract on a cached engine ----------------------------------------------------
+
+
+class TestCachedMemoryEngine(KVContract):
+    """Every engine behaviour holds through the cache, every key cached."""
+
+    @pytest.fixture
+    async def kv(self, nursery: trio.Nursery) -> AsyncIterator[CachedEngine]:
+        engine = CachedEngine(MemoryEngine(), prefix=b"", group_of=slash_group)
+        await nursery.start(engine.run)
+        yield engine
+        await engine.aclose()
+
+
+# -- health and outages --------------------------------------------------------------------
+
+
+class Switch(DelegatingEngine):
+    """An engine that can be made unreachable."""
+
+    down = False
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        if self.down:
+            raise EngineUnavailable("down")
+        return await self.inner.get(key)
+
+    async def get_many(self, keys: list[bytes]) -> list[KeyValue | None]:  # type: ignore[override]
+        if self.down:
+            raise EngineUnavailable("down")
+        return await self.inner.get_many(keys)
+
+
+async def test_answers_from_cache_only_while_watching(nursery: trio.Nursery) -> None:
+    shared = MemoryEngine()
+    a = CachedEngine(shared, prefix=b"", group_of=slash_group)
+    await a.commit([], [Put(b"k", b"1")])
+    assert (await a.get(b"k")) is not None  # not watching: read from the engine
+    await shared.commit([], [Put(b"k", b"2")])  # behind the cache's back
+    got = await a.get(b"k")
+    assert got is not None and got.value == b"2"
+    await nursery.start(a.run)
+    await shared.commit([], [Put(b"k", b"3")])
+    await wait_caught_up(a, shared)
+    got = await a.get(b"k")
+    assert got is not None and got.value == b"3"
+    with fresh_reads():
+        assert not a.answering()
+
+
+async def test_unreachable_engine_serves_last_known() -> None:
+    sw = Switch(MemoryEngine())
+    a = CachedEngine(sw, prefix=b"", group_of=slash_group)
+    await a.commit([], [Put(b"k", b"1"), Put(b"d/x", b"2")])
+    await a.range(b"d/", prefix_end(b"d/"))
+    sw.down = True
+    got = await a.get(b"k")  # not watching, so not answering: but the engine is down
+    assert got is not None and got.value == b"1"
+    assert [x.key for x in await a.get_many([b"k", b"d/x"]) if x] == [b"k", b"d/x"]
+    with pytest.raises(EngineUnavailable):
+        await a.get(b"unknown")
+
+
+async def test_failed_compare_forgets_compared_keys(nursery: trio.Nursery) -> None:
+    shared = MemoryEngine()
+    a = CachedEngine(shared, prefix=b"", group_of=slash_group)
+    await nursery.start(a.run)
+    await a.commit([], [Put(b"k", b"1")])
+    await a.get(b"k")
+    a.watching = False  # pretend the watch missed the next change
+    res = await shared.commit([], [Put(b"k", b"2")])
+    a.watching = True
+    a.cache.apply(b"k", b"1", 1)  # nothing newer known
+    old = await a.get(b"k")
+    assert old is not None
+    res = await a.commit([Compare(b"k", old.mod_revision)], [Put(b"k", b"3")])
+    if not res.succeeded:
+        assert a.cache.lookup(b"k") == (False, None)
+
+
+async def wait_caught_up(*caches: CachedEngine | KVEngine) -> None:
+    engines = [c for c in caches if isinstance(c, CachedEngine)]
+    base = [c for c in caches if not isinstance(c, CachedEngine)][0]
+    target = await base.current_revision()
+    with trio.fail_after(10):
+        while any(c.revision < target for c in engines):
+            await trio.sleep(0.001)
+
+
+# -- model-based: two caches on one engine -------------------------------------------------
+
+
+class History:
+    """Every committed state of every key, by revision."""
+
+    def __init__(self) -> None:
+        self.log: dict[bytes, list[tuple[int, bytes | None]]] = {}
+
+    def record(self, rev: int, puts: list[Put], deletes: list[Delete]) -> None:
+        for p in puts:
+            self.log.setdefault(p.key, []).append((rev, p.value))
+        for d in deletes:
+            end = d.range_end or d.key + b"\x00"
+            for k in list(self.log):
+                if d.key <= k < end:
+                    self.log[k].append((rev, None))
+
+    def states(self, key: bytes, lo: int, hi: int) -> list[bytes | None]:
+        """The key's values at every revision in [lo, hi]."""
+        out: list[bytes | None] = []
+        cur: bytes | None = None
+        for rev, v in self.log.get(key, []):
+            if rev <= lo:
+                cur = v
+            elif rev <= hi:
+                out.append(v)
+        return [cur, *out]
+
+
+class Jittery(DelegatingEngine):
+    """The shared engine as one mount sees it: each answer (and each watch batch) comes
+    back after a random number of scheduler turns, so reads overlap watch deliveries and
+    the other mount's commits.  Commits are recorded in ``hist`` as they happen."""
+
+    def __init__(self, inner: KVEngine, rng: random.Random, hist: History) -> None:
+        super().__init__(inner)
+        self.rng = rng
+        self.hist = hist
+
+    async def _turns(self) -> None:
+        for _ in range(self.rng.choice([0, 0, 1, 2, 5])):
+            await trio.lowlevel.checkpoint()
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        await self._turns()
+        got = await self.inner.get(key)
+        await self._turns()
+        return got
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        await self._turns()
+        got = await self.inner.get_many(keys)
+        await self._turns()
+        return got
+
+    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
+                    keys_only: bool = False) -> RangeResult:
+        await self._turns()
+        got = await self.inner.range(start, end, limit=limit, keys_only=keys_only)
+        await self._turns()
+        return got
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        await self._turns()
+        res = await self.inner.commit(compares, puts, deletes)
+        if res.succeeded:
+            self.hist.record(res.revision, list(puts), list(deletes))
+        await self._turns()
+        return res
+
+    async def watch(self, start: bytes, end: bytes,  # type: ignore[override]
+                    start_revision: int) -> AsyncIterator[WatchBatch]:
+        async for batch in self.inner.watch(start, end, start_revision):
+            await self._turns()
+            yield batch
+
+
+KEYS = [b"d/%d" % i for i in range(4)] + [b"e/%d" % i for i in range(3)] + [b"x", b"y"]
+
+
+async def mount_steps(seed: int, i: int, m: CachedEngine, shared: KVEngine, hist: History,
+                      rng: random.Random, steps: int) -> None:
+    """One mount's random reads and commits, each read checked against the history."""
+    own: dict[bytes, int] = {}  # this mount's last commit to each key: no older answers
+    for _ in range(steps):
+        for _ in range(rng.choice([0, 1, 3])):
+            await trio.lowlevel.checkpoint()
+        op = rng.random()
+        los = {k: max(m.revision, own.get(k, 0)) for k in KEYS}
+        if op < 0.35:
+            k = rng.choice(KEYS)
+            got = await m.get(k)
+            hi = await shared.current_revision()
+            allowed = hist.states(k, los[k], hi)
+            assert (got.value if got else None) in allowed, (seed, i, k, got, allowed)
+        elif op < 0.5:
+            g = rng.choice([b"d/", b"e/"])
+            res = await m.range(g, prefix_end(g))
+            hi = await shared.current_revision()
+            for k in [k for k in KEYS if k.startswith(g)]:
+                seen = next((x.value for x in res.kvs if x.key == k), None)
+                assert seen in hist.states(k, los[k], hi), (seed, i, k, seen)
+        else:
+            k = rng.choice(KEYS)
+            cur = await m.get(k)
+            compares = [Compare(k, cur.mod_revision if cur else 0)]
+            puts: list[Put] = []
+            deletes: list[Delete] = []
+            if rng.random() < 0.3:
+                deletes = [Delete(k)]
+            elif rng.random() < 0.1:
+                deletes = [Delete(b"e/", prefix_end(b"e/"))]
+            else:
+                puts = [Put(k, b"%d" % rng.randrange(1000))]
+            res = await m.commit(compares, puts, deletes)
+            if res.succeeded:
+                for w in KEYS:
+                    if any(p.key == w for p in puts) or any(
+                            d.key <= w < (d.range_end or d.key + b"\x00") for d in deletes):
+                        own[w] = res.revision
+
+
+async def run_model(seed: int) -> None:
+    rng = random.Random(seed)
+    shared = MemoryEngine()
+    hist = History()
+    mounts = [CachedEngine(Jittery(shared, random.Random(seed * 2 + i), hist), prefix=b"",
+                           group_of=slash_group, limit_bytes=rng.choice([2_000, 1 << 20]))
+              for i in range(2)]
+    async with trio.open_nursery() as nursery:
+        for m in mounts:
+            await nursery.start(m.run)
+        for _round in range(4):
+            async with trio.open_nursery() as steps:
+                for i, m in enumerate(mounts):
+                    steps.start_soon(mount_steps, seed, i, m, shared, hist,
+                                     random.Random(rng.random()), 40)
+            # Quiet: once both watches have caught up, every answer is the engine's.
+            await wait_caught_up(*mounts, shared)
+            for m in mounts:
+                for k in KEYS:
+                    want, got = await shared.get(k), await m.get(k)
+                    assert (got.value if got else None) == (want.value if want else None), \
+                        (seed, k, got, want)
+                for g in (b"d/", b"e/"):
+                    want_r = await shared.range(g, prefix_end(g))
+                    got_r = await m.range(g, prefix_end(g))
+                    assert [(x.key, x.value) for x in got_r.kvs] == \
+                        [(x.key, x.value) for x in want_r.kvs], (seed, g)
+        nursery.cancel_scope.cancel()
+
+
+async def test_two_caches_model() -> None:
+    for seed in range(int(os.environ.get("KVFS_CACHE_MODEL_SEEDS", "20"))):
+        await run_model(seed)
