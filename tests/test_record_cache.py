@@ -356,12 +356,12 @@ async def mount_steps(seed: int, i: int, m: CachedEngine, shared: KVEngine, hist
                 deletes = [Delete(b"e/", prefix_end(b"e/"))]
             else:
                 puts = [Put(k, b"%d" % rng.randrange(1000))]
-            res = await m.commit(compares, puts, deletes)
-            if res.succeeded:
+            done = await m.commit(compares, puts, deletes)
+            if done.succeeded:
                 for w in KEYS:
                     if any(p.key == w for p in puts) or any(
                             d.key <= w < (d.range_end or d.key + b"\x00") for d in deletes):
-                        own[w] = res.revision
+                        own[w] = done.revision
 
 
 async def run_model(seed: int) -> None:
