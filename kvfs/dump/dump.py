@@ -4,9 +4,9 @@ What goes in is decided per key kind of the key table (:data:`POLICY`, one entry
 kind in :data:`kvfs.meta.keys.KEY_KINDS`): the format record goes into the header; every
 other metadata key is copied as it is (counters, inodes, entries, chunks, symlinks, xattrs,
 link parents, the ``D``/``G``/``R`` queues, history versions), except live-only state
-(sessions, the inodes they hold open, watcher records and the compactor role), which
-belongs to processes running against this engine and means nothing elsewhere.  Keys no kind
-describes (written by a newer kvfs) are copied too.
+(sessions, the inodes they hold open, watcher records, the compactor and trash purger
+roles), which belongs to processes running against this engine and means nothing
+elsewhere.  Keys no kind describes (written by a newer kvfs) are copied too.
 
 With ``with_data``, every block of every slice that a chunk, a ``G`` or ``R`` record or a
 history version names follows the page of keys that first names it, read through the
@@ -57,6 +57,7 @@ POLICY: dict[str, str] = {
     "used space": COPY,
     "used inodes": COPY,
     "compactor": LIVE,
+    "trash purger": LIVE,
     "attr": COPY,
     "dentry": COPY,
     "chunk": COPY,
