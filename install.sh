@@ -22,7 +22,7 @@ install_system() {
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends \
 		fuse3 libfuse3-dev pkg-config gcc python3-venv attr procps psmisc \
-		etcd-server etcd-client iproute2 >/dev/null
+		etcd-server etcd-client iproute2 fio >/dev/null
 	# nginx is for the shared-/etc test, which runs its own nginx processes with their own
 	# configs, and prometheus for its promtool (the metrics test checks a mount's metrics
 	# with it): a fresh install must not start (or enable) the system's nginx on port 80
