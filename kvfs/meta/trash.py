@@ -120,8 +120,9 @@ def entry_name(parent: int, ino: int, name: bytes) -> bytes:
 
 def expired(hour: int, days: float, now: float) -> bool:
     """Whether the hour directory of ``hour`` is past a retention of ``days`` at ``now``:
-    every entry in it was trashed at least ``days`` ago."""
-    return (hour + 1) * HOUR + days * 86400 <= now
+    every entry in it was trashed at least ``days`` ago.  With the trash off (0 days)
+    every hour is: turning it off empties it."""
+    return days <= 0 or (hour + 1) * HOUR + days * 86400 <= now
 
 
 def new_dir_attr(parent: int, name: bytes, now: int) -> Attr:
