@@ -366,8 +366,8 @@ def c2o_rounds(fa: Path, fb: Path, current: bytes, rounds: int, tag: str) -> byt
 def test_unlinked_on_one_host_stays_readable_on_the_other(etcd_single: Member,
                                                           tmp_path: Path) -> None:
     url = volume_url(etcd_single, "orphan")
-    # Without a history: the test ends by checking that every block was deleted.
-    kvfs("format", url, "orphan", "--history-days", "0")
+    # Without a history or a trash: the test ends by checking that every block was deleted.
+    kvfs("format", url, "orphan", "--history-days", "0", "--trash-days", "0")
     data = os.urandom(3 << 20) + b"tail"  # several 1 MiB blocks
     with mounts(url, tmp_path, "a", "b", options=("orphan_grace=1",)) as (a, b):
         fa, fb = a.mountpoint / "big", b.mountpoint / "big"

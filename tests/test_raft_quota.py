@@ -192,8 +192,9 @@ async def test_writes_through_raft_url_until_no_space_then_a_delete(tmp_path: Pa
 def test_a_mount_on_a_full_member_gets_enospc_and_can_delete(tmp_path: Path) -> None:
     with member(tmp_path, quota=3 << 20) as base:
         url = f"{base}/vol?timeout=20"
-        # Without a history, which would keep the deleted files' blocks (docs/history.md).
-        kvfs("format", url, "vol", "--history-days", "0")
+        # Without a history or a trash, which would keep the deleted files' blocks
+        # (docs/history.md, docs/trash.md).
+        kvfs("format", url, "vol", "--history-days", "0", "--trash-days", "0")
         mnt = tmp_path / "mnt"
         mount = Mount(url, mnt, "orphan_grace=1")
         try:
