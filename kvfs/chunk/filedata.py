@@ -7,7 +7,15 @@ first) and then records all of them, and the new length, in metadata transaction
 then is the data acknowledged; a crash before that loses only unacknowledged writes.
 
 Reads see the file's committed slices; a read of an inode with buffered writes flushes them
-first, so reads always observe every earlier write of this mount.
+first, so reads always observe every earlier write of this mount.  A read fetches the blocks
+it needs concurrently, and a sequential stream of reads (each starting near where the last
+one ended) is read ahead: the blocks of the next ``window`` bytes are fetched in the
+background into the mount's block cache, the window doubling while the pattern holds up to a
+quarter of the cache, and dropping to nothing as soon as a read lands elsewhere (random reads
+never pay for blocks they do not need).  Readahead only warms the cache: every read still
+resolves the chunk's current slice list itself, so a file changed by another mount reads as
+the engine holds it, and an out-of-date readahead costs only the fetch of blocks nobody
+reads.
 """
 
 from __future__ import annotations
@@ -38,6 +46,15 @@ log = logging.getLogger("kvfs.data")
 
 # Chunk keys touched by one metadata transaction (each costs a compare and a put).
 _CHUNKS_PER_TXN = 60
+# A read starting within this distance of the end of the inode's previous read continues a
+# sequential stream: the kernel sends the requests of one large read together, and they may
+# be served slightly out of order.
+_SEQ_SLACK = 1 << 20
+# Sequential reads in a row before readahead starts: a lone read (of a small file, or at a
+# random place) never fetches more than it asked for.
+_SEQ_MIN = 2
+# The largest readahead window, before the cache's own bound (a quarter of it).
+_MAX_WINDOW = 32 << 20
 # Writes up to this size, in up to this many pieces, commit their blocks together with
 # their metadata when the blocks live in the metadata engine: one round trip, not two.
 INLINE_BYTES = 256 << 10
@@ -60,6 +77,9 @@ class FileData:
         self._flush_lock = trio.Lock()
         self._flushing = False  # a flush has taken buffered writes and not yet committed
         self.compact_wanted: set[int] = set()
+        self._ra = _Readahead()
+        # The slice list the latest read resolved: where readahead looks first.
+        self._recent: tuple[int, list[Slice]] | None = None
 
     @property
     def dirty(self) -> bool:
@@ -207,6 +227,11 @@ class FileData:
         end = min(offset + length, size)
         if end <= offset:
             return b""
+        window = min(_MAX_WINDOW, self.slices.max_cached_block)
+        ahead = self._ra.advance(offset, end, size, self.slices.block_size, window)
+        if ahead is not None:
+            trio.lowlevel.spawn_system_task(self._read_ahead, *ahead, self._recent,
+                                            name=f"kvfs readahead of inode {self.ino}")
         out = bytearray()
         for idx, coff, ln in split_range(offset, end - offset):
             out += await self._read_chunk(idx, coff, ln)
@@ -217,21 +242,31 @@ class FileData:
         # block means compaction replaced the slice after we read the list: read it again.
         for attempt in range(3):
             slices = await self.meta.read_chunk(self.ino, idx)
-            out = bytearray()
+            self._recent = (idx, slices)
             try:
-                for seg in read_plan(slices, coff, ln):
-                    n = seg.end - seg.start
-                    if seg.slice_id == 0:
-                        out += bytes(n)
-                    else:
-                        out += await self.slices.read(seg.slice_id, seg.slice_size,
-                                                      seg.slice_off, n)
+                return await self.slices.read_segments(read_plan(slices, coff, ln))
             except BlockNotFound:
                 if attempt == 2:
                     raise
-                continue
-            return bytes(out)
         raise AssertionError("unreachable")
+
+    async def _read_ahead(self, start: int, stop: int,
+                          recent: tuple[int, list[Slice]] | None) -> None:
+        """Fetch the blocks of file bytes ``[start, stop)`` into the block cache.  Runs as
+        a trio system task, outliving the read that started it; a failure only means the
+        reader fetches those blocks itself later, so it is logged and dropped."""
+        try:
+            names: list[str] = []
+            for idx, coff, ln in split_range(start, stop - start):
+                if recent is not None and recent[0] == idx:
+                    slices = recent[1]
+                else:
+                    slices = await self.meta.read_chunk(self.ino, idx)
+                names += self.slices.plan_blocks(read_plan(slices, coff, ln))
+            await self.slices.prefetch(names)
+        except Exception as exc:  # noqa: BLE001 - readahead is only a hint
+            log.debug("readahead of inode %d bytes [%d, %d) failed: %s", self.ino, start,
+                      stop, exc)
 
     async def compact(self, size: int) -> bool:
         """Rewrite fragmented chunks found by recent flushes as one slice each; True if any
@@ -256,14 +291,7 @@ class FileData:
             extent = max((s.end for s in slices), default=0)
             chunk_len = max((seg.end for seg in read_plan(slices, 0, extent) if seg.slice_id),
                             default=0)
-            data = bytearray()
-            for seg in read_plan(slices, 0, chunk_len):
-                n = seg.end - seg.start
-                if seg.slice_id == 0:
-                    data += bytes(n)
-                else:
-                    data += await self.slices.read(seg.slice_id, seg.slice_size,
-                                                   seg.slice_off, n)
+            data = await self.slices.read_segments(read_plan(slices, 0, chunk_len))
             sid = await self.meta.slices.next()
             if data:
                 await self.slices.write(sid, data)
@@ -276,3 +304,40 @@ class FileData:
                 rewrote = True
         return rewrote
 
+
+
+class _Readahead:
+    """Sequential-access detection and the readahead window of one inode (see the module
+    docstring).  Pure bookkeeping: :meth:`advance` says what to fetch, the caller fetches.
+
+    Invariant: ``issued`` is the file offset up to which readahead has been started in the
+    current stream (0 when there is none); a new stream starts over from nothing."""
+
+    __slots__ = ("issued", "last_end", "streak", "window")
+
+    def __init__(self) -> None:
+        self.last_end = 0  # where the previous read ended
+        self.streak = 0  # sequential reads in a row, that one included
+        self.window = 0  # bytes to keep fetched ahead of the reader
+        self.issued = 0
+
+    def advance(self, offset: int, end: int, size: int, block_size: int,
+                max_window: int) -> tuple[int, int] | None:
+        """Note a read of ``[offset, end)`` in a file of ``size`` bytes; the file range to
+        fetch ahead now, or None."""
+        if self.last_end - _SEQ_SLACK <= offset <= self.last_end + _SEQ_SLACK:
+            self.streak += 1
+            self.last_end = max(self.last_end, end)
+        else:
+            self.streak, self.window, self.issued = 1, 0, 0
+            self.last_end = end
+        if self.streak < _SEQ_MIN or max_window < block_size:
+            return None
+        self.window = min(max(2 * self.window, 2 * block_size), max_window)
+        start = max(self.issued, end)
+        stop = min(end + self.window, size)
+        # Top the window up once half of it has been read, not on every small read.
+        if stop <= start or (stop < size and stop - start < self.window // 2):
+            return None
+        self.issued = stop
+        return start, stop
