@@ -14,8 +14,20 @@ dropped (so only the history version refers to that slice).  Then:
   ``--min-age 0``, deletes it with ``--delete``, and leaves every referenced block --
   the one only a history version refers to included.
 
+A second fault injection covers every other repair ``fsck --repair`` claims (the table in
+docs/operations.md, "fsck"), each fault planted through the engine: a file whose only entry
+is lost, and one with no links that nothing holds or queues (both go to ``/lost+found``
+with their content), an entry of the wrong type, a directory whose parent field is wrong,
+an entry that does not decode, an entry in a missing directory, a linked file on the
+deletion queue (its data must survive a mount's cleaner) and usage counters far off.
+fsck names each one, ``--repair`` says what it did for each, a second fsck finds nothing,
+and a mount shows the repaired tree.  A hard-linked file whose parent records (``P`` keys)
+are gone is repaired in a test of its own: on etcd that repair is refused today (it
+deletes the ``P`` range and puts keys inside it in one transaction, which etcd rejects as
+a duplicate key), so that test is a strict expected failure there until fsck is fixed.
+
 A last test runs fsck beside a live etcd mount that keeps writing: the re-check leaves no
-problem to report.  The default run takes about 30 s.
+problem to report.  The default run takes about 40 s.
 """
 
 from __future__ import annotations
@@ -23,17 +35,19 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import subprocess
 import threading
 from pathlib import Path
 
+import msgpack
 import pytest
 from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
 from mounting import Mount, kvfs
 
 from kvfs.chunk.cleanup import Cleaner
 from kvfs.chunk.layout import decode_slices
-from kvfs.kv.api import Delete, Put
+from kvfs.kv.api import Delete, Put, prefix_end
 from kvfs.meta import keys
 from kvfs.meta.fsck import blocks_of
 from kvfs.meta.records import Attr, decode_dentry, encode_dentry
@@ -44,6 +58,8 @@ __all__ = ["etcd_procs", "etcd_single"]  # fixtures used by this module
 
 GONE_SESSION = 4242
 LEAKED_SLICE = 987_654
+WRONG_PARENT = 424_242
+MISSING_DIR = 777_777_777
 
 
 async def _ino(vol: Volume, name: bytes) -> int:
@@ -224,6 +240,191 @@ async def test_fault_injection_embedded(tmp_path: Path) -> None:
 async def test_fault_injection_etcd(etcd_single: Member, tmp_path: Path) -> None:
     url = f"etcd://{etcd_single.endpoint}/{unique_prefix('fsckrep')}"
     await _fault_injection(url, tmp_path)
+
+
+async def _damage_namespace(url: str) -> dict[str, int]:
+    """Plant the namespace faults of the second fault injection (module docstring)."""
+    vol = await open_volume(url)
+    try:
+        kv = vol.kv
+        ino = {name: await _ino(vol, name.encode())
+               for name in ("lost.txt", "zero.txt", "typed.txt", "sub", "queued.txt")}
+
+        async def rewrite_attr(i: int, **fields: int) -> None:
+            got = await kv.get(keys.attr(i))
+            assert got is not None
+            a = Attr.decode(got.value)
+            for k, v in fields.items():
+                setattr(a, k, v)
+            await kv.commit((), [Put(got.key, a.encode())])
+
+        await kv.commit((), (), [Delete(keys.dentry(keys.ROOT_INO, b"lost.txt"))])
+        await kv.commit((), (), [Delete(keys.dentry(keys.ROOT_INO, b"zero.txt"))])
+        await rewrite_attr(ino["zero.txt"], nlink=0)
+        await kv.commit((), [Put(keys.dentry(keys.ROOT_INO, b"typed.txt"),
+                                 encode_dentry(stat.S_IFDIR >> 12, ino["typed.txt"]))])
+        await rewrite_attr(ino["sub"], parent=WRONG_PARENT)
+        await kv.commit((), [Put(keys.dentry(keys.ROOT_INO, b"garbage"), b"\xc1\xc1")])
+        await kv.commit((), [Put(keys.dentry(MISSING_DIR, b"stray"),
+                                 encode_dentry(stat.S_IFREG >> 12, ino["typed.txt"]))])
+        await kv.commit((), [Put(keys.delfile(ino["queued.txt"]),
+                                 msgpack.packb([12, 1_700_000_000]))])
+        await kv.commit((), [Put(keys.USED_SPACE, msgpack.packb(1 << 40))])
+        return ino
+    finally:
+        await vol.aclose()
+
+
+async def _namespace_repairs(url: str, tmp_path: Path) -> None:
+    kvfs("format", url, "vol")
+    content = {name: os.urandom(1000 + n) for n, name in enumerate(
+        ("lost.txt", "zero.txt", "typed.txt", "queued.txt"))}
+    m = Mount(url, tmp_path / "mnt")
+    try:
+        root = m.mountpoint
+        for name, data in content.items():
+            (root / name).write_bytes(data)
+        (root / "sub").mkdir()
+        m.unmount()
+    finally:
+        m.cleanup()
+    assert kvfs("fsck", url, check=False).returncode == 0
+    ino = await _damage_namespace(url)
+
+    found = kvfs("fsck", url, check=False)
+    assert found.returncode == 1, found.stdout + found.stderr
+    expected = {
+        "no-entry": f"inode {ino['lost.txt']} (-rw-r--r--) is not in any directory",
+        "unreachable": f"inode {ino['zero.txt']} has no links, no session holds it open and "
+                       "it is not queued for deletion",
+        "entry-type": f"entry b'typed.txt' in directory 1 has type 4, inode "
+                      f"{ino['typed.txt']} has 8",
+        "dir-parent": f"directory {ino['sub']} is in 1 but its parent field says "
+                      f"{WRONG_PARENT}",
+        "bad-entry": "entry b'garbage' in directory 1 does not decode",
+        "entry-in-missing-directory": f"entry b'stray' lives in missing directory "
+                                      f"{MISSING_DIR}",
+        "queued-linked": f"inode {ino['queued.txt']} is queued for deletion but still has "
+                         "links",
+        "usage": f"usage counters say {1 << 40} bytes",
+    }
+    as_json = json.loads(kvfs("fsck", "--json", url, check=False).stdout)
+    kinds = sorted(p["kind"] for p in as_json["problems"])
+    assert kinds == sorted(expected), kinds
+    for p in as_json["problems"]:
+        assert p["text"].startswith(expected[p["kind"]]), (p, expected[p["kind"]])
+        assert p["repair"], p
+    assert len(_lines(found)) == len(expected) + 1, found.stdout
+
+    fixed = kvfs("fsck", "--repair", url, check=False)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    claims = [
+        f"repaired: moved inode {ino['lost.txt']} to /lost+found/#{ino['lost.txt']}",
+        f"repaired: moved inode {ino['zero.txt']} to /lost+found/#{ino['zero.txt']}",
+        "repaired: set the type of entry b'typed.txt' in directory 1 to its inode's (8)",
+        f"repaired: set the parent of directory {ino['sub']} to 1",
+        "repaired: removed an entry that does not decode: b'garbage' in directory 1",
+        f"repaired: removed entry b'stray' of missing directory {MISSING_DIR}",
+        f"repaired: took inode {ino['queued.txt']}, which has links, off the deletion queue",
+        "repaired: set the usage counters to ",
+    ]
+    for claim in claims:
+        assert sum(claim in line for line in _lines(fixed)) == 1, (claim, fixed.stdout)
+    assert _lines(fixed)[-1].endswith(": 0 problems, 8 repaired"), fixed.stdout
+    assert kvfs("fsck", url, check=False).returncode == 0
+
+    # What each repair claims, seen through the engine and through a mount.
+    vol = await open_volume(url)
+    try:
+        got = await vol.kv.get(keys.attr(ino["sub"]))
+        assert got is not None and Attr.decode(got.value).parent == keys.ROOT_INO
+        assert await vol.kv.get(keys.delfile(ino["queued.txt"])) is None
+        assert await vol.kv.get(keys.dentry(MISSING_DIR, b"stray")) is None
+        used = await vol.kv.get(keys.USED_SPACE)
+        assert used is not None and msgpack.unpackb(used.value) < 1 << 20
+    finally:
+        await vol.aclose()
+    m = Mount(url, tmp_path / "mnt")
+    try:
+        root = m.mountpoint
+        lost_found = root / "lost+found"
+        assert stat.S_IMODE(lost_found.stat().st_mode) == 0o700
+        assert sorted(os.listdir(lost_found)) == sorted(
+            [f"#{ino['lost.txt']}", f"#{ino['zero.txt']}"])
+        for name in ("lost.txt", "zero.txt"):
+            moved = lost_found / f"#{ino[name]}"
+            assert moved.read_bytes() == content[name]
+            assert moved.stat().st_nlink == 1
+        assert (root / "typed.txt").is_file()
+        assert (root / "typed.txt").read_bytes() == content["typed.txt"]
+        assert os.stat(root / "sub" / "..").st_ino == os.stat(root).st_ino
+        assert "garbage" not in os.listdir(root)
+        # The cleaner of this mount would have freed a queued file's data.
+        assert (root / "queued.txt").read_bytes() == content["queued.txt"]
+        m.unmount()
+    finally:
+        m.cleanup()
+    assert kvfs("fsck", url, check=False).returncode == 0
+
+
+@pytest.mark.mount
+async def test_namespace_repairs_embedded(tmp_path: Path) -> None:
+    await _namespace_repairs(str(tmp_path / "store"), tmp_path)
+
+
+@pytest.mark.mount
+async def test_namespace_repairs_etcd(etcd_single: Member, tmp_path: Path) -> None:
+    await _namespace_repairs(f"etcd://{etcd_single.endpoint}/{unique_prefix('fsckns')}",
+                             tmp_path)
+
+
+async def _parent_records_repair(url: str, tmp_path: Path) -> None:
+    """A file with two links whose parent records are lost: fsck finds it, ``--repair``
+    writes them again from the entries."""
+    kvfs("format", url, "vol")
+    m = Mount(url, tmp_path / "mnt")
+    try:
+        (m.mountpoint / "sub").mkdir()
+        (m.mountpoint / "hl").write_bytes(b"two links\n")
+        os.link(m.mountpoint / "hl", m.mountpoint / "sub" / "hl2")
+        m.unmount()
+    finally:
+        m.cleanup()
+    vol = await open_volume(url)
+    try:
+        hl, sub = await _ino(vol, b"hl"), await _ino(vol, b"sub")
+        parents = keys.link_parent_prefix(hl)
+        assert (await vol.kv.range(parents, prefix_end(parents))).kvs, "two links: P records"
+        await vol.kv.commit((), (), [Delete(parents, prefix_end(parents))])
+    finally:
+        await vol.aclose()
+    found = kvfs("fsck", url, check=False)
+    assert _lines(found)[:-1] == [f"inode {hl}'s parent records name directories {{}}, its "
+                                  f"entries are in {{1: 1, {sub}: 1}}"], found.stdout
+    fixed = kvfs("fsck", "--repair", url, check=False)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert f"repaired: rewrote the parent records of inode {hl}" in fixed.stdout
+    vol = await open_volume(url)
+    try:
+        records = (await vol.kv.range(parents, prefix_end(parents))).kvs
+        assert sorted(keys.link_parent_of(r.key) for r in records) == sorted([1, sub])
+    finally:
+        await vol.aclose()
+    assert kvfs("fsck", url, check=False).returncode == 0
+
+
+@pytest.mark.mount
+async def test_parent_records_repair_embedded(tmp_path: Path) -> None:
+    await _parent_records_repair(str(tmp_path / "store"), tmp_path)
+
+
+@pytest.mark.mount
+@pytest.mark.xfail(strict=True, reason="fsck's parent-record repair deletes the P range and "
+                   "puts keys inside it in one transaction; etcd refuses that as a duplicate "
+                   "key, and the repair run stops with kvfs: error")
+async def test_parent_records_repair_etcd(etcd_single: Member, tmp_path: Path) -> None:
+    await _parent_records_repair(
+        f"etcd://{etcd_single.endpoint}/{unique_prefix('fsckpr')}", tmp_path)
 
 
 @pytest.mark.mount
