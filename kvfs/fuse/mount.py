@@ -50,6 +50,14 @@ _GENERIC = {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "n
             "default_permissions"}
 
 
+# The kernel's readahead for the mount, in KiB (its default is 128): the largest FUSE read
+# request.  A FUSE read request is at most as large as the readahead window, so at the
+# default a sequential read of 1 MiB blocks costs eight requests (and eight chunk-list
+# lookups) per block.  Not more: a page fault in a mapped file reads the whole window
+# around it, wanted or not (the daemon's own readahead goes further for sequential reads).
+KERNEL_READAHEAD_KIB = 1024
+
+
 class MountError(Exception):
     """A user-facing problem with a mount request (one line)."""
 
@@ -241,6 +249,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             await nursery.start(purger.follow_settings)
             await nursery.start(purger.run)
             nursery.start_soon(_on_signal)
+            nursery.start_soon(_widen_readahead, mountpoint)
             log.info("kvfs %s mounted at %s (session %d)", volume.fmt.name, mountpoint,
                      session.sid)
             if ready is not None:
@@ -268,6 +277,26 @@ async def _expire(kv: KVEngine, recorder: Recorder) -> None:
     removed = await expire(kv, recorder.settings, now_ns())
     if removed:
         log.info("history: removed %d versions past their retention", removed)
+
+
+async def _widen_readahead(mountpoint: str) -> None:
+    """Raise the kernel's readahead for this mount to :data:`KERNEL_READAHEAD_KIB`.
+
+    The kernel offers a FUSE filesystem only its default window at INIT and never takes a
+    larger one from the reply, but root may raise it afterwards through the mount's bdi in
+    sysfs.  ``stat`` of the mountpoint returns only once INIT has been answered (this
+    process serves it), so the new value is not lowered again by the reply.  Without
+    root, or without sysfs, the mount keeps the kernel's default: only slower."""
+    def widen() -> None:
+        st = os.stat(mountpoint)
+        bdi = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        with open(bdi, "w") as f:
+            f.write(f"{KERNEL_READAHEAD_KIB}\n")
+
+    try:
+        await trio.to_thread.run_sync(widen, abandon_on_cancel=True)
+    except OSError as exc:
+        log.info("kernel readahead left at its default: %s", exc)
 
 
 async def _on_signal() -> None:
