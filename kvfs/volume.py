@@ -32,6 +32,7 @@ from kvfs.meta import keys, trash
 from kvfs.meta.metadata import Metadata
 from kvfs.objstore.api import ObjectStore
 from kvfs.objstore.checksum import ChecksummedStore
+from kvfs.objstore.diskcache import CacheSettings, open_cache
 from kvfs.objstore.kvblob import KVBlobStore
 from kvfs.objstore.localdir import LocalDirStore
 from kvfs.vfs.coherence import OwnRevisions
@@ -132,8 +133,23 @@ async def read_format(kv: KVEngine) -> VolumeFormat | None:
     return VolumeFormat.decode(raw.value) if raw else None
 
 
-async def make_store(fmt: VolumeFormat, kv: KVEngine) -> tuple[ObjectStore, KVEngine | None]:
-    """The volume's block store, and the separate engine it opened (to close), if any."""
+async def make_store(fmt: VolumeFormat, kv: KVEngine, cache: CacheSettings | None = None
+                     ) -> tuple[ObjectStore, KVEngine | None]:
+    """The volume's block store, and the separate engine it opened (to close), if any.
+    ``cache`` puts a local disk cache in front of blocks that live across the network (a
+    separate etcd bucket, or a shared metadata engine); local blocks get none."""
+    store, engine = await _block_store(fmt, kv)
+    if cache is not None and (engine is not None or (fmt.storage == "kv" and kv.shared)):
+        try:
+            store = await open_cache(store, cache, fmt.uuid)
+        except BaseException:
+            if engine is not None:
+                await engine.aclose()
+            raise
+    return store, engine
+
+
+async def _block_store(fmt: VolumeFormat, kv: KVEngine) -> tuple[ObjectStore, KVEngine | None]:
     if fmt.storage == "file":
         return ChecksummedStore(LocalDirStore(fmt.bucket)), None
     if fmt.storage == "kv":
@@ -242,15 +258,16 @@ class Volume:
         await self.kv.aclose()
 
 
-async def open_volume(url: str, *, kv: KVEngine | None = None,
-                      session_id: int = 0) -> Volume:
-    """Open a formatted volume; VolumeError if ``url`` holds none."""
+async def open_volume(url: str, *, kv: KVEngine | None = None, session_id: int = 0,
+                      cache: CacheSettings | None = None) -> Volume:
+    """Open a formatted volume; VolumeError if ``url`` holds none.  ``cache``: the mount's
+    disk block cache (see make_store); none by default."""
     kv = kv or await open_engine(url)
     try:
         fmt = await read_format(kv)
         if fmt is None:
             raise VolumeError(f"{url}: not a formatted kvfs volume (run `kvfs format` first)")
-        store, block_engine = await make_store(fmt, kv)
+        store, block_engine = await make_store(fmt, kv, cache)
     except BaseException:
         await kv.aclose()
         raise
