@@ -34,6 +34,7 @@ from kvfs.meta.compactor import Compactor
 from kvfs.meta.records import now_ns
 from kvfs.meta.session import SESSION_TTL, Session
 from kvfs.meta.trash import TrashPurger
+from kvfs.objstore import diskcache
 from kvfs.outage import log_failure
 from kvfs.vfs.coherence import Coherence
 from kvfs.vfs.fs import FileSystem
@@ -76,6 +77,10 @@ class MountOptions:
     compact_retain: float = 600.0
     # The Prometheus metrics endpoint (HOST:PORT; None: off).  See kvfs.fuse.metrics.
     metrics: str | None = DEFAULT_METRICS
+    # The disk cache of blocks kept across the network (kvfs.objstore.diskcache): its
+    # parent directory (None: the default) and its size in bytes (0: off).
+    cache_dir: str | None = None
+    cache_size: int = diskcache.DEFAULT_SIZE
     # Not FUSE options but the mount command's, so that an fstab line can carry them:
     # a file of KEY=VALUE lines for the environment (the META_URL, an etcd password),
     # and the log file of a background mount.
@@ -100,6 +105,15 @@ class MountOptions:
                     opts.read_only = True
                 elif key == "nonempty":
                     opts.nonempty = True
+                elif key == "cache_dir":
+                    if not value:
+                        raise MountError("option cache_dir needs a directory")
+                    opts.cache_dir = os.path.abspath(value)
+                elif key == "cache_size":
+                    if not value.isascii() or not value.isdigit():
+                        raise MountError("option cache_size needs a whole number of MiB "
+                                         "(0 turns the disk cache off)")
+                    opts.cache_size = int(value) << 20
                 elif key == "metrics":
                     try:
                         opts.metrics = parse_option(value)
