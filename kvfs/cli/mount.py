@@ -42,6 +42,7 @@ from kvfs.cli.fstab import fstab_line, update_fstab
 from kvfs.fuse.metrics import MountMetrics
 from kvfs.fuse.mount import MountError, MountOptions, check_mountpoint, serve
 from kvfs.mountpath import META_URL_ENV, is_label, is_local
+from kvfs.objstore.diskcache import CacheSettings
 from kvfs.volume import format_volume, open_engine, open_volume
 
 READY_TIMEOUT = 120.0
@@ -64,8 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("-o", action="append", default=[], metavar="OPT[,OPT...]",
                    help="mount options: allow_other, ro, nonempty, attr_timeout=S, "
                         "entry_timeout=S, orphan_grace=S, session_ttl=S, compact_retain=S, "
-                        "metrics=HOST:PORT|off (default 127.0.0.1:9567), credentials=FILE, "
-                        "log=FILE")
+                        "metrics=HOST:PORT|off (default 127.0.0.1:9567), "
+                        "cache_dir=DIR (default /var/cache/kvfs), cache_size=MiB (default "
+                        "1024, 0: off), credentials=FILE, log=FILE")
     p.add_argument("--log", metavar="FILE", help="log file of a background mount")
     p.add_argument("--update-fstab", action="store_true",
                    help="mount in the background, then write this mount's line into fstab "
@@ -140,7 +142,8 @@ async def _mount(url: str, shown: str, mp: str, opts: MountOptions,
     kv = metrics.meter(await open_engine(url))
     if url.startswith("mem://"):
         await format_volume(kv, "mem")
-    volume = await open_volume(url, kv=kv)
+    volume = await open_volume(url, kv=kv,
+                               cache=CacheSettings(opts.cache_dir, opts.cache_size))
     await serve(volume, mp, shown, opts, ready, metrics=metrics)
 
 
