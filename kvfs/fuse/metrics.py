@@ -11,9 +11,10 @@ What a mount records, and where:
   commit returned the watch delivered it);
 * transactions run again, by the transaction function and reason, through
   :data:`kvfs.kv.txn.retry_observer`;
-* and, read only when scraped: the block cache's and the read hints' hit counters, block
-  store errors, whether the metadata is served offline, the usage counters and the free
-  space ``statfs`` reports, and the volume's name, UUID and engine.
+* and, read only when scraped: the hit counters of the block cache, the disk block cache and
+  the read hints, blocks read ahead, block store errors, whether the metadata is served
+  offline, the usage counters and the free space ``statfs`` reports, and the volume's
+  name, UUID and engine.
 
 Recording is plain arithmetic on the trio thread -- a FUSE request costs a clock read, a
 dict lookup and a bisect, and allocates nothing once its operation has been seen -- so the
@@ -62,6 +63,7 @@ from kvfs.kv.api import (
     WatchBatch,
 )
 from kvfs.kv.recording import DelegatingEngine
+from kvfs.objstore.diskcache import CachedStore
 from kvfs.raftkv.httpserver import parse_address, serve_http
 from kvfs.vfs.fs import NOMINAL_CAPACITY
 
@@ -537,6 +539,27 @@ class _Collector:
         yield CounterMetricFamily("kvfs_block_store_errors",
                                   "Block store reads, writes and deletes that failed.",
                                   value=slices.store_errors)
+        yield CounterMetricFamily("kvfs_block_readahead",
+                                  "Blocks fetched ahead of sequential readers.",
+                                  value=slices.prefetched)
+        if isinstance(volume.store, CachedStore):
+            disk = volume.store
+            yield CounterMetricFamily("kvfs_disk_cache_hits",
+                                      "Block fetches answered by the disk block cache.",
+                                      value=disk.hits)
+            yield CounterMetricFamily("kvfs_disk_cache_misses",
+                                      "Block fetches the disk block cache sent to the store.",
+                                      value=disk.misses)
+            yield CounterMetricFamily("kvfs_disk_cache_corrupt",
+                                      "Disk cache files that failed their checksum "
+                                      "(deleted, and the block fetched again).",
+                                      value=disk.corrupt)
+            yield GaugeMetricFamily("kvfs_disk_cache_bytes",
+                                    "Bytes held by the disk block cache.",
+                                    value=disk.cached_bytes)
+            yield GaugeMetricFamily("kvfs_disk_cache_capacity_bytes",
+                                    "The disk block cache's bound (cache_size).",
+                                    value=disk.capacity)
         yield CounterMetricFamily("kvfs_read_hints_hits",
                                   "Metadata reads answered from this mount's read hints.",
                                   value=meta.hints.hits)
