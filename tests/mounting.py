@@ -51,6 +51,10 @@ class Mount:
         self.log_path = log or mountpoint.parent / f"{mountpoint.name}.log"
         self._log = open(self.log_path, "ab")
         cmd = [*wrap, *KVFS, "mount", url, str(mountpoint)]
+        if not any(o.startswith(("cache_dir=", "cache_size=")) for o in options):
+            # A disk block cache (remote blocks only) beside the mountpoint, not in
+            # /var/cache/kvfs where every test volume would leave its blocks behind.
+            options = (*options, f"cache_dir={mountpoint.parent / (mountpoint.name + '.cache')}")
         for o in options:
             cmd += ["-o", o]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
