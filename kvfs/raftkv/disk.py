@@ -68,9 +68,15 @@ Writing (invariants)
   newer than the held one is ignored -- exactly as :class:`~kvfs.raft.MemoryStorage` does,
   so the disk and the mirror never disagree.
 * :meth:`RaftDisk.save_snapshot` writes the file, then a synced SNAPSHOT record, then
-  updates the mirror, deletes all but the newest two snapshot files, and compacts to
-  ``index - keep_entries`` -- or further, so that the entries kept (held in memory) come
-  to at most ``keep_bytes`` of data: log entries carry values, blocks included.
+  updates the mirror, deletes all but the newest two snapshot files, and compacts.  The
+  mirror keeps ``hold_entries`` entries at or before the snapshot -- or fewer, so that they
+  come to at most ``hold_bytes`` of data (log entries carry values, blocks included): what
+  a slow follower may still need from memory.  The log on disk keeps ``keep_entries`` /
+  ``keep_bytes`` counted the same way over the entries the mirror held until then, and at
+  least the mirror's new window.  By default the two windows are the same; a member
+  without followers (the embedded store) holds none in memory (``hold_entries=0``): its
+  mirror then holds just the entries after the previous snapshot, so the disk still
+  reaches back to that one -- the fallback of step 4 below.
   Compaction (:meth:`RaftDisk.compact`) deletes whole segments
   only, oldest first and one directory fsync per segment (so a crash leaves a prefix
   deleted, never a hole): a segment goes once every entry it holds that still counts (those
@@ -90,17 +96,21 @@ Loading (:meth:`RaftDisk.open`)
    does not match is corruption), HARD_STATE last wins, INSTALL empties the log and sets
    its base, the newest SNAPSHOT/INSTALL index is the *required* index.  An ENTRIES record
    beyond the end of the replayed log (the records in between were in a compacted segment)
-   restarts the replayed log there.
+   restarts the replayed log there.  The newest valid snapshot file (step 4) is read
+   first: entries more than ``hold_entries`` before it lose their data as they are
+   replayed (only their terms matter, for the checks of steps 3 and 5), so opening holds
+   the hold window and what follows the snapshot in memory, not the whole log on disk.
 4. The newest valid snapshot file is chosen.  Invalid ones are skipped with a warning
    (renamed to ``*.damaged`` once the open succeeds); falling back to an older snapshot
    works only if the log still reaches back to just after it -- which ``keep_entries`` at
    least as large as the host's snapshot interval ensures.
 5. The log is fitted to the snapshot (S, T): if the log (including its base) has term T at
-   index S, it continues the snapshot and is kept (entries at or below S included, for
-   slow followers); if it starts after S + 1 the open fails (entries are missing).  A log
-   that lies wholly below S, or holds a different term at S, is what the snapshot replaced
-   -- the crash came between an installed snapshot's file and its INSTALL record -- and is
-   discarded; an INSTALL record is then written so later appends replay correctly.
+   index S, it continues the snapshot and is kept (the hold window's entries at or below S
+   included, for slow followers; the stripped ones stay out); if it starts after S + 1
+   the open fails (entries are missing).  A log that lies wholly below S, or holds a
+   different term at S, is what the snapshot replaced -- the crash came between an
+   installed snapshot's file and its INSTALL record -- and is discarded; an INSTALL
+   record is then written so later appends replay correctly.
    The state must reach the required index and the hard state's commit, else
    :class:`~kvfs.kv.api.StoreCorrupt`.
 
@@ -402,9 +412,10 @@ def _refuse_stray(directory: str) -> None:
 class _ReplayedLog:
     """The log as the records on disk describe it: entries ``base + 1 ..``, the entry at
     ``base`` having term ``base_term`` (``base`` is None until an ENTRIES or INSTALL record
-    is seen)."""
+    is seen).  Entries at or below ``strip_upto`` are kept without their data."""
 
-    def __init__(self) -> None:
+    def __init__(self, strip_upto: int = 0) -> None:
+        self.strip_upto = strip_upto
         self.base: int | None = None
         self.base_term = 0
         self.entries: list[Entry] = []
@@ -421,11 +432,15 @@ class _ReplayedLog:
                 self.base, self.base_term, self.entries = rec.index, rec.term, []
         else:
             first = rec.entries[0].index
+            entries = rec.entries
+            if first <= self.strip_upto:
+                entries = [Entry(e.term, e.index, e.kind) if e.index <= self.strip_upto
+                           else e for e in entries]
             if self.base is None or first <= self.base or first > self.last() + 1:
                 # Nothing yet; a record replacing all we hold; or one past a hole that a
                 # compaction left (the snapshot must cover the hole: checked by _fit).
                 self.base, self.base_term = first - 1, rec.prev_term
-                self.entries = list(rec.entries)
+                self.entries = list(entries)
             else:
                 before = (self.base_term if first - 1 == self.base
                           else self.entries[first - self.base - 2].term)
@@ -434,7 +449,7 @@ class _ReplayedLog:
                                      f"{rec.prev_term}, but the log has term {before} at "
                                      f"index {first - 1}")
                 del self.entries[first - self.base - 1:]
-                self.entries.extend(rec.entries)
+                self.entries.extend(entries)
 
     def last(self) -> int:
         assert self.base is not None
@@ -451,10 +466,17 @@ class RaftDisk:
 
     def __init__(self, directory: str, lock: DirLock, identity: Identity, *,
                  keep_entries: int, segment_bytes: int, keep_bytes: int = 128 << 20,
+                 hold_entries: int | None = None, hold_bytes: int | None = None,
                  metrics: RaftObserver | None = None) -> None:
-        if keep_entries < 0 or segment_bytes <= 0 or keep_bytes < 0:
-            raise ValueError("keep_entries and keep_bytes must be >= 0 and segment_bytes > 0")
+        hold_entries = keep_entries if hold_entries is None else hold_entries
+        hold_bytes = keep_bytes if hold_bytes is None else hold_bytes
+        if min(keep_entries, keep_bytes, hold_entries, hold_bytes) < 0 or segment_bytes <= 0:
+            raise ValueError("keep_entries, keep_bytes, hold_entries and hold_bytes must be "
+                             ">= 0 and segment_bytes > 0")
         self.keep_bytes = keep_bytes
+        # The window the mirror holds in memory at or before its snapshot (module doc).
+        self.hold_entries = hold_entries
+        self.hold_bytes = hold_bytes
         self.directory = directory
         self.metrics = metrics or RaftObserver()  # told each sync's and snapshot's time
         self.identity = identity
@@ -504,8 +526,11 @@ class RaftDisk:
     def open(cls, directory: str, *, cluster_token: str | None = None,
              member_id: int | None = None, keep_entries: int = 5000,
              segment_bytes: int = 16 << 20, keep_bytes: int = 128 << 20,
+             hold_entries: int | None = None, hold_bytes: int | None = None,
              metrics: RaftObserver | None = None) -> RaftDisk:
-        """Open an existing member's data directory and recover its state.
+        """Open an existing member's data directory and recover its state.  ``keep_*`` is
+        the log window kept on disk after a snapshot, ``hold_*`` the one kept in memory
+        (default: the same; see the module docstring).
 
         Raises :class:`RaftDiskError` if it is not a kvfs Raft data directory or (when
         given) belongs to another cluster or member, :class:`~kvfs.kv.api.StoreLocked` if
@@ -529,7 +554,8 @@ class RaftDisk:
                 raise RaftDiskError(f"{directory} belongs to member {identity.member_id}, "
                                     f"not {member_id}")
             disk = cls(directory, lock, identity, keep_entries=keep_entries,
-                       segment_bytes=segment_bytes, keep_bytes=keep_bytes, metrics=metrics)
+                       segment_bytes=segment_bytes, keep_bytes=keep_bytes,
+                       hold_entries=hold_entries, hold_bytes=hold_bytes, metrics=metrics)
             disk._load()
         except BaseException:
             lock.release()
@@ -680,9 +706,10 @@ class RaftDisk:
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Persist a snapshot the host took of its state machine (data at its applied
-        index, conf state from the core), then compact the log to ``index - keep_entries``
-        (entries kept for slow followers, and so that the previous snapshot stays a usable
-        fallback when ``keep_entries`` is at least the snapshot interval).  A snapshot not
+        index, conf state from the core), then compact: the mirror to the hold window, the
+        log on disk to the keep window but never past what the mirror held before (entries
+        kept for slow followers, and so that the previous snapshot stays a usable fallback
+        when the windows are at least the snapshot interval).  A snapshot not
         newer than the held one is ignored; ``ValueError`` if its index is not in the log
         or its term differs from the log's."""
         with self._write_lock:
@@ -706,7 +733,11 @@ class RaftDisk:
                 self._mirror = new
                 self.metrics.snapshot_saved(time.monotonic() - started)
                 self._prune_snapshots()
-                self._compact_locked(self._keep_from(meta.index) - 1)
+                hold_from = self._window_start(meta.index, self.hold_entries,
+                                               self.hold_bytes)
+                keep_from = min(hold_from, self._window_start(meta.index, self.keep_entries,
+                                                              self.keep_bytes))
+                self._compact_locked(hold_from - 1, keep_from - 1)
             except BaseException as exc:
                 self._failed = exc
                 raise
@@ -720,7 +751,7 @@ class RaftDisk:
                 raise ValueError(f"cannot compact to {index}, beyond the snapshot at "
                                  f"{self._mirror.snapshot().meta.index}")
             try:
-                self._compact_locked(index)
+                self._compact_locked(index, index)
             except BaseException as exc:
                 self._failed = exc
                 raise
@@ -756,27 +787,29 @@ class RaftDisk:
             self._seg_max[segment] = max(self._seg_max.get(segment, 0),
                                          rec.entries[-1].index)
 
-    def _keep_from(self, index: int) -> int:
-        """The first entry to keep after a snapshot at ``index``: at most ``keep_entries``
-        entries, holding at most ``keep_bytes`` of data."""
+    def _window_start(self, index: int, count: int, size: int) -> int:
+        """The first entry to keep after a snapshot at ``index``: at most ``count`` of the
+        entries the mirror holds, holding at most ``size`` bytes of data."""
         mirror = self._mirror
-        lowest = max(mirror.first_index(), index - self.keep_entries + 1)
+        lowest = max(mirror.first_index(), index - count + 1)
         if lowest > index:
             return index + 1
         held = 0
         for entry in reversed(mirror.entries(lowest, index + 1)):
             held += len(entry.data)
-            if held > self.keep_bytes:
+            if held > size:
                 return entry.index + 1
         return lowest
 
-    def _compact_locked(self, index: int) -> None:
-        if index <= 0:
-            return
-        new = self._mirror.copy()
-        new.compact(index)
-        self._mirror = new
-        self._drop_segments(index)
+    def _compact_locked(self, mirror_index: int, disk_index: int) -> None:
+        """Drop entries up to ``mirror_index`` from the mirror, and the segments holding
+        nothing after ``disk_index`` (at most ``mirror_index``) from the disk."""
+        if mirror_index > 0:
+            new = self._mirror.copy()
+            new.compact(mirror_index)
+            self._mirror = new
+        if disk_index > 0:
+            self._drop_segments(disk_index)
 
     def _drop_segments(self, index: int) -> None:
         """Delete the oldest segments while each holds no entry after ``index`` that still
@@ -819,7 +852,9 @@ class RaftDisk:
             if (name.startswith("snap-") and name.endswith(".tmp")) or name == IDENTITY + ".tmp":
                 os.unlink(os.path.join(directory, name))
 
-        replayed = _ReplayedLog()
+        # The snapshot first, so that entries it covers beyond the hold window are not held.
+        snapshot, damaged = self._newest_snapshot()
+        replayed = _ReplayedLog(strip_upto=snapshot.meta.index - self.hold_entries)
         segments = list_segments(directory)
         next_seq = 1
         for k, (first, path) in enumerate(segments):
@@ -837,8 +872,14 @@ class RaftDisk:
                         f.truncate(end)
                     os.fsync(f.fileno())
             self._seg_max.setdefault(first, 0)
+            # Each payload is let go once decoded (and the segment's bytes at once), so a
+            # segment of stripped entries costs one copy of it in memory, not three.
+            del data
+            count = len(payloads)
+            payloads.reverse()
             offset = 0
-            for payload in payloads:
+            while payloads:
+                payload = payloads.pop()
                 rec = _decode(payload, path, offset)
                 try:
                     replayed.apply(rec)
@@ -847,9 +888,8 @@ class RaftDisk:
                                        ) from None
                 self._track(first, rec)
                 offset += HEADER.size + len(payload)
-            next_seq = first + len(payloads)
+            next_seq = first + count
 
-        snapshot, damaged = self._newest_snapshot()
         try:
             kept = self._fit(replayed, snapshot)
         except StoreCorrupt as exc:
@@ -871,6 +911,10 @@ class RaftDisk:
                 mirror.apply_snapshot(snapshot)
         else:
             base, base_term, entries = kept
+            if base < replayed.strip_upto:
+                # The stripped entries stay out: the mirror's base is the last of them.
+                cut = replayed.strip_upto - base
+                base, base_term, entries = base + cut, entries[cut - 1].term, entries[cut:]
             if base > 0:
                 # Seat the log's base (MemoryStorage's sentinel) with a stand-in snapshot,
                 # then record the real one over the entries (same term at its index, as

@@ -74,13 +74,21 @@ _LEGACY_PREFIXES = ("wal-", "snap-")
 
 class EmbeddedMember(MemberEngine):
     """The KV seam over the one-member cluster of an embedded volume; ``aclose`` stops
-    the member and closes (unlocks) its data directory."""
+    the member, takes a snapshot if the log since the last one is large (so the next open
+    need not read it back into memory), and closes (unlocks) its data directory."""
 
     disk: RaftDisk
 
     async def aclose(self) -> None:
         await super().aclose()
-        await trio.to_thread.run_sync(self.disk.close)
+        try:
+            if self.stopped:
+                await self.node.snapshot_at_close()
+        except (KVError, OSError) as exc:
+            # The log still holds everything: the next open replays it.
+            log.warning("%s: no snapshot at close: %s", self.describe(), exc)
+        finally:
+            await trio.to_thread.run_sync(self.disk.close)
 
 
 def raft_dir(path: str) -> str:
@@ -123,7 +131,9 @@ async def open_embedded(path: str, *, create: bool = False,
             await trio.to_thread.run_sync(_create, path)
     disk = await trio.to_thread.run_sync(functools.partial(
         RaftDisk.open, raft_dir(path), keep_entries=snapshot_every,
-        segment_bytes=segment_bytes, keep_bytes=2 * snapshot_bytes))
+        segment_bytes=segment_bytes, keep_bytes=2 * snapshot_bytes,
+        # No followers: nothing at or before the snapshot is needed in memory.
+        hold_entries=0, hold_bytes=0))
     try:
         await trio.to_thread.run_sync(_remove_legacy, path)
         values = await trio.to_thread.run_sync(MemberValues, disk.directory,

@@ -224,5 +224,10 @@ class MemberEngine(KVEngine):
         self.node.hub.close()
 
     @property
+    def stopped(self) -> bool:
+        """Whether the node's loop has ended (after ``aclose``, unless it hung)."""
+        return self._stopped.is_set()
+
+    @property
     def is_leader(self) -> bool:
         return self.node.role is Role.LEADER

@@ -349,11 +349,28 @@ class RaftNode:
         self._applied_waiters = still
 
     async def _maybe_snapshot(self) -> None:
-        storage = self.disk.storage
         index = self.kv.applied_index
-        if (index - storage.snapshot().meta.index < self.snapshot_every
+        if (index - self.disk.storage.snapshot().meta.index < self.snapshot_every
                 and self._applied_bytes < self.snapshot_bytes):
             return
+        await self._take_snapshot()
+
+    async def snapshot_at_close(self, min_bytes: int = 1 << 20) -> None:
+        """After the loop stopped (a clean close): take a snapshot when the entries
+        applied since the last one -- what the next open must read back into memory and
+        apply again -- come to at least ``min_bytes`` and to more than the last
+        snapshot's data, so the next open reads less than it would have."""
+        if self._failure is not None and not isinstance(self._failure, trio.Cancelled):
+            return  # the loop failed: its state may be half-way through a Ready
+        held = len(self.disk.storage.snapshot().data)
+        if self._applied_bytes < max(min_bytes, held + 1):
+            return
+        await self._take_snapshot()
+
+    async def _take_snapshot(self) -> None:
+        """Snapshot the state machine at its applied index, then free what it replaces."""
+        storage = self.disk.storage
+        index = self.kv.applied_index
         self._applied_bytes = 0
         meta = SnapshotMeta(index, storage.term(index), self.rawnode.status().conf_state)
         snapshot = Snapshot(meta, self.kv.snapshot())
