@@ -220,8 +220,8 @@ class Jittery(DelegatingEngine):
         super().__init__(inner)
         self.rng = rng
 
-    async def _turns(self) -> None:
-        for _ in range(self.rng.choice([0, 0, 1, 2, 5])):
+    async def _turns(self, choices: Sequence[int] = (0, 0, 1, 2, 5)) -> None:
+        for _ in range(self.rng.choice(choices)):
             await trio.lowlevel.checkpoint()
 
     async def get(self, key: bytes) -> KeyValue | None:
@@ -253,7 +253,8 @@ class Jittery(DelegatingEngine):
     async def watch(self, start: bytes, end: bytes,  # type: ignore[override]
                     start_revision: int) -> AsyncIterator[WatchBatch]:
         async for batch in self.inner.watch(start, end, start_revision):
-            await self._turns()
+            # Now and then the watch lags well behind the commits (a busy stream).
+            await self._turns((0, 0, 1, 2, 5, 50))
             yield batch
 
 
@@ -395,6 +396,7 @@ class Model:
         self.engine = engine
         self.hist = hist
         self.payload: dict[int, bytes] = {}  # inode -> the bytes its creator wrote
+        self.latest: dict[str, int] = {}  # mount -> the file it created last
         self.checked = 0
         self.failures_justified = 0
         self.known_bugs: Counter[str] = Counter()  # answers of known bugs (see STRICT)
@@ -655,7 +657,10 @@ async def change(model: Model, m: Mount, rng: random.Random, step: int) -> None:
             payload = (b"%s:%d:%d;" % (m.name.encode(), model.seed, step)) * rng.randrange(200)
             model.payload[new] = payload  # before any commit of its data can be read
             m.known[new] = REG_FT
+            model.latest[m.name] = new
             try:
+                for _ in range(rng.choice([0, 0, 5, 30])):  # a writer taking its time
+                    await trio.lowlevel.checkpoint()
                 if payload:
                     await fs.write(fh, 0, payload)
             finally:
@@ -729,6 +734,9 @@ async def read_step(model: Model, m: Mount, rng: random.Random) -> None:
     want = {"getattr": rng.choice([DIR_FT, REG_FT, LNK_FT]), "readdir": DIR_FT,
             "readlink": LNK_FT, "read": REG_FT}[op]
     ino = known_of(m, rng, want)
+    theirs = [i for n, i in model.latest.items() if n != m.name and i in m.known]
+    if op == "read" and theirs and rng.random() < 0.5:
+        ino = theirs[0]  # what the other mount just wrote: close-to-open matters most
     if ino is None:
         return
     if op == "getattr":
