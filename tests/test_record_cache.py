@@ -70,10 +70,21 @@ def test_read_overtaken_by_a_change_is_not_kept() -> None:
     c.end_read()
     assert c.lookup(b"a") == (True, None)
     started = c.begin_read()
-    c.apply(b"n", b"new", 9, store=True)
+    sent = c.begin_read()  # this mount's commit
+    c.apply(b"n", b"new", 9, store=True, store_since=sent)
+    c.end_read()
     c.fill(b"n", None, started)  # absence read before the create: must not win
     c.end_read()
     assert c.lookup(b"n") == (True, kv(b"n", b"new", 9))
+
+
+def test_own_commit_overtaken_by_an_unkept_change_is_not_kept() -> None:
+    c = RecordCache(1 << 20, slash_group)
+    sent = c.begin_read()
+    c.apply(b"k", b"theirs", 12)  # another mount's newer change, delivered first
+    c.apply(b"k", b"mine", 11, store=True, store_since=sent)
+    c.end_read()
+    assert c.lookup(b"k") == (False, None)
 
 
 def test_older_change_never_replaces_newer() -> None:

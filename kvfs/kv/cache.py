@@ -221,10 +221,12 @@ class RecordCache:
     # -- learning from changes -------------------------------------------------------
 
     def apply(self, key: bytes, value: bytes | None, revision: int, *,
-              store: bool = False, lease: int = 0) -> None:
+              store: bool = False, store_since: int = 0, lease: int = 0) -> None:
         """A change to ``key`` at ``revision`` (``value`` None: deleted).  Kept when the
-        cache holds the key or its complete group, or ``store`` (this mount's own
-        commits); forgotten when written with a lease."""
+        cache holds the key or its complete group, or ``store`` (this mount's own commit,
+        sent at epoch ``store_since`` of :meth:`begin_read`); forgotten when written with
+        a lease."""
+        overtaken = store and self._stale(key, store_since)
         self._epoch += 1
         g = self.group_of(key)
         if self._inflight:
@@ -241,8 +243,12 @@ class RecordCache:
             if e is not None:
                 self._remove(key)
             return
-        if e is None and not store and (g is None or g not in self._complete):
-            return  # nothing known here about it: not worth keeping
+        if e is None and (g is None or g not in self._complete) and (
+                not store or overtaken):
+            # Nothing known here about it: not worth keeping -- or this mount's own commit,
+            # overtaken while in flight by a change the cache did not keep either, which
+            # may be newer.
+            return
         if value is None:
             self._set(key, None, revision)
         else:
@@ -473,6 +479,7 @@ class CachedEngine(DelegatingEngine):
 
     async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
                      deletes: Sequence[Delete] = ()) -> CommitResult:
+        started = self.cache.begin_read()
         try:
             res = await self.inner.commit(compares, puts, deletes)
         except KVError:
@@ -481,7 +488,15 @@ class CachedEngine(DelegatingEngine):
                 self.cache.drop(p.key)
             for d in deletes:
                 self._forget_deleted(d)
+            self.cache.end_read()
             raise
+        try:
+            return self._committed(compares, puts, deletes, res, started)
+        finally:
+            self.cache.end_read()
+
+    def _committed(self, compares: Sequence[Compare], puts: Sequence[Put],
+                   deletes: Sequence[Delete], res: CommitResult, started: int) -> CommitResult:
         if not res.succeeded:
             for c in compares:
                 if self._cached(c.key):
@@ -491,14 +506,16 @@ class CachedEngine(DelegatingEngine):
         for d in deletes:
             if d.range_end is None:
                 if self._cached(d.key):
-                    self.cache.apply(d.key, None, res.revision, store=True)
+                    self.cache.apply(d.key, None, res.revision, store=True,
+                                     store_since=started)
                     touched = True
             elif self._cached(d.key) or self._cached(d.range_end):
                 self.cache.apply_range_delete(d.key, d.range_end, res.revision)
                 touched = True
         for p in puts:
             if self._cached(p.key):
-                self.cache.apply(p.key, p.value, res.revision, store=True, lease=p.lease)
+                self.cache.apply(p.key, p.value, res.revision, store=True,
+                                 store_since=started, lease=p.lease)
                 touched = True
         if touched and res.revision > self.revision:
             self._undelivered.append((res.revision, trio.current_time()))
