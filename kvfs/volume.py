@@ -66,13 +66,33 @@ class VolumeFormat:
 
     @classmethod
     def decode(cls, raw: bytes) -> VolumeFormat:
-        d: dict[str, Any] = msgpack.unpackb(raw)
+        """The format record ``raw``; VolumeError if it is newer than this kvfs or is not
+        a format record (damaged): every command refuses the volume with one line."""
+        try:
+            d: dict[str, Any] = msgpack.unpackb(raw)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise VolumeError(f"the volume's format record is corrupt ({type(exc).__name__})"
+                              ) from None
+        if not isinstance(d, dict) or not isinstance(d.get("version", 0), int):
+            raise VolumeError("the volume's format record is corrupt (not a format record)")
         if d.get("version", 0) > FORMAT_VERSION:
             raise VolumeError(f"volume format {d.get('version')} is newer than this kvfs")
         # Fields this kvfs does not know (written by a newer one, same format version)
         # are kept out rather than refused.
         known = {f for f in cls.__dataclass_fields__}
+        wrong = [k for k, t in _FIELD_TYPES.items() if k in d and type(d[k]) is not t]
+        missing = sorted(cls.__dataclass_fields__.keys() - d.keys() - _OPTIONAL_FIELDS)
+        if wrong or missing:
+            raise VolumeError(f"the volume's format record is corrupt (fields "
+                              f"{', '.join(wrong + missing)})")
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# The format record's fields whose type every command relies on, and those older volumes
+# may lack.
+_FIELD_TYPES = {"name": str, "uuid": str, "block_size": int, "storage": str, "bucket": str,
+                "version": int, "created": int}
+_OPTIONAL_FIELDS = {"version", "created", "history", "trash_days"}
 
 
 def check_trash_days(days: float) -> None:
