@@ -27,6 +27,9 @@ Invariants:
     long as the store is open; a second mount of the same volume on the host runs
     without the cache (:func:`open_cache` says why) rather than fight over the bound.
 
+Filling the cache never delays a read or a write: a block fetched or written is handed to
+a background task (a trio system task) that writes its file, while the caller goes on.  At
+most :data:`FILL_BACKLOG` bytes wait to be written; beyond that, blocks are not cached.
 Failures of the cache itself (a full disk, a removed directory) are logged and never fail a
 read or a write: the store underneath answers instead.  All file I/O runs in worker threads.
 """
@@ -57,6 +60,8 @@ DEFAULT_SIZE = 1 << 30
 FREE_RATIO = 0.1
 _TMP_PREFIX = ".tmp-"
 _LOCK = ".lock"
+# Bytes of blocks waiting to be written into the cache, at most.
+FILL_BACKLOG = 64 << 20
 # How long a free-space figure is trusted before statvfs is asked again (seconds).
 _FREE_CHECK_EVERY = 1.0
 
@@ -150,6 +155,9 @@ class CachedStore(ObjectStore):
         self._limiter = trio.CapacityLimiter(8)
         self._free_at = 0.0  # when free space was last checked
         self._room = True  # whether there was room then
+        self._backlog = 0  # bytes handed to fills not yet done
+        self._settled = trio.Event()  # set while no fill is under way
+        self._settled.set()
         # For the mount's metrics.
         self.hits = 0
         self.misses = 0
@@ -187,7 +195,7 @@ class CachedStore(ObjectStore):
             self._forget(name)
         self.misses += 1
         data = await self.inner.get(name)
-        await self._keep(name, data)
+        self._fill(name, data)
         return data
 
     def _read_sync(self, name: str) -> tuple[bytes | None, bool]:
@@ -210,6 +218,31 @@ class CachedStore(ObjectStore):
         size = self._index.pop(name, None)
         if size is not None:
             self.cached_bytes -= size
+
+    def _fill(self, name: str, data: bytes) -> None:
+        """Cache ``data`` as block ``name`` in the background (see the module docstring)."""
+        if name in self._index or self._backlog + len(data) > FILL_BACKLOG:
+            return
+        self._backlog += len(data)
+        if self._settled.is_set():
+            self._settled = trio.Event()
+        trio.lowlevel.spawn_system_task(self._fill_task, name, data,
+                                        name="kvfs disk cache fill")
+
+    async def _fill_task(self, name: str, data: bytes) -> None:
+        try:
+            await self._keep(name, data)
+        except Exception:  # noqa: BLE001 - a system task must not raise; nothing is lost
+            log.exception("block cache: keeping %s failed", name)
+        finally:
+            self._backlog -= len(data)
+            if not self._backlog:
+                self._settled.set()
+
+    async def settle(self) -> None:
+        """Wait until every block handed to the cache so far is in it (or given up)."""
+        while not self._settled.is_set():
+            await self._settled.wait()
 
     async def _keep(self, name: str, data: bytes) -> None:
         """Cache ``data`` as block ``name`` if it fits and the disk has room; a failure is
@@ -276,7 +309,7 @@ class CachedStore(ObjectStore):
 
     async def put(self, name: str, data: bytes) -> None:
         await self.inner.put(name, data)
-        await self._keep(name, data)  # write-through: a re-read after a write is local
+        self._fill(name, data)  # write-through: a re-read after a write is local
 
     async def delete(self, name: str) -> None:
         await self.inner.delete(name)
