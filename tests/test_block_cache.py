@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from etcd_cluster import Member, etcd_procs, etcd_single, free_port, unique_prefix
 from mounting import Mount, kvfs
+from waiting import wait_until
 
 from kvfs.objstore.api import BlockNotFound, ObjectStore, ObjectStoreError, block_name
 from kvfs.objstore.checksum import HEADER_SIZE
@@ -65,6 +66,17 @@ def block(i: int, size: int = 1000) -> tuple[str, bytes]:
     return block_name(1000 + i, 0, size), data
 
 
+async def put(store: CachedStore, name: str, data: bytes) -> None:
+    await store.put(name, data)
+    await store.settle()  # the cache fills in the background
+
+
+async def get(store: CachedStore, name: str) -> bytes:
+    data = await store.get(name)
+    await store.settle()
+    return data
+
+
 def cache_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
 
@@ -81,21 +93,21 @@ async def test_bounded_by_bytes_evicting_the_least_recently_used(tmp_path: Path)
     store = await open_cached(tmp_path, inner)
     try:
         for i in range(4):
-            await store.put(*block(i))  # write-through
-        assert await store.get(block(0)[0]) == block(0)[1]  # 0 is now the most recent
+            await put(store, *block(i))  # write-through
+        assert await get(store, block(0)[0]) == block(0)[1]  # 0 is now the most recent
         for i in range(4, 7):
             name, data = block(i)
             inner.blocks[name] = data
-            assert await store.get(name) == data  # a miss, then cached
+            assert await get(store, name) == data  # a miss, then cached
         assert store.cached_bytes <= store.capacity
         files = cache_files(Path(store.root))
         assert sum(f.stat().st_size for f in files) == store.cached_bytes
         assert len(files) == 4
         before = dict(inner.gets)
         for i in (0, 4, 5, 6):  # the four most recently used
-            assert await store.get(block(i)[0]) == block(i)[1]
+            assert await get(store, block(i)[0]) == block(i)[1]
         assert inner.gets == before, "cached blocks were fetched again"
-        assert await store.get(block(1)[0]) == block(1)[1]  # evicted: fetched
+        assert await get(store, block(1)[0]) == block(1)[1]  # evicted: fetched
         assert inner.gets[block(1)[0]] == 1
         assert store.hits == 5 and store.misses == 4
     finally:
@@ -108,18 +120,18 @@ async def test_a_corrupt_cache_file_is_dropped_and_the_block_fetched_again(
     store = await open_cached(tmp_path, inner)
     try:
         name, data = block(1)
-        await store.put(name, data)
+        await put(store, name, data)
         path = Path(store.root, *name.split("/"))
         raw = bytearray(path.read_bytes())
         raw[HEADER_SIZE + 10] ^= 0xFF
         path.write_bytes(raw)
-        assert await store.get(name) == data
+        assert await get(store, name) == data
         assert inner.gets[name] == 1 and store.corrupt == 1
         assert path.read_bytes()[HEADER_SIZE:] == data  # cached again, intact
         path.write_bytes(b"")  # a file a power cut left empty
-        assert await store.get(name) == data
+        assert await get(store, name) == data
         assert inner.gets[name] == 2 and store.corrupt == 2
-        assert await store.get(name) == data
+        assert await get(store, name) == data
         assert inner.gets[name] == 2
     finally:
         await store.aclose()
@@ -130,13 +142,13 @@ async def test_the_directory_may_be_removed_while_open(tmp_path: Path) -> None:
     store = await open_cached(tmp_path, inner)
     try:
         for i in range(3):
-            await store.put(*block(i))
+            await put(store, *block(i))
         shutil.rmtree(tmp_path / "cache")
         for i in range(3):
-            assert await store.get(block(i)[0]) == block(i)[1]
+            assert await get(store, block(i)[0]) == block(i)[1]
             assert inner.gets[block(i)[0]] == 1
         assert len(cache_files(Path(store.root))) == 3  # made again as needed
-        await store.put(*block(7))
+        await put(store, *block(7))
         assert (Path(store.root) / block(7)[0]).is_file()
     finally:
         await store.aclose()
@@ -147,7 +159,7 @@ async def test_a_new_open_finds_the_cached_blocks_and_clears_what_a_crash_left(
     inner = CountingStore()
     store = await open_cached(tmp_path, inner)
     for i in range(3):
-        await store.put(*block(i))
+        await put(store, *block(i))
     await store.aclose()
     name = block(2)[0]
     torn = Path(store.root, *name.split("/")).with_name(".tmp-x")
@@ -156,7 +168,7 @@ async def test_a_new_open_finds_the_cached_blocks_and_clears_what_a_crash_left(
     try:
         assert store.cached_bytes == 3 * (1000 + HEADER_SIZE)
         for i in range(3):
-            assert await store.get(block(i)[0]) == block(i)[1]
+            assert await get(store, block(i)[0]) == block(i)[1]
         assert inner.gets == {} and store.hits == 3
         assert not torn.exists()
     finally:
@@ -195,8 +207,8 @@ async def test_a_failing_cache_never_fails_a_read(tmp_path: Path) -> None:
         name, data = block(3)
         inner.blocks[name] = data
         Path(store.root, "chunks").write_text("not a directory")  # every write fails
-        assert await store.get(name) == data
-        assert await store.get(name) == data
+        assert await get(store, name) == data
+        assert await get(store, name) == data
         assert inner.gets[name] == 2
     finally:
         await store.aclose()
@@ -240,14 +252,16 @@ def test_mounts_fill_check_and_survive_with_their_cache(
     url, a, base = two_mounts
     data = random.Random(5).randbytes(3 << 20)
     (a.mountpoint / "f").write_bytes(data)
-    assert cache_files(base / "a.cache"), "mount A's writes did not fill its cache"
+    wait_until(lambda: len(cache_files(base / "a.cache")) == 12,
+               "mount A's writes filling its cache")
     port = free_port()
     b = mount_b(url, base, port)
     try:
         drop_kernel_caches()
         assert (b.mountpoint / "f").read_bytes() == data
+        wait_until(lambda: len(cache_files(base / "bcache")) == 12,  # 256 KiB blocks
+                   "mount B's reads filling its cache")
         files = cache_files(base / "bcache")
-        assert len(files) == 12  # 3 MiB in 256 KiB blocks
         assert scrape(port, "kvfs_disk_cache_misses_total") == 12
         b.unmount()
         # Corrupt one cached block, and the remounted B still reads the right bytes.
@@ -267,7 +281,7 @@ def test_mounts_fill_check_and_survive_with_their_cache(
         more = random.Random(6).randbytes(1 << 20)
         (a.mountpoint / "g").write_bytes(more)
         assert (b.mountpoint / "g").read_bytes() == more
-        assert len(cache_files(base / "bcache")) == 4
+        wait_until(lambda: len(cache_files(base / "bcache")) == 4, "the cache made again")
         b.unmount()
         b = mount_b(url, base, port)
         drop_kernel_caches()
