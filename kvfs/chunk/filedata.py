@@ -232,10 +232,9 @@ class FileData:
         if ahead is not None:
             trio.lowlevel.spawn_system_task(self._read_ahead, *ahead, self._recent,
                                             name=f"kvfs readahead of inode {self.ino}")
-        out = bytearray()
-        for idx, coff, ln in split_range(offset, end - offset):
-            out += await self._read_chunk(idx, coff, ln)
-        return bytes(out)
+        parts = [await self._read_chunk(idx, coff, ln)
+                 for idx, coff, ln in split_range(offset, end - offset)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _read_chunk(self, idx: int, coff: int, ln: int) -> bytes:
         # Blocks of a slice still listed in its chunk are never deleted, so a missing
