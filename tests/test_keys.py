@@ -92,6 +92,15 @@ def test_parsers_invert_the_builders() -> None:
     assert keys.block_name(keys.block("x", b"blk:"), b"blk:") == "x"
 
 
+def test_listing_groups() -> None:
+    assert keys.listing_group(keys.dentry(5, b"n")) == keys.dentry_prefix(5)
+    assert keys.listing_group(keys.dentry_prefix(5)) == keys.dentry_prefix(5)
+    assert keys.listing_group(keys.xattr(5, b"user.a")) == keys.xattr_prefix(5)
+    for other in (keys.attr(5), keys.chunk(5, 0), keys.symlink(5), keys.inode_all(5),
+                  keys.delfile(5), keys.link_parent(5, 1)):
+        assert keys.listing_group(other) is None
+
+
 @pytest.mark.parametrize("bad", [
     lambda: keys.parse_inode_key(keys.delfile(1)),
     lambda: keys.parse_inode_key(keys.inode_all(1)),  # no type letter

@@ -165,13 +165,33 @@ def test_range_delete() -> None:
 # -- the KV contract on a cached engine ----------------------------------------------------
 
 
+class SharedMemoryEngine(MemoryEngine):
+    """A memory engine that says others may write it, as etcd does: caches watch it."""
+
+    shared = True
+
+
 class TestCachedMemoryEngine(KVContract):
-    """Every engine behaviour holds through the cache, every key cached."""
+    """Every engine behaviour holds through the cache, every key cached, on an engine
+    nobody else writes (the cache answers on its own)."""
 
     @pytest.fixture
     async def kv(self, nursery: trio.Nursery) -> AsyncIterator[CachedEngine]:
         engine = CachedEngine(MemoryEngine(), prefix=b"", group_of=slash_group)
         await nursery.start(engine.run)
+        assert engine.authoritative
+        yield engine
+        await engine.aclose()
+
+
+class TestCachedSharedEngine(KVContract):
+    """The same on a shared engine: the cache answers while its watch keeps up."""
+
+    @pytest.fixture
+    async def kv(self, nursery: trio.Nursery) -> AsyncIterator[CachedEngine]:
+        engine = CachedEngine(SharedMemoryEngine(), prefix=b"", group_of=slash_group)
+        await nursery.start(engine.run)
+        assert engine.watching
         yield engine
         await engine.aclose()
 
@@ -196,7 +216,7 @@ class Switch(DelegatingEngine):
 
 
 async def test_answers_from_cache_only_while_watching(nursery: trio.Nursery) -> None:
-    shared = MemoryEngine()
+    shared = SharedMemoryEngine()
     a = CachedEngine(shared, prefix=b"", group_of=slash_group)
     await a.commit([], [Put(b"k", b"1")])
     assert (await a.get(b"k")) is not None  # not watching: read from the engine
@@ -213,7 +233,7 @@ async def test_answers_from_cache_only_while_watching(nursery: trio.Nursery) -> 
 
 
 async def test_unreachable_engine_serves_last_known() -> None:
-    sw = Switch(MemoryEngine())
+    sw = Switch(SharedMemoryEngine())
     a = CachedEngine(sw, prefix=b"", group_of=slash_group)
     await a.commit([], [Put(b"k", b"1"), Put(b"d/x", b"2")])
     await a.range(b"d/", prefix_end(b"d/"))
@@ -226,7 +246,7 @@ async def test_unreachable_engine_serves_last_known() -> None:
 
 
 async def test_failed_compare_forgets_compared_keys(nursery: trio.Nursery) -> None:
-    shared = MemoryEngine()
+    shared = SharedMemoryEngine()
     a = CachedEngine(shared, prefix=b"", group_of=slash_group)
     await nursery.start(a.run)
     await a.commit([], [Put(b"k", b"1")])
@@ -377,7 +397,7 @@ async def mount_steps(seed: int, i: int, m: CachedEngine, shared: KVEngine, hist
 
 async def run_model(seed: int) -> None:
     rng = random.Random(seed)
-    shared = MemoryEngine()
+    shared = SharedMemoryEngine()
     hist = History()
     mounts = [CachedEngine(Jittery(shared, random.Random(seed * 2 + i), hist), prefix=b"",
                            group_of=slash_group, limit_bytes=rng.choice([2_000, 1 << 20]))

@@ -19,11 +19,16 @@ to an older state:
     kernel that drops a name and asks again finds the new state here.
 
 When the cache may answer (:meth:`CachedEngine.answering`): while the watch is running
-and has delivered every change this mount committed more than ``max_lag`` seconds ago.
-Otherwise -- the watch broke, or it lags -- reads go to the engine (and still refresh the
-cache).  Inside :func:`fresh_reads` reads always go to the engine: transactions retried
-after a conflict and close-to-open checks use it.  While the engine is unreachable, any
-cached answer is served (the last-known state), whatever the watch's health.
+and has delivered every change this mount committed more than ``max_lag`` seconds ago --
+or always, for an engine no other process writes (``shared`` False: every change comes
+through this cache).  Otherwise -- the watch broke, or it lags -- reads go to the engine
+(and still refresh the cache).  Inside :func:`fresh_reads` reads always go to the engine:
+transactions retried after a conflict and close-to-open checks use it.
+
+While the engine is unreachable the cache is *offline*: every cached answer is served at
+once (the last-known state), whatever the watch's health; uncached reads still try the
+engine and fail after its bounded timeout; :meth:`CachedEngine.run` probes the engine
+every second and turns the cache online when it answers.
 
 A commit whose compares fail forgets the keys it compared: some of them were stale.
 
@@ -323,8 +328,11 @@ class CachedEngine(DelegatingEngine):
         self.cache = RecordCache(limit_bytes, group_of)
         self.start, self.end = prefix, prefix_end(prefix)
         self.max_lag = max_lag
+        # No other process writes an unshared engine: the cache alone is coherent.
+        self.authoritative = not inner.shared
         self.revision = 0  # the watch has delivered every change up to here
         self.watching = False
+        self.offline = False  # the engine is unreachable: serve what is cached
         self._listeners: list[Listener] = []
         # This mount's commits to the range not yet delivered by the watch: (revision,
         # when committed).  The oldest one's age is the watch's lag.
@@ -340,7 +348,10 @@ class CachedEngine(DelegatingEngine):
 
     def answering(self) -> bool:
         """May cached entries answer reads now (see module docstring)?"""
-        return self.watching and self.lag() <= self.max_lag and not _fresh.get()
+        if _fresh.get():
+            return self.offline
+        return self.authoritative or self.offline or (
+            self.watching and self.lag() <= self.max_lag)
 
     def _cached(self, key: bytes) -> bool:
         return self.start <= key and (key < self.end or self.end == b"\x00")
@@ -352,7 +363,33 @@ class CachedEngine(DelegatingEngine):
 
     async def run(self, *, since: int | None = None,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Watch the range from revision ``since`` + 1 (default: the current one)."""
+        """Probe the engine while offline and, on a shared engine, watch the range from
+        revision ``since`` + 1 (default: the current one)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe)
+            if not self.authoritative:
+                await nursery.start(self._watch, since)
+            task_status.started()
+
+    async def _probe(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            if not self.offline:
+                continue
+            try:
+                await self.inner.current_revision()
+            except KVError:
+                continue
+            log.warning("metadata engine reachable again")
+            self.offline = False
+
+    def _went_offline(self) -> None:
+        if not self.offline:
+            log.warning("metadata engine unreachable: serving cached metadata")
+        self.offline = True
+
+    async def _watch(self, since: int | None,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.revision = await self.inner.current_revision() if since is None else since
         task_status.started()
         while True:
@@ -403,11 +440,13 @@ class CachedEngine(DelegatingEngine):
         try:
             kv = await self.inner.get(key)
         except EngineUnavailable:
+            self._went_offline()
             known, kv = self.cache.lookup(key)
             if known:
                 return kv
             raise
         else:
+            self.offline = False
             if not (kv and kv.lease):
                 self.cache.fill(key, kv, started)
             return kv
@@ -430,12 +469,14 @@ class CachedEngine(DelegatingEngine):
             try:
                 got = await self.inner.get_many(want)
             except EngineUnavailable:
+                self._went_offline()
                 for k in want:
                     known, kv = self.cache.lookup(k) if self._cached(k) else (False, None)
                     if not known:
                         raise
                     out[k] = kv
             else:
+                self.offline = False
                 for k, kv in zip(want, got, strict=True):
                     out[k] = kv
                     if self._cached(k) and not (kv and kv.lease):
@@ -463,11 +504,13 @@ class CachedEngine(DelegatingEngine):
         try:
             res = await self.inner.range(start, end, limit=limit, keys_only=keys_only)
         except EngineUnavailable:
+            self._went_offline()
             hit = self.cache.listing(g, start, end, limit, keys_only)
             if hit is not None:
                 return RangeResult(hit[0], hit[1], self.revision)
             raise
         else:
+            self.offline = False
             if start == g and not res.more and not keys_only \
                     and not any(kv.lease for kv in res.kvs):
                 self.cache.fill_group(g, res.kvs, started)
@@ -482,7 +525,9 @@ class CachedEngine(DelegatingEngine):
         started = self.cache.begin_read()
         try:
             res = await self.inner.commit(compares, puts, deletes)
-        except KVError:
+        except KVError as exc:
+            if isinstance(exc, EngineUnavailable):
+                self._went_offline()
             # The outcome is unknown: what this mount wrote may or may not be there.
             for p in puts:
                 self.cache.drop(p.key)
@@ -520,6 +565,10 @@ class CachedEngine(DelegatingEngine):
         if touched and res.revision > self.revision:
             self._undelivered.append((res.revision, trio.current_time()))
         return res
+
+    def forget(self, start: bytes, end: bytes) -> None:
+        """Forget every cached key in ``[start, end)``: the next reads go to the engine."""
+        self.cache.drop_range(start, end)
 
     def _forget_deleted(self, d: Delete) -> None:
         if d.range_end is None:

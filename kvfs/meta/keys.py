@@ -161,6 +161,16 @@ def link_parent_prefix(ino: int) -> bytes:
     return _inode(ino, LINK_PARENT_TAG)
 
 
+def listing_group(key: bytes) -> bytes | None:
+    """The listing a key belongs to, for the record cache (:mod:`kvfs.kv.cache`): the
+    prefix of its directory's entries (:func:`dentry_prefix`) or of its inode's xattrs
+    (:func:`xattr_prefix`) -- for the prefix itself too -- else None."""
+    if len(key) >= _REST_AT and key[:1] == INODE_PREFIX and \
+            key[_KIND_AT:_REST_AT] in (DENTRY_TAG, XATTR_TAG):
+        return key[:_REST_AT]
+    return None
+
+
 def parse_inode_key(key: bytes) -> tuple[int, bytes, bytes]:
     """``(ino, type letter, rest)`` of any ``A`` key; ValueError for anything else."""
     if not key.startswith(INODE_PREFIX) or len(key) < _REST_AT:
