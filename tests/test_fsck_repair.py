@@ -22,9 +22,8 @@ an entry that does not decode, an entry in a missing directory, a linked file on
 deletion queue (its data must survive a mount's cleaner) and usage counters far off.
 fsck names each one, ``--repair`` says what it did for each, a second fsck finds nothing,
 and a mount shows the repaired tree.  A hard-linked file whose parent records (``P`` keys)
-are gone is repaired in a test of its own: on etcd that repair is refused today (it
-deletes the ``P`` range and puts keys inside it in one transaction, which etcd rejects as
-a duplicate key), so that test is a strict expected failure there until fsck is fixed.
+are gone (and one left names a directory it is not in) is repaired in a test of its own,
+on etcd too, which refuses a transaction that deletes a range and puts keys inside it.
 
 A last test runs fsck beside a live etcd mount that keeps writing: the re-check leaves no
 problem to report.  The default run takes about a minute.
@@ -60,6 +59,7 @@ GONE_SESSION = 4242
 LEAKED_SLICE = 987_654
 WRONG_PARENT = 424_242
 MISSING_DIR = 777_777_777
+STRAY = 515_151  # a directory a parent record names, though no entry is in it
 
 
 async def _ino(vol: Volume, name: bytes) -> int:
@@ -380,8 +380,9 @@ async def test_namespace_repairs_etcd(etcd_single: Member, tmp_path: Path) -> No
 
 
 async def _parent_records_repair(url: str, tmp_path: Path) -> None:
-    """A file with two links whose parent records are lost: fsck finds it, ``--repair``
-    writes them again from the entries."""
+    """A file with two links whose parent records are lost but for one naming a directory
+    it is not in: fsck finds it, ``--repair`` writes them again from the entries and
+    removes the stray one."""
     kvfs("format", url, "vol")
     m = Mount(url, tmp_path / "mnt")
     try:
@@ -397,11 +398,13 @@ async def _parent_records_repair(url: str, tmp_path: Path) -> None:
         parents = keys.link_parent_prefix(hl)
         assert (await vol.kv.range(parents, prefix_end(parents))).kvs, "two links: P records"
         await vol.kv.commit((), (), [Delete(parents, prefix_end(parents))])
+        await vol.kv.commit((), [Put(keys.link_parent(hl, STRAY), keys.u64(1))])
     finally:
         await vol.aclose()
     found = kvfs("fsck", url, check=False)
-    assert _lines(found)[:-1] == [f"inode {hl}'s parent records name directories {{}}, its "
-                                  f"entries are in {{1: 1, {sub}: 1}}"], found.stdout
+    assert _lines(found)[:-1] == [f"inode {hl}'s parent records name directories "
+                                  f"{{{STRAY}: 1}}, its entries are in {{1: 1, {sub}: 1}}"
+                                  ], found.stdout
     fixed = kvfs("fsck", "--repair", url, check=False)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"repaired: rewrote the parent records of inode {hl}" in fixed.stdout
@@ -420,9 +423,6 @@ async def test_parent_records_repair_embedded(tmp_path: Path) -> None:
 
 
 @pytest.mark.mount
-@pytest.mark.xfail(strict=True, reason="fsck's parent-record repair deletes the P range and "
-                   "puts keys inside it in one transaction; etcd refuses that as a duplicate "
-                   "key, and the repair run stops with kvfs: error")
 async def test_parent_records_repair_etcd(etcd_single: Member, tmp_path: Path) -> None:
     await _parent_records_repair(
         f"etcd://{etcd_single.endpoint}/{unique_prefix('fsckpr')}", tmp_path)

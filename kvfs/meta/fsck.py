@@ -651,7 +651,12 @@ def _set_dir_parent(e: _Entry, rev: int) -> Repair:
 
 def _set_links(ino: int, a: Attr, rev: int, want: int, where: Counter[int]) -> Repair:
     """nlink and the parent bookkeeping from the entries: ``parent`` (and the name, unknown
-    here unless it is a directory) while one link, ``P`` keys while several."""
+    here unless it is a directory) while one link, ``P`` keys while several.
+
+    The ``P`` keys it writes are put, and only the other ones present are deleted: a
+    transaction may not delete a range it also puts keys into (etcd refuses it, and so does
+    every engine's :meth:`~kvfs.kv.api.Limits.check`).  A link made or removed meanwhile
+    changes the attributes too, so the compare on them covers the ``P`` keys read here."""
     parents = dict(where)
 
     async def apply(ctx: RepairContext) -> bool:
@@ -659,10 +664,7 @@ def _set_links(ino: int, a: Attr, rev: int, want: int, where: Counter[int]) -> R
         fixed.nlink = want
         fixed.ctime = now_ns()
         puts: list[Put] = []
-        deletes: list[Delete] = []
         if not a.is_dir:
-            prefix = keys.link_parent_prefix(ino)
-            deletes.append(Delete(prefix, prefix_end(prefix)))
             if sum(parents.values()) == 1:
                 (only,) = parents
                 if fixed.parent != only:
@@ -671,6 +673,10 @@ def _set_links(ino: int, a: Attr, rev: int, want: int, where: Counter[int]) -> R
                 fixed.parent, fixed.name = 0, b""
                 puts.extend(Put(keys.link_parent(ino, p), keys.u64(n))
                             for p, n in sorted(parents.items()))
+        written = {p.key for p in puts}
+        deletes = [] if a.is_dir else [
+            Delete(kv.key) for kv in await scan_all(ctx.kv, keys.link_parent_prefix(ino))
+            if kv.key not in written]
         puts.append(Put(keys.attr(ino), fixed.encode()))
         return await ctx.commit([Compare(keys.attr(ino), rev)], puts, deletes)
 
