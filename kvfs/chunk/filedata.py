@@ -304,7 +304,6 @@ class FileData:
         return rewrote
 
 
-
 class _Readahead:
     """Sequential-access detection and the readahead window of one inode (see the module
     docstring).  Pure bookkeeping: :meth:`advance` says what to fetch, the caller fetches.
