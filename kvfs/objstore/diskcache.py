@@ -155,6 +155,7 @@ class CachedStore(ObjectStore):
         self._limiter = trio.CapacityLimiter(8)
         self._free_at = 0.0  # when free space was last checked
         self._room = True  # whether there was room then
+        self._warned_at = -60.0  # when a failed write was last logged
         self._backlog = 0  # bytes handed to fills not yet done
         self._settled = trio.Event()  # set while no fill is under way
         self._settled.set()
@@ -223,6 +224,10 @@ class CachedStore(ObjectStore):
         """Cache ``data`` as block ``name`` in the background (see the module docstring)."""
         if name in self._index or self._backlog + len(data) > FILL_BACKLOG:
             return
+        try:
+            parse_block_name(name)  # only names kvfs made: nothing can point outside root
+        except ValueError:
+            return
         self._backlog += len(data)
         if self._settled.is_set():
             self._settled = trio.Event()
@@ -253,10 +258,14 @@ class CachedStore(ObjectStore):
         try:
             if not await self._has_room():
                 return
-            await trio.to_thread.run_sync(self._write_sync, name, seal(data),
+            await trio.to_thread.run_sync(self._write_sync, name, data,
                                           limiter=self._limiter)
         except OSError as exc:
-            log.warning("block cache: cannot keep %s: %s", name, exc)
+            # Once a minute at most: a full or removed disk would fail every block.
+            now = time.monotonic()
+            if now - self._warned_at >= 60:
+                self._warned_at = now
+                log.warning("block cache: cannot keep %s: %s", name, exc)
             return
         if name in self._index:  # cached meanwhile by another task
             return
@@ -277,7 +286,8 @@ class CachedStore(ObjectStore):
         st = os.statvfs(path)
         return st.f_bavail >= FREE_RATIO * st.f_blocks
 
-    def _write_sync(self, name: str, sealed: bytes) -> None:
+    def _write_sync(self, name: str, data: bytes) -> None:
+        sealed = seal(data)
         path = self._path(name)
         tmp = os.path.join(os.path.dirname(path),
                            f"{_TMP_PREFIX}{os.path.basename(path)}.{secrets.token_hex(6)}")
