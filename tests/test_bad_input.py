@@ -85,12 +85,15 @@ def assert_refused(res: subprocess.CompletedProcess[str], expected: str) -> str:
 Case = tuple[list[str], str]  # the CLI's arguments, and text the error line must hold
 
 
-def refuse_all(groups: Sequence[Sequence[Case]]) -> None:
+def refuse_all(groups: Sequence[Sequence[Case]], *, never: Sequence[str] = ()) -> None:
     """Run the groups side by side, the cases of a group one after another (an embedded
-    store admits one process at a time), and check that each is refused."""
+    store admits one process at a time), and check that each is refused (and prints none
+    of the texts in ``never``)."""
     def one(group: Sequence[Case]) -> None:
         for args, expected in group:
-            assert_refused(run(args), expected)
+            res = run(args)
+            line = assert_refused(res, expected)
+            assert not any(t in res.stdout + res.stderr for t in never), line
 
     with ThreadPoolExecutor(WORKERS) as pool:
         for done in [pool.submit(one, g) for g in groups]:
@@ -218,6 +221,30 @@ def test_malformed_urls_and_unknown_schemes(tmp_path: Path, small_dump: Path) ->
                        small_dump), want)
              for i, (url, want) in enumerate(BAD_URLS) for j in range(3)]
     refuse_all([[case] for case in cases])
+    assert sorted(os.listdir(tmp_path)) == before
+    assert not is_mounted(tmp_path / "mnt")
+
+
+SECRET = "s3cr:et@pw"
+SECRET_URLS = [
+    (f"etcd://user:{SECRET}@127.0.0.1:2379/p", "etcd URL must not contain credentials "
+     "(user:***@127.0.0.1:2379/p)"),
+    (f"etcd://user:{SECRET}@127.0.0.1:2379", "(user:***@127.0.0.1:2379)"),
+    (f"etcd://:{SECRET}@127.0.0.1:2379/p", "(:***@127.0.0.1:2379/p)"),
+    (f"raft://user:{SECRET}@127.0.0.1:1/p", "invalid raft URL endpoint 'user:***@127.0.0.1:1'"),
+    (f"raft://user:{SECRET}@127.0.0.1:1", "raft URL needs a volume prefix"),
+]
+
+
+def test_credentials_in_a_url_are_never_echoed(tmp_path: Path, small_dump: Path) -> None:
+    """A password written into the URL (``user:password@host``) never reaches the error
+    line, which shows ``user:***@`` instead -- each URL with three commands in turn."""
+    (tmp_path / "mnt").mkdir()
+    before = sorted(os.listdir(tmp_path))
+    refuse_all([[(with_url(URL_COMMANDS[(3 * i + j) % len(URL_COMMANDS)], url, tmp_path,
+                           small_dump), want)]
+                for i, (url, want) in enumerate(SECRET_URLS) for j in range(3)],
+               never=("s3cr", "et@pw"))
     assert sorted(os.listdir(tmp_path)) == before
     assert not is_mounted(tmp_path / "mnt")
 

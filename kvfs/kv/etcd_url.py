@@ -10,9 +10,11 @@ Form: ``etcd://host:port[,host:port...]/PREFIX[?query]``.
   ``user`` (password from ``$KVFS_ETCD_PASSWORD`` or the variable named by ``password_env``),
   ``timeout`` (seconds, default 30: how long an unreachable cluster is retried).
 
-Invariant: nothing secret is ever part of the URL, so :meth:`EtcdURL.describe` and every
-parse error can be shown verbatim.  A ``password=`` parameter is refused without echoing it.
-Every error is a one-line :class:`ValueError`.
+Invariant: nothing secret is ever part of a parsed URL, so :meth:`EtcdURL.describe` can be
+shown verbatim.  A ``password=`` parameter is refused without echoing it, and so are
+credentials before the endpoints (``user:password@host``); every error quotes the user's
+text through :func:`~kvfs.kv.urlquery.safe`, which shows those as ``user:***@``.  Every
+error is a one-line :class:`ValueError`.
 """
 
 from __future__ import annotations
@@ -77,6 +79,10 @@ def parse_etcd_url(url: str) -> EtcdURL:
         raise ValueError(f"not an etcd URL (expected etcd://host:port/PREFIX): {safe(url)}")
     rest = url[len("etcd://"):]
     rest, _, query = rest.partition("?")
+    if "@" in rest:  # user:password@host -- a prefix never holds an @
+        raise ValueError(f"etcd URL must not contain credentials ({safe(rest)}): give "
+                         f"user=NAME in its query and the password in the environment "
+                         f"variable {DEFAULT_PASSWORD_ENV}")
     hosts, slash, prefix = rest.partition("/")
     if not slash or not prefix:
         raise ValueError("etcd URL needs a volume prefix: etcd://host:port/PREFIX")

@@ -8,14 +8,27 @@ URL kind (``what``: "etcd URL", "raft URL").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from re import Match
 from urllib.parse import parse_qsl
+
+# The user information of a URL's authority (``user:password@``): a password may hold
+# any character but a space (``@``, ``:`` and ``/`` too, when not percent-encoded), so it
+# reaches up to the last ``@`` of its word -- hiding too much rather than too little.
+_USERINFO = re.compile(r"([^\s/?#@:,]*)(:(?!//)\S*)?@")
 
 
 def safe(text: str) -> str:
-    """User text quoted in an error message, flattened and shortened (keeps it one line)."""
-    text = " ".join(text.split())
+    """User text quoted in an error message, flattened and shortened (keeps it one line),
+    with any credentials in it hidden: ``user:password@`` shows as ``user:***@``, and a
+    bare ``token@`` as ``***@``."""
+    text = _USERINFO.sub(_hide_userinfo, " ".join(text.split()))
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _hide_userinfo(m: Match[str]) -> str:
+    return f"{m.group(1)}:***@" if m.group(2) is not None else "***@"
 
 
 def parse_query(query: str, what: str, known: Sequence[str]) -> dict[str, str]:
