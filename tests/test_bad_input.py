@@ -7,7 +7,8 @@ Cases, on the embedded store, on etcd (one server for the module, a prefix per t
 on a one-member ``kvfs raft serve`` (also one for the module):
 
 * malformed META_URLs (etcd://, raft://, local) and unknown schemes, across every command
-  that takes one;
+  that takes one; an empty META_URL (nothing made in the current directory); credentials
+  in a URL (``user:password@host``), never echoed;
 * unformatted volumes -- an empty directory, a missing one, a store without a format
   record, an empty etcd or raft prefix -- for every command that opens a volume;
 * newer-version and corrupted format records (written through the engine), for every
@@ -57,15 +58,16 @@ WRONG_UUID = "11111111-2222-3333-4444-555555555555"
 State = list[tuple[bytes, bytes, int]]
 
 
-def run(args: Sequence[str], *, stdin: bytes | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """The CLI with ``args``, stdin ``stdin`` (else /dev/null); a hang fails the test."""
+def run(args: Sequence[str], *, stdin: bytes | None = None, timeout: float = 60,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with ``args``, stdin ``stdin`` (else /dev/null), in directory ``cwd`` (else
+    this one); a hang fails the test."""
     if stdin is None:
         res = subprocess.run([*KVFS, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=timeout)
+                             timeout=timeout, cwd=cwd)
     else:
         res = subprocess.run([*KVFS, *args], input=stdin, capture_output=True,
-                             timeout=timeout)
+                             timeout=timeout, cwd=cwd)
     return subprocess.CompletedProcess(res.args, res.returncode,
                                        res.stdout.decode(errors="replace"),
                                        res.stderr.decode(errors="replace"))
@@ -85,13 +87,14 @@ def assert_refused(res: subprocess.CompletedProcess[str], expected: str) -> str:
 Case = tuple[list[str], str]  # the CLI's arguments, and text the error line must hold
 
 
-def refuse_all(groups: Sequence[Sequence[Case]], *, never: Sequence[str] = ()) -> None:
-    """Run the groups side by side, the cases of a group one after another (an embedded
-    store admits one process at a time), and check that each is refused (and prints none
-    of the texts in ``never``)."""
+def refuse_all(groups: Sequence[Sequence[Case]], *, never: Sequence[str] = (),
+               cwd: Path | None = None) -> None:
+    """Run the groups side by side (in directory ``cwd``), the cases of a group one after
+    another (an embedded store admits one process at a time), and check that each is
+    refused (and prints none of the texts in ``never``)."""
     def one(group: Sequence[Case]) -> None:
         for args, expected in group:
-            res = run(args)
+            res = run(args, cwd=cwd)
             line = assert_refused(res, expected)
             assert not any(t in res.stdout + res.stderr for t in never), line
 
@@ -249,6 +252,18 @@ def test_credentials_in_a_url_are_never_echoed(tmp_path: Path, small_dump: Path)
     assert not is_mounted(tmp_path / "mnt")
 
 
+def test_an_empty_meta_url(tmp_path: Path, small_dump: Path) -> None:
+    """An empty META_URL (an unset shell variable) is refused by every command, and nothing
+    appears in the current directory, which "" would name as a path."""
+    here = tmp_path / "cwd"
+    here.mkdir()
+    (tmp_path / "mnt").mkdir()
+    refuse_all([[(with_url(c, "", tmp_path, small_dump), "empty META_URL")]
+                for c in URL_COMMANDS], cwd=here)
+    assert os.listdir(here) == []
+    assert not is_mounted(tmp_path / "mnt")
+
+
 # -- unformatted volumes -----------------------------------------------------------------
 
 OPENING_COMMANDS = ["status", "fsck", "gc", "config", "dump", "destroy", "mount"]
@@ -346,6 +361,10 @@ def _dump(url: str, path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
+LAYOUT_KEPT = ("--force cannot change the storage or block size of volume 'vol' (it has "
+               "storage kv and 1024 KiB blocks)")
+
+
 def test_wrong_uuid_format_mismatch_and_refused_loads(
         engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     url = formatted(engine, tmp_path, request, "vol")
@@ -365,10 +384,9 @@ def test_wrong_uuid_format_mismatch_and_refused_loads(
           f"'{WRONG_UUID}' is not the UUID of volume vol"),
          (["destroy", "--yes", url, uuid.upper()], "is not the UUID of volume vol"),
          (["format", url, "other"], "already formatted as volume 'vol'"),
-         (["format", "--force", "--block-size", "512", url, "vol"],
-          "--force cannot change storage or block size"),
+         (["format", "--force", "--block-size", "512", url, "vol"], LAYOUT_KEPT),
          (["format", "--force", "--storage", "file", "--bucket", str(tmp_path / "b"), url,
-           "vol"], "--force cannot change storage or block size"),
+           "vol"], LAYOUT_KEPT),
          (["load", url, str(good)], "the target engine is not empty")],
         [(["load", empty_target, str(truncated)], "dump file truncated at offset "),
          (["load", empty_target, str(corrupted)], "checksum mismatch")],

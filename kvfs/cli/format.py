@@ -19,7 +19,15 @@ from kvfs.history.records import (
     parse_paths,
 )
 from kvfs.meta import trash
-from kvfs.volume import VolumeError, check_trash_days, format_volume, open_engine, read_format
+from kvfs.volume import (
+    DEFAULT_BLOCK_KIB,
+    VolumeError,
+    VolumeFormat,
+    check_trash_days,
+    format_volume,
+    open_engine,
+    read_format,
+)
 
 ID_NONE = 0xFFFFFFFF  # (uid_t)-1 means "no change" to chown: never an owner
 
@@ -88,6 +96,16 @@ def history_settings(args: argparse.Namespace, old: HistorySettings | None
     return HistorySettings(paths, days, versions)
 
 
+def check_layout_kept(old: VolumeFormat, storage: str, block_kib: int | None) -> None:
+    """Refuse a ``--force`` that would change where or in what size blocks are stored: the
+    blocks a volume has, or will have, are laid out by its format, data or not."""
+    kib = block_kib if block_kib is not None else DEFAULT_BLOCK_KIB[storage]
+    if storage != old.storage or kib * 1024 != old.block_size:
+        raise VolumeError(f"--force cannot change the storage or block size of volume "
+                          f"{old.name!r} (it has storage {old.storage} and "
+                          f"{old.block_size // 1024} KiB blocks)")
+
+
 def parse_mode(text: str) -> int:
     try:
         mode = int(text, 8)
@@ -126,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         kv = await open_engine(args.meta_url, create=True)
         try:
             old = await read_format(kv)
+            if old is not None and args.force:
+                check_layout_kept(old, args.storage, args.block_size)
             history = history_settings(args, old.history_settings if old else None)
             fmt = await format_volume(kv, args.name, storage=args.storage, bucket=args.bucket,
                                       block_kib=args.block_size, force=args.force,

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s kvfs[%(process)d] %(levelname)s %(name)s: "
                                "%(message)s")
     try:
+        _refuse_empty_url(args)
         return int(args.run(args))
     except KeyboardInterrupt:
         return 130
@@ -80,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(first).splitlines()[0] if str(first) else type(first).__name__
         print(f"kvfs: error: {msg}", file=sys.stderr)
         return 1
+
+
+def _refuse_empty_url(args: argparse.Namespace) -> None:
+    """An empty META_URL is a mistake (an unset shell variable, say), never a volume: as a
+    path it would name the current directory, which ``kvfs format ""`` would format."""
+    if getattr(args, "meta_url", None) == "":
+        from kvfs.errors import VolumeError
+
+        raise VolumeError("empty META_URL (a directory, etcd://HOST:PORT/PREFIX, "
+                          "raft://HOST:PORT/PREFIX or mem://)")
 
 
 def _leaves(e: BaseException) -> Iterator[BaseException]:
