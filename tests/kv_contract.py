@@ -291,6 +291,19 @@ class KVContract:
             await kv.commit([], [Put(b"d", b"1"), Put(b"d", b"2")])
         assert await kv.get(b"d") is None
 
+    async def test_put_inside_deleted_range_refused(self, kv: KVEngine) -> None:
+        """A key put and deleted in one commit is refused, as etcd refuses it ("duplicate
+        key given in txn request"), the delete a range or the key itself; a put beside a
+        deleted range is fine."""
+        await put(kv, b"p/old", b"o")
+        rev = await kv.current_revision()
+        for delete in (Delete(b"p/", prefix_end(b"p/")), Delete(b"p/new"), Delete(b"p", b"\x00")):
+            with pytest.raises(TxnTooLarge):
+                await kv.commit([], [Put(b"p/new", b"n")], [delete])
+        assert await kv.current_revision() == rev and await kv.get(b"p/old") is not None
+        res = await kv.commit([], [Put(b"q", b"n")], [Delete(b"p/", b"q")])
+        assert res.succeeded and await kv.get(b"p/old") is None
+
     # -- watches -----------------------------------------------------------------------
 
     async def test_watch_catch_up_and_live(self, kv: KVEngine) -> None:

@@ -12,6 +12,8 @@ Invariants every engine keeps:
   * ``mod_revision`` of an absent key is 0, so ``Compare(key, 0)`` means "key does not exist".
   * A commit is all or nothing.  A commit larger than :attr:`KVEngine.limits` is refused with
     :class:`TxnTooLarge` before anything is written -- never split or partially applied.
+    So is one that puts a key twice, or puts a key it also deletes (by itself or inside a
+    deleted range), as etcd refuses it: every engine runs :meth:`Limits.check`.
   * Watch events are delivered in revision order, grouped by revision, with nothing skipped;
     a watch from a compacted revision raises :class:`Compacted`.
 """
@@ -36,7 +38,9 @@ class NoSpace(KVError):
 
 
 class TxnTooLarge(KVError):
-    """A commit exceeds the engine's per-transaction limits; nothing was written."""
+    """A commit exceeds the engine's per-transaction limits, or writes a key twice (puts it
+    twice, or puts it and deletes it -- alone or in a range); nothing was written.  etcd
+    refuses both with INVALID_ARGUMENT, which its driver maps here."""
 
 
 class Conflict(KVError):
@@ -122,7 +126,10 @@ class Limits:
 
     def check(self, compares: Sequence[Compare], puts: Sequence[Put],
               deletes: Sequence[Delete]) -> None:
-        """Raise :class:`TxnTooLarge` if the transaction cannot be committed whole."""
+        """Raise :class:`TxnTooLarge` if the transaction cannot be committed whole, or
+        writes a key twice: puts it twice, or puts it and deletes it (etcd's "duplicate key
+        given in txn request").  A delete's ``range_end`` of ``b"\\x00"`` reaches to the end
+        of the keyspace."""
         # etcd counts compares and success operations separately, each against max_ops.
         if len(compares) > self.max_ops or len(puts) + len(deletes) > self.max_ops:
             raise TxnTooLarge(
@@ -140,6 +147,17 @@ class Limits:
             if p.key in seen:
                 raise TxnTooLarge(f"transaction writes key {p.key!r} twice")
             seen.add(p.key)
+            for d in deletes:
+                if d.range_end is None:
+                    hit = p.key == d.key
+                else:
+                    hit = d.key <= p.key and (p.key < d.range_end or d.range_end == b"\x00")
+                if hit:
+                    raise TxnTooLarge(
+                        f"transaction both puts and deletes key {p.key!r}"
+                        if d.range_end is None else
+                        f"transaction puts key {p.key!r} inside the range "
+                        f"[{d.key!r}, {d.range_end!r}) it deletes")
 
 
 @dataclass(slots=True)
