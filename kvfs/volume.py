@@ -26,6 +26,7 @@ from kvfs.durable import make_dirs
 from kvfs.errors import VolumeError
 from kvfs.history.records import HistorySettings
 from kvfs.kv.api import KVEngine
+from kvfs.kv.cache import CachedEngine
 from kvfs.kv.local import MemoryEngine
 from kvfs.kv.recording import RecordingEngine
 from kvfs.meta import keys, trash
@@ -262,6 +263,13 @@ class Volume:
     own: OwnRevisions = field(default_factory=OwnRevisions)  # this process's commits
     block_engine: KVEngine | None = None  # a separate engine holding blocks (--storage etcd)
 
+    @property
+    def cache(self) -> CachedEngine:
+        """The record cache the volume's metadata reads and commits through."""
+        kv = self.meta.kv
+        assert isinstance(kv, CachedEngine)
+        return kv
+
     def free_space(self) -> int | None:
         """Bytes the storage under this volume can still take (blocking: statvfs), or None
         when there is no local figure (an in-memory or remote engine)."""
@@ -294,8 +302,11 @@ async def open_volume(url: str, *, kv: KVEngine | None = None, session_id: int =
     slices = SliceStore(store, fmt.block_size)
     path = embedded_dir(url)
     own = OwnRevisions()
-    # Metadata commits through a recorder so the coherence watcher can skip our own changes.
-    meta = Metadata(RecordingEngine(kv, own.add), session_id=session_id)
+    # Metadata reads through the mount's record cache, and commits through a recorder so
+    # the coherence watcher can skip our own changes.
+    cached = CachedEngine(RecordingEngine(kv, own.add), prefix=keys.INODE_PREFIX,
+                          group_of=keys.listing_group)
+    meta = Metadata(cached, session_id=session_id)
     return Volume(kv, fmt, store, slices, meta,
                   os.path.abspath(path) if path and not url.startswith("mem://") else None, own,
                   block_engine)

@@ -122,7 +122,6 @@ class Cleaner:
         prefix = keys.inode_all(ino)
         await self.kv.commit([], [], [Delete(prefix, prefix_end(prefix)),
                                       Delete(keys.delfile(ino))])
-        self.meta.hints.drop_prefix(prefix)
         self.poke()
 
     async def _free_slices(self, key: bytes, raw: bytes) -> None:

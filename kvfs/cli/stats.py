@@ -4,7 +4,7 @@ Every interval it asks the mount for its metrics samples (the control socket's `
 request, so it works with the HTTP endpoint off) and shows what changed since the last
 ones: FUSE operations per second and their mean latency by operation, engine calls per
 second and their mean latency by call, commits, conflicts and retries, block cache and
-read hint hit ratios, the coherence watch's mean lag, and bytes read and written per
+metadata cache hit ratios, the coherence watch's mean lag, and bytes read and written per
 second.  On a terminal the table is redrawn in place; otherwise each interval's table is
 printed after the last one, and ``--json`` prints one JSON object per interval (one line).
 """
@@ -97,8 +97,8 @@ def delta(before: Samples, after: Samples, seconds: float) -> dict[str, Any]:
         "retries_per_s": retries / seconds,
         "block_cache_hit_ratio": _ratio(change("kvfs_block_cache_hits_total"),
                                         change("kvfs_block_cache_misses_total")),
-        "read_hints_hit_ratio": _ratio(change("kvfs_read_hints_hits_total"),
-                                       change("kvfs_read_hints_misses_total")),
+        "metadata_cache_hit_ratio": _ratio(change("kvfs_metadata_cache_hits_total"),
+                                           change("kvfs_metadata_cache_misses_total")),
         "watch_lag_ms": (1000 * change("kvfs_watch_lag_seconds_sum") / lag_n
                          if lag_n else None),
         "watch_events_per_s": rate("kvfs_watch_events_total"),
@@ -127,8 +127,8 @@ def render(mountpoint: str, d: dict[str, Any]) -> str:
              f"{'reachable' if d['engine_reachable'] else 'UNREACHABLE'})",
              f"  read {_bytes(d['read_bytes_per_s'])}, written "
              f"{_bytes(d['written_bytes_per_s'])}; block cache hits "
-             f"{_pct(d['block_cache_hit_ratio'])}, read hint hits "
-             f"{_pct(d['read_hints_hit_ratio'])}",
+             f"{_pct(d['block_cache_hit_ratio'])}, metadata cache hits "
+             f"{_pct(d['metadata_cache_hit_ratio'])}",
              f"  commits {d['commits_per_s']:.1f}/s, conflicts {d['conflicts_per_s']:.1f}/s, "
              f"retries {d['retries_per_s']:.1f}/s; watch lag "
              f"{'-' if d['watch_lag_ms'] is None else format(d['watch_lag_ms'], '.2f') + ' ms'},"

@@ -508,7 +508,8 @@ class _Collector:
         retries = CounterMetricFamily(
             "kvfs_engine_retries", "Transactions run again, by operation (where the "
             "transaction is defined) and reason (conflict, retry: reads that did not fit "
-            "together, hints: an answer from read hints checked against the engine).",
+            "together, cache: an error met on records from the cache, checked against "
+            "the engine).",
             labels=["op", "reason"])
         for (op, reason), n in sorted(engine.retries.items()):
             retries.add_metric([op, reason], n)
@@ -560,15 +561,25 @@ class _Collector:
             yield GaugeMetricFamily("kvfs_disk_cache_capacity_bytes",
                                     "The disk block cache's bound (cache_size).",
                                     value=disk.capacity)
-        yield CounterMetricFamily("kvfs_read_hints_hits",
-                                  "Metadata reads answered from this mount's read hints.",
-                                  value=meta.hints.hits)
-        yield CounterMetricFamily("kvfs_read_hints_misses",
-                                  "Metadata reads with no read hint to answer them.",
-                                  value=meta.hints.misses)
+        cache = volume.cache
+        yield CounterMetricFamily("kvfs_metadata_cache_hits",
+                                  "Metadata reads the mount's record cache answered.",
+                                  value=cache.cache.hits)
+        yield CounterMetricFamily("kvfs_metadata_cache_misses",
+                                  "Metadata reads the record cache could not answer.",
+                                  value=cache.cache.misses)
+        yield GaugeMetricFamily("kvfs_metadata_cache_bytes",
+                                "Bytes held by the record cache (its bound: 64 MiB).",
+                                value=cache.cache.size_bytes)
+        yield GaugeMetricFamily("kvfs_metadata_cache_entries",
+                                "Records (values and known absences) the cache holds.",
+                                value=len(cache.cache))
+        yield GaugeMetricFamily("kvfs_metadata_cache_answering", "1 while the record cache "
+                                "may answer reads (its watch keeps up), else 0.",
+                                value=int(cache.answering()))
         yield GaugeMetricFamily("kvfs_engine_reachable", "1 while the metadata engine "
                                 "answers, 0 while cached metadata is served offline.",
-                                value=int(not meta.offline.offline))
+                                value=int(not cache.offline))
         used = meta.usage.used_space
         yield GaugeMetricFamily("kvfs_used_bytes", "Bytes of file data the volume holds "
                                 "(its usage counters, as df shows).", value=used)

@@ -245,15 +245,15 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(session.keepalive)
+            if volume.kv.shared:
+                # The record cache runs the watch and hands each batch on, once applied.
+                coherence = Coherence(volume.own, ops, known_inodes=ops.lookups,
+                                      on_orphaned=fs.note_orphaned)
+                volume.cache.listen(coherence.apply)
             await fs.run_background(nursery)
             await nursery.start(ops.drop_moved_directories)
             await nursery.start(control.run)
             await nursery.start(metrics.serve)
-            if volume.kv.shared:
-                coherence = Coherence(volume.kv, volume.own, ops, known_inodes=ops.lookups,
-                                      on_orphaned=fs.note_orphaned,
-                                      hints=volume.meta.hints)
-                await nursery.start(coherence.run)
             # On every engine: the embedded store's history also holds overwritten values
             # (their files), which compaction lets it free.
             compactor = Compactor(volume.kv, session, retain=opts.compact_retain,

@@ -181,14 +181,14 @@ class Recorder:
         elif a.is_symlink:
             v.target = await t.get(keys.symlink(ino))
         for p in where:
-            t.put(keys.history(p, v.time, seq), v.encode(), hint=False)
+            t.put(keys.history(p, v.time, seq), v.encode())
 
     def put_tombstone(self, t: Txn, path: bytes, kind: str, uid: int,
                       note: dict[str, Any] | None, seq: int, at: int = 0) -> None:
         """Add a tombstone of ``path`` to ``t`` (within the change's own transaction)."""
         if self.settings.covers(path):
             v = Version(kind, at or now_ns(), self.host, uid, note=dict(note or {}))
-            t.put(keys.history(path, v.time, seq), v.encode(), hint=False)
+            t.put(keys.history(path, v.time, seq), v.encode())
 
     async def in_rename(self, t: Txn, moved: list[tuple[int, Attr]],
                         new: bytes, old: bytes, uid: int, seq: int) -> bool:
@@ -233,8 +233,6 @@ class Recorder:
             return where
 
         try:
-            # Not through the read hints: a conflict would drop the inode's hint, and an
-            # O_APPEND write racing this takes its offset from that hint (kvfs.kv.txn).
             return await run_txn(self.kv, fn)
         except Exception:  # noqa: BLE001 - the change itself committed
             log_failure(log, "recording a version of inode %d failed", ino)

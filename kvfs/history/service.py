@@ -2,7 +2,7 @@
 
 They run inside the mount process (reached through :mod:`kvfs.fuse.control`), so they work
 the same on every engine -- an embedded store can only be opened by its mount -- and a
-restore goes through the mount's own filesystem layer: its writes, its read hints, and the
+restore goes through the mount's own filesystem layer: its writes, its record cache, and the
 kernel told about the replaced name.
 
 A restore is a new change: the file is written afresh (a new inode with a copy of the

@@ -187,11 +187,16 @@ class RecordCache:
         return started < self._floor or self._changed.get(key, -1) > started
 
     def fill(self, key: bytes, kv: KeyValue | None, started: int) -> None:
-        """Keep what a read started at epoch ``started`` found for ``key``."""
-        if self._stale(key, started):
+        """Keep what a read started at epoch ``started`` found for ``key``.
+
+        A present value carries its revision, so against a kept entry the newer one wins;
+        but a key the cache held nothing about may have had a change the cache did not
+        keep while the read was out, and absence carries no revision at all: those are
+        kept only if nothing about the key arrived meanwhile."""
+        e: _Entry | None = self._entries.get(key)
+        if (kv is None or e is None) and self._stale(key, started):
             return
         g = self.group_of(key)
-        e: _Entry | None = self._entries.get(key)
         if kv is None:
             if e is not None and e.kv is not None:
                 # Absence carries no revision, so it may be older than the entry: forget.
@@ -332,8 +337,16 @@ class CachedEngine(DelegatingEngine):
         self.authoritative = not inner.shared
         self.revision = 0  # the watch has delivered every change up to here
         self.watching = False
+        # Whether the cache learns: an engine others write is learned from only once the
+        # watch knows where it starts, or changes made before then would never reach it.
+        self.learning = self.authoritative
         self.offline = False  # the engine is unreachable: serve what is cached
         self._listeners: list[Listener] = []
+        # A listing is one answer about many keys, so it must show the group as it was at
+        # one revision.  A group filled by a read at revision r, or changed by this
+        # mount's own commit at r, may lack other mounts' changes before r that the watch
+        # has yet to deliver: it answers again once the watch has reached r.
+        self._group_wait: dict[bytes, int] = {}
         # This mount's commits to the range not yet delivered by the watch: (revision,
         # when committed).  The oldest one's age is the watch's lag.
         self._undelivered: deque[tuple[int, float]] = deque()
@@ -391,6 +404,7 @@ class CachedEngine(DelegatingEngine):
     async def _watch(self, since: int | None,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.revision = await self.inner.current_revision() if since is None else since
+        self.learning = True
         task_status.started()
         while True:
             try:
@@ -402,6 +416,7 @@ class CachedEngine(DelegatingEngine):
             except Compacted:
                 log.warning("watch fell behind compaction; forgetting every cached record")
                 self.cache.clear()
+                self._group_wait.clear()
                 self.revision = await self._current_or(self.revision)
                 self._undelivered.clear()
                 for listener in self._listeners:
@@ -447,8 +462,8 @@ class CachedEngine(DelegatingEngine):
             raise
         else:
             self.offline = False
-            if not (kv and kv.lease):
-                self.cache.fill(key, kv, started)
+            if self.learning and not (kv and kv.lease):
+                self._fill(key, kv, started)
             return kv
         finally:
             self.cache.end_read()
@@ -479,11 +494,32 @@ class CachedEngine(DelegatingEngine):
                 self.offline = False
                 for k, kv in zip(want, got, strict=True):
                     out[k] = kv
-                    if self._cached(k) and not (kv and kv.lease):
-                        self.cache.fill(k, kv, started)
+                    if self.learning and self._cached(k) and not (kv and kv.lease):
+                        self._fill(k, kv, started)
             finally:
                 self.cache.end_read()
         return [out[k] for k in keys]
+
+    def _fill(self, key: bytes, kv: KeyValue | None, started: int) -> None:
+        self.cache.fill(key, kv, started)
+        # A newer state than the watch's in a listing: it waits for the watch (see
+        # _group_wait).
+        g = self.cache.group_of(key)
+        if g is not None and kv is not None and kv.mod_revision > self.revision:
+            self._group_changed(g, kv.mod_revision)
+
+    def _group_changed(self, group: bytes, revision: int) -> None:
+        if not self.authoritative and revision > self._group_wait.get(group, 0):
+            self._group_wait[group] = revision
+
+    def _group_settled(self, group: bytes) -> bool:
+        wait = self._group_wait.get(group)
+        if wait is None:
+            return True
+        if wait > self.revision and not self.offline:
+            return False
+        del self._group_wait[group]
+        return True
 
     def _group_of_range(self, start: bytes, end: bytes) -> bytes | None:
         if not self._cached(start):
@@ -496,7 +532,7 @@ class CachedEngine(DelegatingEngine):
         g = self._group_of_range(start, end)
         if g is None:
             return await self.inner.range(start, end, limit=limit, keys_only=keys_only)
-        if self.answering():
+        if self.answering() and self._group_settled(g):
             hit = self.cache.listing(g, start, end, limit, keys_only)
             if hit is not None:
                 return RangeResult(hit[0], hit[1], self.revision)
@@ -511,9 +547,10 @@ class CachedEngine(DelegatingEngine):
             raise
         else:
             self.offline = False
-            if start == g and not res.more and not keys_only \
+            if self.learning and start == g and not res.more and not keys_only \
                     and not any(kv.lease for kv in res.kvs):
                 self.cache.fill_group(g, res.kvs, started)
+                self._group_changed(g, res.revision)
             return res
         finally:
             self.cache.end_read()
@@ -542,6 +579,8 @@ class CachedEngine(DelegatingEngine):
 
     def _committed(self, compares: Sequence[Compare], puts: Sequence[Put],
                    deletes: Sequence[Delete], res: CommitResult, started: int) -> CommitResult:
+        if not self.learning:
+            return res
         if not res.succeeded:
             for c in compares:
                 if self._cached(c.key):
@@ -562,9 +601,30 @@ class CachedEngine(DelegatingEngine):
                 self.cache.apply(p.key, p.value, res.revision, store=True,
                                  store_since=started, lease=p.lease)
                 touched = True
+        for k in [d.key for d in deletes if d.range_end is None] + [p.key for p in puts]:
+            g = self.cache.group_of(k) if self._cached(k) else None
+            if g is not None:
+                self._group_changed(g, res.revision)
         if touched and res.revision > self.revision:
             self._undelivered.append((res.revision, trio.current_time()))
         return res
+
+    def note_absent(self, revision: int, *, keys: Sequence[bytes] = (),
+                    groups: Sequence[bytes] = ()) -> None:
+        """What this mount's commit at ``revision`` showed to be absent: ``keys``, and
+        every key of ``groups`` (a new inode's chunks and xattrs, say).  Ignored once the
+        watch has gone past ``revision``: it may have passed over later changes to them
+        that the cache did not keep."""
+        if not self.learning or (not self.authoritative and self.revision >= revision):
+            return
+        started = self.cache.begin_read()
+        try:
+            for k in keys:
+                self.cache.apply(k, None, revision, store=True, store_since=started)
+            for g in groups:
+                self.cache.fill_group(g, [], started)
+        finally:
+            self.cache.end_read()
 
     def forget(self, start: bytes, end: bytes) -> None:
         """Forget every cached key in ``[start, end)``: the next reads go to the engine."""

@@ -5,6 +5,14 @@ the end it commits once, guarded by "every key I read still has the revision I s
 failed guard :func:`run_txn` runs the whole function again after a jittered, growing pause.
 This is the single place where conflicts are retried.
 
+Over a mount's record cache (:class:`~kvfs.kv.cache.CachedEngine`) reads may be answered
+without a round trip.  That is safe for writes because the commit compares every key read
+with the revision seen: a stale answer only fails the commit, and the cache forgets the
+keys it compared, so the next attempt reads them from the engine.  An attempt that raises
+:class:`Retry` (its reads do not fit together) or an error runs again with every read
+from the engine (:func:`~kvfs.kv.cache.fresh_reads`), unless the caller takes a cached
+error as final (a lookup's ENOENT is as fresh as the watch, like the kernel's own).
+
 Unlike JuiceFS, a transaction that grows past the engine's limits is refused
 (:class:`~kvfs.kv.api.TxnTooLarge`) -- it is never committed in parts.  Bulk work is split by
 the caller into idempotent steps, each its own transaction.
@@ -20,18 +28,18 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import trio
-from sortedcontainers import SortedDict
 
 from kvfs.kv.api import Compare, Conflict, Delete, KeyValue, KVEngine, Put, prefix_end
+from kvfs.kv.cache import CachedEngine, fresh_reads, reading_fresh
 
 T = TypeVar("T")
 
 _DELETED = object()
 
 # Who hears of transactions run again, and why: ``"conflict"`` (the commit's compares
-# failed), ``"retry"`` (the function raised Retry) or ``"hints"`` (an attempt that used read
-# hints is checked against the engine).  A mount's metrics set it for the mount's tasks,
-# which inherit it; elsewhere nobody listens and a retry costs one lookup more.
+# failed), ``"retry"`` (the function raised Retry) or ``"cache"`` (an attempt that read
+# from the record cache and raised is checked against the engine).  A mount's metrics set
+# it for the mount's tasks, which inherit it; elsewhere nobody listens.
 retry_observer: ContextVar[Callable[[Callable[..., Any], str], None] | None] = ContextVar(
     "kvfs_txn_retry_observer", default=None)
 
@@ -43,84 +51,17 @@ class Retry(Exception):
     exactly as after a failed commit."""
 
 
-class ReadHints:
-    """Values and mod revisions this process last saw, offered to transactions as guesses.
-
-    A transaction may read a key from here instead of the engine.  That is safe because a
-    commit compares every key it read with the revision it saw: a stale hint only makes the
-    commit fail, and the retry reads from the engine.  An attempt that used hints and then
-    raises, or ends without writing (nothing would check it), is run again without them.
-    Entries are updated from every committed transaction and dropped when a watch reports
-    the key changed elsewhere.
-    """
-
-    def __init__(self, limit: int = 200_000) -> None:
-        # Sorted, so a deleted prefix is dropped without scanning everything.
-        self._items: SortedDict = SortedDict()
-        self._limit = limit
-        self.hits = 0  # lookups that found a hint (for the mount's metrics)
-        self.misses = 0
-
-    def get(self, key: bytes) -> tuple[bytes | None, int] | None:
-        hint: tuple[bytes | None, int] | None = self._items.get(key)
-        if hint is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return hint
-
-    def put(self, key: bytes, value: bytes | None, mod_revision: int) -> None:
-        """Record ``key``'s state after this process's own commit (``None``: deleted)."""
-        if len(self._items) >= self._limit and key not in self._items:
-            self._items.clear()  # hints are only guesses: forgetting them all is cheap
-        self._items[key] = (value, mod_revision)
-
-    def learn(self, key: bytes, value: bytes | None, mod_revision: int) -> None:
-        """Record what a read returned, unless it may be older than what is known: a read
-        sent before one of this process's commits can be answered after it, and must not
-        bring the older value back (``Metadata.getattr`` answers from hints, and an
-        O_APPEND write takes its offset from that answer).
-
-        A present value replaces one of a lower or equal mod revision.  Absence says
-        nothing about its age, so a read that contradicts the hint (absent against
-        present, or present against absent) drops it rather than guess.
-        """
-        cur: tuple[bytes | None, int] | None = self._items.get(key)
-        if cur is None:
-            self.put(key, value, mod_revision)
-        elif value is not None and cur[0] is not None:
-            if mod_revision >= cur[1]:
-                self._items[key] = (value, mod_revision)
-        elif (value is None) != (cur[0] is None):
-            del self._items[key]
-
-    def drop(self, key: bytes) -> None:
-        self._items.pop(key, None)
-
-    def drop_prefix(self, prefix: bytes) -> None:
-        for k in list(self._items.irange(prefix, prefix_end(prefix), inclusive=(True, False))):
-            del self._items[k]
-
-    def clear(self) -> None:
-        self._items.clear()
-
-
 class Txn:
     """One attempt of an optimistic transaction (see module docstring)."""
 
-    def __init__(self, kv: KVEngine, hints: ReadHints | None = None, *,
-                 trust_hints: bool = True) -> None:
+    def __init__(self, kv: KVEngine) -> None:
         self.kv = kv
-        self.hints = hints  # kept up to date with what this attempt reads and commits
-        self.trust_hints = trust_hints  # may reads be answered from them?
-        self.hinted: list[bytes] = []  # keys read from hints rather than the engine
         self._read_revs: dict[bytes, int] = {}
         self._cache: dict[bytes, bytes | None] = {}
         self._writes: dict[bytes, object] = {}  # key -> bytes | _DELETED
         self._leases: dict[bytes, int] = {}
         self._on_commit: list[Callable[[], None]] = []
         self._prefix_deletes: list[bytes] = []
-        self._unhinted: set[bytes] = set()
         self.revision = 0  # set after a successful commit
 
     async def get(self, key: bytes) -> bytes | None:
@@ -130,52 +71,41 @@ class Txn:
             return None if w is _DELETED else w  # type: ignore[return-value]
         if key in self._cache:
             return self._cache[key]
-        if self._from_hints(key):
-            return self._cache[key]
         kv = await self.kv.get(key)
         self._saw(key, kv)
         return self._cache[key]
 
     async def prefetch(self, *keys: bytes) -> None:
         """Read several keys in one engine round trip (each is guarded as by :meth:`get`)."""
-        want = [k for k in keys if k not in self._writes and k not in self._cache
-                and not self._from_hints(k)]
+        want = [k for k in keys if k not in self._writes and k not in self._cache]
         if not want:
             return
         for k, kv in zip(want, await self.kv.get_many(want), strict=True):
             self._saw(k, kv)
 
-    def _from_hints(self, key: bytes) -> bool:
-        hint = self.hints.get(key) if self.hints is not None and self.trust_hints else None
-        if hint is None:
-            return False
-        self._cache[key], self._read_revs[key] = hint
-        self.hinted.append(key)
-        return True
-
     def _saw(self, key: bytes, kv: KeyValue | None) -> None:
         self._read_revs[key] = kv.mod_revision if kv else 0
         self._cache[key] = kv.value if kv else None
-        if self.hints is not None:
-            self.hints.learn(key, self._cache[key], self._read_revs[key])
 
     def guard(self, key: bytes, mod_revision: int) -> None:
         """Require ``key`` to still be at ``mod_revision`` at commit (from an earlier read)."""
         self._read_revs.setdefault(key, mod_revision)
 
     async def scan(self, prefix: bytes, *, limit: int = 0) -> list[KeyValue]:
-        """Keys under ``prefix`` (unguarded: guard the owning key instead)."""
-        res = await self.kv.range(prefix, prefix_end(prefix), limit=limit)
+        """Keys under ``prefix`` (unguarded: guard the owning key instead).
+
+        Always read from the engine: the guard works because the owning key changes with
+        every key under the prefix, so a scan taken after the guard's read and checked by
+        the guard at commit shows the keys as they are then.  A cached listing may be
+        older than a guard read from the engine, and the check would miss that."""
+        with fresh_reads():
+            res = await self.kv.range(prefix, prefix_end(prefix), limit=limit)
         return res.kvs
 
-    def put(self, key: bytes, value: bytes, lease: int = 0, *, hint: bool = True) -> None:
-        """Write ``key``; ``hint=False`` keeps the value out of the read hints (data
-        blocks: large, and never read back through a transaction)."""
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
         self._writes[key] = value
         if lease:
             self._leases[key] = lease
-        if not hint:
-            self._unhinted.add(key)
 
     def delete(self, key: bytes) -> None:
         self._writes[key] = _DELETED
@@ -201,62 +131,43 @@ class Txn:
             return True
         res = await self.kv.commit(compares, puts, deletes)  # type: ignore[arg-type]
         self.revision = res.revision
-        if self.hints is not None:
-            self._update_hints(res.succeeded, res.revision)
         return res.succeeded
 
     @property
     def writes(self) -> bool:
         return bool(self._writes or self._prefix_deletes)
 
-    def _update_hints(self, succeeded: bool, revision: int) -> None:
-        hints = self.hints
-        assert hints is not None
-        if not succeeded:
-            for k in self._read_revs:  # some of them changed; we do not know which
-                hints.drop(k)
-            return
-        for p in self._prefix_deletes:
-            hints.drop_prefix(p)
-        for k, v in self._writes.items():
-            if k in self._unhinted:
-                continue
-            if isinstance(v, bytes):
-                hints.put(k, v, revision)
-            else:
-                hints.put(k, None, 0)
-
-
 async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
-                  attempts: int = 50, hints: ReadHints | None = None,
-                  trust_hints: bool = True) -> T:
+                  attempts: int = 50, confirm_errors: bool = True) -> T:
     """Run ``fn`` in a fresh :class:`Txn` until its commit succeeds.
 
     ``fn`` must be safe to repeat: it may run several times, and only its last run's
-    writes take effect.  Exceptions from ``fn`` abort without writing anything.  With
-    ``hints``, reads may be answered from them (see :class:`ReadHints`) unless
-    ``trust_hints`` is False, and they learn from every attempt either way.
+    writes take effect.  Exceptions from ``fn`` abort without writing anything -- after
+    one more run with every read from the engine if this one may have read from a record
+    cache, unless ``confirm_errors`` is False (see module docstring).
     """
     delay = 0.0005
+    fresh = reading_fresh()
     for _ in range(attempts):
-        txn = Txn(kv, hints, trust_hints=trust_hints)
+        txn = Txn(kv)
+        cached = not fresh and isinstance(kv, CachedEngine) and kv.answering()
         try:
-            result = await fn(txn)
+            if fresh:
+                with fresh_reads():
+                    result = await fn(txn)
+            else:
+                result = await fn(txn)
         except Retry:
             _retried(fn, "retry")
-            trust_hints = trust_hints and not txn.hinted
+            fresh = fresh or cached
             await trio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 0.05)
             continue
         except Exception:
-            if not txn.hinted:
+            if not cached or not confirm_errors:
                 raise
-            _retried(fn, "hints")
-            trust_hints = False  # the failure may come from a stale hint: check it for real
-            continue
-        if txn.hinted and not txn.writes:
-            _retried(fn, "hints")
-            trust_hints = False  # nothing would verify a read-only answer from hints
+            _retried(fn, "cache")
+            fresh = True  # the failure may come from a stale record: check it for real
             continue
         if await txn.commit():
             for hook in txn._on_commit:

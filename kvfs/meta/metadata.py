@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import stat
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -36,12 +37,12 @@ from kvfs.chunk.layout import (
     needs_compaction,
 )
 from kvfs.errors import FSError
-from kvfs.kv.api import KVEngine, Put, prefix_end
-from kvfs.kv.txn import ReadHints, Retry, Txn, run_txn
+from kvfs.kv.api import KeyValue, KVEngine, Put, prefix_end
+from kvfs.kv.cache import CachedEngine, fresh_reads
+from kvfs.kv.txn import Retry, Txn, run_txn
 from kvfs.meta import keys, trash
 from kvfs.meta.ids import IdAllocator
 from kvfs.meta.keys import ROOT_INO, Ino
-from kvfs.meta.offline import LRU, OfflineCache
 from kvfs.meta.records import Attr, decode_dentry, encode_dentry, ftype_of, now_ns
 from kvfs.meta.usage import Usage, slice_space
 
@@ -129,12 +130,12 @@ class Metadata:
         self.slices = IdAllocator(kv, keys.NEXT_SLICE, 1024)
         self.gc_ids = IdAllocator(kv, keys.NEXT_SLICE, 64)
         self.usage = Usage(kv)
-        self.offline = OfflineCache()
-        # A symlink's target never changes, so one read serves every later readlink of
-        # its inode -- even after another mount removed it, as a local filesystem serves
-        # a path walk that already holds the inode -- and during outages.
-        self.symlink_targets: LRU[int, bytes] = LRU(16_384)  # targets are up to 4 KiB
-        self.hints = ReadHints()
+        # A symlink's target never changes, so a target read once serves every later
+        # readlink of its inode -- even after another mount removed it, as a local
+        # filesystem serves a path walk that already holds the inode (a symlink swapped
+        # by a deploy's rename).  Not a cache of the engine's state: nothing in it goes
+        # stale.  Bounded; the oldest go first.
+        self.symlink_targets: OrderedDict[int, bytes] = OrderedDict()
         # Inodes this mount holds open after their last name went (its ``SS`` keys).
         self.held: set[int] = set()
         # Seconds freed slices keep their blocks (the history's retention; 0: none), so
@@ -152,6 +153,23 @@ class Metadata:
         if raw is None:
             raise FSError(errno.ENOENT, f"inode {ino}")
         return Attr.decode(raw)
+
+    async def _child_attr(self, t: Txn, parent: int, name: bytes, ino: int) -> Attr:
+        """The attributes of ``ino``, which ``parent``'s entry ``name`` named when read.
+
+        The entry and the attributes may be read at different revisions: when the
+        attributes are gone, a rename or unlink elsewhere may have replaced the inode in
+        between, and the name was never absent -- or it was removed, and the caller must
+        see that.  Then the transaction runs again (:class:`Retry`); only a name that
+        still names the missing inode (a damaged volume) is ENOENT."""
+        raw = await t.get(keys.attr(ino))
+        if raw is not None:
+            return Attr.decode(raw)
+        with fresh_reads():
+            now = await self.kv.get(keys.dentry(parent, name))
+        if now is None or decode_dentry(now.value)[1] != ino:
+            raise Retry
+        raise FSError(errno.ENOENT, f"inode {ino}")
 
     @staticmethod
     async def _dir_attr(t: Txn, ino: int) -> Attr:
@@ -243,7 +261,7 @@ class Metadata:
                                trash.new_dir_attr(ROOT_INO, trash.TRASH_NAME, now_ns()))
                 t.on_commit(lambda: self.usage.add(inodes=1))
 
-        await run_txn(self.kv, fn, hints=self.hints)
+        await run_txn(self.kv, fn)
 
     async def _forget_inode(self, t: Txn, ino: int, a: Attr) -> None:
         """``ino`` has no links left: keep it for open handles or queue its data for deletion.
@@ -338,54 +356,32 @@ class Metadata:
                 self._put_attr(t, ROOT_INO, root)
                 t.put(keys.NEXT_INODE, keys.u64(ROOT_INO + 1))
 
-        await run_txn(self.kv, fn, hints=self.hints)
+        await run_txn(self.kv, fn)
 
     # -- reads ---------------------------------------------------------------------------
 
     async def getattr(self, ino: int, *, fresh: bool = False) -> Attr:
-        """``ino``'s attributes.  Unless ``fresh``, this mount's read hints may answer
-        (kept current by its own commits and, on shared engines, by the watch), as the
-        kernel's own attribute cache would; ``fresh`` always asks the engine (open)."""
-        if not fresh and not self.offline.offline:
-            hint = self.hints.get(keys.attr(ino))
-            if hint is not None:
-                if hint[0] is None:
-                    raise FSError(errno.ENOENT, f"inode {ino}")
-                return Attr.decode(hint[0])
-
-        async def fetch() -> Attr:
+        """``ino``'s attributes, from the mount's record cache when it may answer (as the
+        kernel's own attribute cache would).  ``fresh`` (open: close-to-open) reads them
+        from the engine, together with the file's first chunk list, and makes the cache
+        forget its other chunk lists: whatever another mount committed before this call
+        is what the file's reads then see."""
+        if fresh:
+            raw = await self._reread_file(ino)
+        else:
             raw = await self.kv.get(keys.attr(ino))
-            if raw is None:
-                raise FSError(errno.ENOENT, f"inode {ino}")
-            a = Attr.decode(raw.value)
-            self.offline.remember_attr(ino, a)
-            self.hints.learn(raw.key, raw.value, raw.mod_revision)
-            return a
+        if raw is None:
+            raise FSError(errno.ENOENT, f"inode {ino}")
+        return Attr.decode(raw.value)
 
-        return await self.offline.through(fetch, lambda: self._last_known_attr(ino))
-
-    # While the engine is unreachable, the last-known state comes from the read hints when
-    # they have it -- they hold this mount's own commits and its latest reads, so they are
-    # never older than the offline cache -- or else from the offline cache, which keeps
-    # what was read after a hint was dropped.  (An append takes its offset from this: an
-    # older length would overwrite acknowledged data.)
-
-    def _last_known_attr(self, ino: int) -> Attr | None:
-        hint = self.hints.get(keys.attr(ino))
-        if hint is not None and hint[0] is not None:
-            return Attr.decode(hint[0])
-        return self.offline.cached_attr(ino)
-
-    def _last_known_chunk(self, ino: int, index: int) -> list[Slice] | None:
-        hint, attr_hint = self.hints.get(keys.chunk(ino, index)), self.hints.get(
-            keys.attr(ino))
-        if hint is not None and attr_hint is not None:  # both from our own view
-            return decode_slices(hint[0]) if hint[0] is not None else []
-        # A cached chunk list goes only with the attributes it was read under.
-        served, cached = self._last_known_attr(ino), self.offline.cached_attr(ino)
-        if served is None or cached is None or served.encode() != cached.encode():
-            return None
-        return self.offline.cached_chunk(ino, index)
+    async def _reread_file(self, ino: int) -> KeyValue | None:
+        if isinstance(self.kv, CachedEngine) and not self.kv.offline:
+            # While the engine is unreachable the cached lists are all there is.
+            prefix = keys.chunk_prefix(ino)
+            self.kv.forget(prefix, prefix_end(prefix))
+        with fresh_reads():
+            raw, _ = await self.kv.get_many([keys.attr(ino), keys.chunk(ino, 0)])
+        return raw
 
     async def getattrs(self, inos: list[int]) -> list[Attr | None]:
         """Attributes of several inodes in one engine round trip (None: gone)."""
@@ -393,6 +389,9 @@ class Metadata:
         return [Attr.decode(kv.value) if kv else None for kv in got]
 
     async def lookup(self, parent: int, name: bytes) -> tuple[Ino, Attr]:
+        """The inode ``name`` in ``parent`` names, and its attributes.  An answer from the
+        record cache is final, ENOENT included: it is as fresh as the watch, like the
+        kernel's own cached lookups."""
         check_name(name)
 
         async def fn(t: Txn) -> tuple[Ino, Attr]:
@@ -411,22 +410,10 @@ class Metadata:
                 await t.prefetch(keys.attr(ent[1]), keys.symlink(ent[1]))
                 target = await t.get(keys.symlink(ent[1]))
                 if target is not None:
-                    self.symlink_targets.put(ent[1], target)
-            a = await self._attr(t, ent[1])
-            self.offline.entries.put((parent, name), ent[1])
-            self.offline.remember_attr(ent[1], a)
-            return Ino(ent[1]), a
+                    self._remember_target(ent[1], target)
+            return Ino(ent[1]), await self._child_attr(t, parent, name, ent[1])
 
-        def cached() -> tuple[Ino, Attr] | None:
-            ino = self.offline.entries.get((parent, name))
-            if ino is None:
-                hint = self.hints.get(keys.dentry(parent, name))
-                ino = decode_dentry(hint[0])[1] if hint is not None and hint[0] else None
-            a = None if ino is None else self._last_known_attr(ino)
-            return None if ino is None or a is None else (Ino(ino), a)
-
-        return await self.offline.through(
-            lambda: run_txn(self.kv, fn, hints=self.hints, trust_hints=False), cached)
+        return await run_txn(self.kv, fn, confirm_errors=False)
 
     async def readdir(self, ino: int) -> list[DirEntry]:
         """Every entry of directory ``ino`` (not ``.``/``..``), read in pages."""
@@ -443,15 +430,26 @@ class Metadata:
                 return out
             start = res.kvs[-1].key + b"\0"
 
+    def _remember_target(self, ino: int, target: bytes) -> None:
+        self.symlink_targets[ino] = target
+        self.symlink_targets.move_to_end(ino)
+        if len(self.symlink_targets) > 16_384:  # targets are up to 4 KiB
+            self.symlink_targets.popitem(last=False)
+
     async def readlink(self, ino: int) -> bytes:
         known = self.symlink_targets.get(ino)
         if known is not None:
             return known
         # Target and attributes at one revision: a symlink removed by another mount is
-        # gone (ENOENT) rather than a symlink without a target.
+        # gone (ENOENT) rather than a symlink without a target.  Cached answers may come
+        # from two revisions (one key cached, the other read), so a symlink without a
+        # target is asked of the engine again.
         link, attr = await self.kv.get_many([keys.symlink(ino), keys.attr(ino)])
+        if link is None and attr is not None:
+            with fresh_reads():
+                link, attr = await self.kv.get_many([keys.symlink(ino), keys.attr(ino)])
         if link is not None:
-            self.symlink_targets.put(ino, link.value)
+            self._remember_target(ino, link.value)
             return link.value
         if attr is None:
             raise FSError(errno.ENOENT, f"inode {ino}")
@@ -505,20 +503,23 @@ class Metadata:
             t.put(keys.dentry(parent, name), encode_dentry(ftype_of(m), ino))
             if target is not None:
                 t.put(keys.symlink(ino), target)
-                t.on_commit(lambda: self.symlink_targets.put(ino, target))
+                t.on_commit(lambda: self._remember_target(ino, target))
             if is_dir:
                 pa.nlink += 1
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
             t.on_commit(lambda: self.usage.add(inodes=1))
-            # A new inode has no data or capabilities yet: say so, so writes need not ask.
-            t.on_commit(lambda: self.hints.put(keys.chunk(ino, 0), None, 0))
-            t.on_commit(lambda: self.hints.put(keys.xattr(ino, SECURITY_CAPABILITY), None, 0))
+            # A new inode has no data or xattrs yet: say so, so writes need not ask (the
+            # kernel asks for security.capability before every write).
+            if isinstance(self.kv, CachedEngine):
+                kv = self.kv
+                t.on_commit(lambda: kv.note_absent(t.revision, keys=[keys.chunk(ino, 0)],
+                                                   groups=[keys.xattr_prefix(ino)]))
             if record is not None:
                 await record(t, ino, a)
             return Ino(ino), a, True
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     async def link(self, ino: int, parent: int, name: bytes) -> Attr:
         check_new_name(parent, name)
@@ -545,7 +546,7 @@ class Metadata:
             self._put_attr(t, parent, pa)
             return a
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     # -- removing names ----------------------------------------------------------------
 
@@ -562,7 +563,7 @@ class Metadata:
         if ent is None:
             raise FSError(errno.ENOENT)
         await t.prefetch(keys.attr(ent[1]), *also)
-        return pa, ent[1], await self._attr(t, ent[1])
+        return pa, ent[1], await self._child_attr(t, parent, name, ent[1])
 
     async def unlink(self, parent: int, name: bytes,
                      record: Callable[[Txn], None] | None = None) -> Ino:
@@ -584,7 +585,7 @@ class Metadata:
                 record(t)
             return Ino(ino)
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     async def rmdir(self, parent: int, name: bytes) -> Ino:
         check_name(name)
@@ -607,7 +608,7 @@ class Metadata:
             self._put_attr(t, parent, pa)
             return Ino(ino)
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     async def _forget_dir(self, t: Txn, ino: int, a: Attr) -> None:
         if self.is_open(ino):
@@ -639,7 +640,7 @@ class Metadata:
                 return  # shared: already queued; the cleaner waits for the other holders
             await self._drop_inode(t, ino, a)
 
-        await run_txn(self.kv, fn, hints=self.hints)
+        await run_txn(self.kv, fn)
 
     # -- rename ------------------------------------------------------------------------
 
@@ -677,7 +678,7 @@ class Metadata:
             now = now_ns()
             await t.prefetch(keys.attr(sino), *([keys.attr(dst[1]), *self._trash_keys(p2, now)]
                                                 if dst else []))
-            sa = await self._attr(t, sino)
+            sa = await self._child_attr(t, p1, n1, sino)
             # Like renameat2 on Linux: the flags are checked before anything else.
             if dst is not None and flags & RENAME_NOREPLACE:
                 raise FSError(errno.EEXIST)
@@ -699,7 +700,7 @@ class Metadata:
                 return moved
             da: Attr | None = None
             if dst is not None:
-                da = await self._attr(t, dst[1])
+                da = await self._child_attr(t, p2, n2, dst[1])
                 if sa.is_dir and not da.is_dir:
                     raise FSError(errno.ENOTDIR)
                 if not sa.is_dir and da.is_dir:
@@ -731,7 +732,7 @@ class Metadata:
                 await record(t, [(sino, sa)])
             return [(sino, sa)]
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     async def _check_not_ancestor(self, t: Txn, ino: int, start: int) -> None:
         """EINVAL if directory ``ino`` is ``start`` or one of its ancestors."""
@@ -748,7 +749,7 @@ class Metadata:
     async def _exchange(self, t: Txn, p1: int, n1: bytes, pa1: Attr, sino: int, sa: Attr,
                         p2: int, n2: bytes, pa2: Attr, dino: int, now: int) -> Attr:
         """Swap the two names; returns the attributes of ``dino`` (now at ``p1/n1``)."""
-        da = await self._attr(t, dino)
+        da = await self._child_attr(t, p2, n2, dino)
         if da.is_dir and p1 != p2:
             await self._check_not_ancestor(t, dino, p1)
         t.put(keys.dentry(p1, n1), encode_dentry(ftype_of(da.mode), dino))
@@ -806,7 +807,7 @@ class Metadata:
             self._put_attr(t, ino, a)
             return a
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     async def truncate(self, ino: int, size: int) -> Attr:
         """Set a regular file's length.  Shrinking hides data past ``size`` at once (a zero
@@ -839,7 +840,7 @@ class Metadata:
             self._put_attr(t, ino, a)
             return a
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     # -- data --------------------------------------------------------------------------
 
@@ -877,7 +878,7 @@ class Metadata:
                     freed = slice_space(decode_slices(dropped))
                     t.on_commit(lambda: self.usage.add(space=-freed))
 
-            await run_txn(self.kv, step, hints=self.hints)
+            await run_txn(self.kv, step)
 
     def _queue_freed(self, t: Txn, gc_id: int, slices: bytes) -> None:
         """Queue slices no chunk refers to any more for deletion of their blocks: at once
@@ -888,14 +889,8 @@ class Metadata:
             t.put(keys.slice_gc(gc_id), slices)
 
     async def read_chunk(self, ino: int, index: int) -> list[Slice]:
-        async def fresh() -> list[Slice]:
-            raw = await self.kv.get(keys.chunk(ino, index))
-            slices = decode_slices(raw.value) if raw else []
-            self.offline.remember_chunk(ino, index, slices)
-            return slices
-
-        return await self.offline.through(fresh,
-                                          lambda: self._last_known_chunk(ino, index))
+        raw = await self.kv.get(keys.chunk(ino, index))
+        return decode_slices(raw.value) if raw else []
 
     async def write_slices(self, ino: int, slices: list[tuple[int, Slice]], end: int,
                            mtime: int, blocks: list[Put] | None = None,
@@ -911,7 +906,7 @@ class Metadata:
         async def fn(t: Txn) -> tuple[Attr, list[int]]:
             crowded: list[int] = []
             for p in blocks or ():
-                t.put(p.key, p.value, hint=False)
+                t.put(p.key, p.value)
             per_chunk: dict[int, list[Slice]] = {}
             for idx, s in slices:
                 per_chunk.setdefault(idx, []).append(s)
@@ -930,7 +925,7 @@ class Metadata:
                 await record(t, a)
             return a, crowded
 
-        return await run_txn(self.kv, fn, hints=self.hints)
+        return await run_txn(self.kv, fn)
 
     async def replace_chunk(self, ino: int, index: int, expect: bytes, new: list[Slice]) -> bool:
         """Compaction: swap chunk ``index``'s slices for ``new`` if they are still ``expect``;
@@ -948,7 +943,6 @@ class Metadata:
             self._queue_freed(t, gc_id, expect)
             t.on_commit(lambda: self.usage.add(space=delta))
 
-        self.hints.drop(key)
         try:
             await run_txn(self.kv, fn, attempts=1)
         except Exception:  # noqa: BLE001 - a conflict just means "try again later"
@@ -960,27 +954,17 @@ class Metadata:
     async def getxattr(self, ino: int, name: bytes) -> bytes:
         if not name.startswith(XATTR_NAMESPACES):
             raise FSError(errno.EOPNOTSUPP, "unknown xattr namespace")
-        key = keys.xattr(ino, name)
-        if name == SECURITY_CAPABILITY:
-            # The kernel asks for this before every write(2); answer from the read hints
-            # when we can (a file created here is known to have none).
-            hint = self.hints.get(key)
-            if hint is not None:
-                if hint[0] is None:
-                    raise FSError(errno.ENODATA)
-                return hint[0]
-        raw = await self.kv.get(key)
+        raw = await self.kv.get(keys.xattr(ino, name))
         if raw is None:
             await self.getattr(ino)
-            if name == SECURITY_CAPABILITY:
-                self.hints.learn(key, None, 0)
             raise FSError(errno.ENODATA)
         return raw.value
 
     async def listxattr(self, ino: int) -> list[bytes]:
         await self.getattr(ino)
         prefix = keys.xattr_prefix(ino)
-        res = await self.kv.range(prefix, prefix_end(prefix), keys_only=True)
+        # Values too: a whole listing is what the record cache keeps.
+        res = await self.kv.range(prefix, prefix_end(prefix))
         return [keys.xattr_name(kv.key) for kv in res.kvs]
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
@@ -1004,7 +988,7 @@ class Metadata:
             a.ctime = now_ns()
             self._put_attr(t, ino, a)
 
-        await run_txn(self.kv, fn, hints=self.hints)
+        await run_txn(self.kv, fn)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         if not name.startswith(XATTR_NAMESPACES):
@@ -1018,4 +1002,4 @@ class Metadata:
             a.ctime = now_ns()
             self._put_attr(t, ino, a)
 
-        await run_txn(self.kv, fn, hints=self.hints)
+        await run_txn(self.kv, fn)

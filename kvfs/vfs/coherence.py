@@ -1,34 +1,29 @@
-"""Cache coherence across mounts: watch the volume's inode keys and invalidate what changed.
+"""Cache coherence across mounts: what other mounts changed reaches the kernel's caches.
 
-Every mount of a shared engine runs one :class:`Coherence` task.  It watches the ``A``
-(inode) keyspace from the revision the mount started at and, for each change made by some
-*other* mount, tells the kernel to drop what it cached: an attribute or chunk change
-invalidates the inode (attributes and page cache), a directory-entry change invalidates that
-name.  Changes this mount committed itself are skipped -- the kernel already saw them in our
-replies.
+Every mount of a shared engine watches its inode keyspace once: the record cache
+(:class:`~kvfs.kv.cache.CachedEngine`) runs the watch, applies each batch of changes to
+itself, and then hands the batch to :class:`Coherence`, which tells the kernel to drop
+what it cached: an attribute or chunk change invalidates the inode (attributes and page
+cache), a directory-entry change invalidates that name.  Changes this mount committed
+itself are skipped -- the kernel already saw them in our replies.  Because the record
+cache is updated first, a kernel that drops a name and asks again gets the new answer.
 
-A broken watch resumes from the last revision it delivered; if that revision has been
-compacted away, everything the kernel may hold is invalidated, since individual changes
-can no longer be known.  Freshness therefore depends on watch delay (milliseconds) only for
-cached entries and attributes; :meth:`FileSystem.open` re-reads attributes from the engine
-(close-to-open), whatever the watch's state.
+When the watch could not resume (its revision was compacted away) the record cache
+forgot everything and every inode the kernel may hold is invalidated.  Freshness
+therefore depends on watch delay (milliseconds) for cached entries and attributes;
+:meth:`FileSystem.open` re-reads attributes from the engine (close-to-open), whatever the
+watch's state.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-import trio
-
-from kvfs.kv.api import Compacted, KVEngine, KVError, prefix_end
-from kvfs.kv.txn import ReadHints
+from kvfs.kv.api import WatchBatch
 from kvfs.meta import keys
 from kvfs.meta.records import Attr
-
-log = logging.getLogger("kvfs.coherence")
 
 
 class Invalidator(Protocol):
@@ -62,60 +57,31 @@ class OwnRevisions:
 
 
 class Coherence:
-    """Watches the engine and invalidates kernel caches (see module docstring)."""
+    """Hands other mounts' changes to the kernel (see module docstring).  Register
+    :meth:`apply` with :meth:`CachedEngine.listen <kvfs.kv.cache.CachedEngine.listen>`."""
 
-    def __init__(self, kv: KVEngine, own: OwnRevisions, invalidator: Invalidator,
+    def __init__(self, own: OwnRevisions, invalidator: Invalidator,
                  known_inodes: Iterable[int] | None = None,
-                 on_orphaned: Callable[[int], Awaitable[None]] | None = None,
-                 hints: ReadHints | None = None) -> None:
-        self.kv = kv
-        self.hints = hints  # transaction read hints: other mounts' changes make them stale
+                 on_orphaned: Callable[[int], Awaitable[None]] | None = None) -> None:
         # Called for every inode another mount left without links (it may be open here).
         self.on_orphaned = on_orphaned
         self.own = own
         self.invalidator = invalidator
         self.known_inodes = known_inodes
-        self.revision = 0  # every change up to here has been applied
 
-    async def run(self, *, since: int | None = None,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Watch from revision ``since`` + 1 (default: the engine's current revision)."""
-        self.revision = await self.kv.current_revision() if since is None else since
-        task_status.started()
-        start, end = keys.INODE_PREFIX, prefix_end(keys.INODE_PREFIX)
-        while True:
-            try:
-                async for batch in self.kv.watch(start, end, self.revision + 1):
-                    await self._apply(batch.events)
-                    self.revision = max(self.revision, batch.revision)
-            except Compacted:
-                log.warning("watch fell behind compaction; invalidating every cached inode")
-                if self.hints is not None:
-                    self.hints.clear()
-                self.revision = await self._current_or(self.revision)
-                await self._invalidate_all()
-            except KVError as exc:
-                log.warning("watch interrupted (%s); resuming from revision %d", exc,
-                            self.revision + 1)
-                await trio.sleep(1.0)
-
-    async def _current_or(self, fallback: int) -> int:
-        try:
-            return await self.kv.current_revision()
-        except KVError:
-            return fallback
-
-    async def _apply(self, events: list) -> None:  # type: ignore[type-arg]
+    async def apply(self, batch: WatchBatch | None) -> None:
+        """One batch of the watch; None: everything may have changed."""
+        if batch is None:
+            for ino in list(self.known_inodes or ()):
+                await self.invalidator.invalidate_inode(ino)
+            return
         inodes: set[int] = set()
         entries: set[tuple[int, bytes]] = set()
-        for ev in events:
+        for ev in batch.events:
             if ev.mod_revision in self.own:
                 continue
-            key = ev.key
-            if self.hints is not None:
-                self.hints.drop(key)
             try:
-                ino, kind, rest = keys.parse_inode_key(key)
+                ino, kind, rest = keys.parse_inode_key(ev.key)
             except ValueError:
                 continue
             if kind == keys.DENTRY_TAG:
@@ -128,8 +94,4 @@ class Coherence:
         for parent, name in entries:
             await self.invalidator.invalidate_entry(parent, name)
         for ino in inodes:
-            await self.invalidator.invalidate_inode(ino)
-
-    async def _invalidate_all(self) -> None:
-        for ino in list(self.known_inodes or ()):
             await self.invalidator.invalidate_inode(ino)

@@ -39,6 +39,7 @@ from kvfs.history.pending import PendingVersions
 from kvfs.history.recorder import Recorder, join
 from kvfs.history.records import ATTR, DELETE, LINK, WRITE
 from kvfs.kv.api import NoSpace
+from kvfs.kv.cache import CachedEngine
 from kvfs.kv.txn import Txn
 from kvfs.meta.keys import Ino
 from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
@@ -521,10 +522,12 @@ class FileSystem:
                     log_failure(log, "compaction of inode %d failed", ino)
 
     async def run_background(self, nursery: trio.Nursery) -> None:
-        """Start the cleaner and the compactor as children of ``nursery``."""
+        """Start the record cache's watch, the cleaner and the compactor as children of
+        ``nursery``."""
+        if isinstance(self.meta.kv, CachedEngine):
+            await nursery.start(self.meta.kv.run)
         if self.history is not None:
             await nursery.start(self.history.refresh_settings)
         await nursery.start(self.cleaner.run)
         await nursery.start(self.meta.usage.run)
-        await nursery.start(self.meta.offline.probe, self.meta.kv)
         await nursery.start(self._compactor)
