@@ -68,8 +68,9 @@ class MountOptions:
     allow_other: bool = os.geteuid() == 0
     read_only: bool = False
     nonempty: bool = False  # mounting over files is intended: no warning
-    attr_timeout: float = 1.0
-    entry_timeout: float = 1.0
+    # The kernel's cache timeouts; None: automatic (kvfs.fuse.ops.KvfsOperations).
+    attr_timeout: float | None = None
+    entry_timeout: float | None = None
     orphan_grace: float = 60.0
     # Shared engines: the session lease TTL (a dead mount's roles move after it), and how
     # much revision history the compactor keeps (sampled every tenth of it, at most 60 s).

@@ -29,6 +29,7 @@ import trio
 from kvfs.errors import FSError
 from kvfs.fuse.metrics import FuseStats
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
+from kvfs.kv.cache import CachedEngine
 from kvfs.meta.metadata import RENAME_EXCHANGE, Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.meta.trash import shown_nlink
@@ -37,6 +38,11 @@ from kvfs.outage import log_failure
 from kvfs.vfs.fs import FileSystem
 
 log = logging.getLogger("kvfs.fuse")
+# Seconds the kernel may cache attributes and names (see KvfsOperations.attr_timeout): long
+# while every change reaches it as an invalidation, short when the watch cannot promise
+# that (then as JuiceFS's default).
+COHERENT_TIMEOUT = 60.0
+FALLBACK_TIMEOUT = 1.0
 # How long a lookup waits for the kernel to drop a moved directory's old name.
 _DROP_OLD_NAME_WAIT = 0.05
 # The kernel restarts a path walk that met ESTALE at once (well within this many seconds),
@@ -117,13 +123,18 @@ class KvfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: FileSystem, *, attr_timeout: float = 1.0,
-                 entry_timeout: float = 1.0, stats: FuseStats | None = None) -> None:
+    def __init__(self, fs: FileSystem, *, attr_timeout: float | None = None,
+                 entry_timeout: float | None = None, stats: FuseStats | None = None) -> None:
         super().__init__()
         self.fs = fs
         self.stats = stats or FuseStats()  # every request is recorded here (see _errors)
-        self.attr_timeout = attr_timeout
-        self.entry_timeout = entry_timeout
+        # The kernel's cache timeouts: as given, or (None) COHERENT_TIMEOUT while the
+        # record cache answers -- every change reaches the kernel as an invalidation, from
+        # this mount's replies or the watch -- and FALLBACK_TIMEOUT while it does not.
+        self._attr_timeout = attr_timeout
+        self._entry_timeout = entry_timeout
+        kv = fs.meta.kv
+        self._coherent = kv.answering if isinstance(kv, CachedEngine) else lambda: False
         # Kernel lookup counts: inodes the kernel may hold in its caches.
         self.lookups: dict[int, int] = {}
         # What the kernel was last told about each inode (ctime, mtime, size).
@@ -246,6 +257,18 @@ class KvfsOperations(pyfuse3.Operations):
         task_status.started()
         async for parent, name in self._moved_dirs:
             await self.invalidate_entry(parent, name)
+
+    @property
+    def attr_timeout(self) -> float:
+        if self._attr_timeout is not None:
+            return self._attr_timeout
+        return COHERENT_TIMEOUT if self._coherent() else FALLBACK_TIMEOUT
+
+    @property
+    def entry_timeout(self) -> float:
+        if self._entry_timeout is not None:
+            return self._entry_timeout
+        return COHERENT_TIMEOUT if self._coherent() else FALLBACK_TIMEOUT
 
     @staticmethod
     def _negative(timeout: float) -> pyfuse3.EntryAttributes:
