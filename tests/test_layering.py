@@ -65,7 +65,7 @@ ALLOWED: dict[str, set[str]] = {
     "watch": {"deploy", "volume", "meta", "meta.keys", "kv", "errors"},
     "deploy": {"history", "errors"},
     "mountpath": {"fuse", "errors"},
-    "benchmarks": {"volume", "kv", "errors"},
+    "benchmarks": {"volume", "fuse", "kv", "errors", "kvfs"},
     "dump": {"volume", "history", "chunk.layout", "meta.keys", "kv", "objstore", "outage",
              "errors", "kvfs"},
     "fuse": {"history.service", "volume", "vfs", "history", "raftkv", "durable", "kvfs"}
