@@ -276,8 +276,10 @@ class Mount:
         # On a shared engine a deleted file's data, and its space in df, goes only after
         # orphan_grace (for other hosts that may have it open); this one mount's open files
         # are kept by its own holds, so a short grace loses nothing and keeps checks quick.
-        cmd = kvfs_cmd() + ["mount", "-d", "--log", self.log, "-o", "orphan_grace=2",
-                            self.url, self.mnt]
+        # Its disk block cache (engines across the network) beside the mountpoint, so
+        # runs leave nothing in /var/cache/kvfs.
+        cmd = kvfs_cmd() + ["mount", "-d", "--log", self.log, "-o",
+                            f"orphan_grace=2,cache_dir={self.mnt}.cache", self.url, self.mnt]
         subprocess.run(cmd, check=True, timeout=120)
         if not os.path.ismount(self.mnt):
             raise RuntimeError(f"{self.mnt} is not a mountpoint after `kvfs mount`")

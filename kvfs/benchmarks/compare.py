@@ -312,7 +312,8 @@ def _setup_etcd(procs: Processes, base: Path, versions: dict[str, str],
         "mounted with a local cache directory of its own each")
     mnt = base / "mnt"
     return [
-        Side("kvfs", [KvfsMount(procs, kvfs_url, mnt / f"kvfs-{x}", base / f"kvfs-{x}.log")
+        Side("kvfs", [KvfsMount(procs, kvfs_url, mnt / f"kvfs-{x}", base / f"kvfs-{x}.log",
+                                base / f"kvfs-cache-{x}")
                       for x in "ab"]),
         Side("JuiceFS", [JuiceFSMount(procs, jfs_meta, mnt / f"juicefs-{x}",
                                       base / f"juicefs-{x}.log", base / f"jfs-cache-{x}")
@@ -336,7 +337,8 @@ def _setup_local(procs: Processes, base: Path, versions: dict[str, str],
         "4 MiB blocks); cold = unmount, drop the kernel's caches, mount again")
     mnt = base / "mnt"
     return [
-        Side("kvfs", [KvfsMount(procs, str(volume), mnt / "kvfs", base / "kvfs.log")]),
+        Side("kvfs", [KvfsMount(procs, str(volume), mnt / "kvfs", base / "kvfs.log",
+                                base / "kvfs-cache")]),
         Side("JuiceFS", [JuiceFSMount(procs, jfs_meta, mnt / "juicefs", base / "juicefs.log",
                                       base / "jfs-cache")]),
     ]

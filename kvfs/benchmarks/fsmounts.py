@@ -152,16 +152,20 @@ class Mount(abc.ABC):
 
 class KvfsMount(Mount):
     """``kvfs mount URL MOUNTPOINT`` with default options, its metrics endpoint on a port
-    of the kernel's choosing (so mounts never collide on the default port)."""
+    of the kernel's choosing (so mounts never collide on the default port) and its disk
+    block cache in ``cache_dir`` (a run's own, removed with it, as JuiceFS's is)."""
 
     label = "kvfs"
 
-    def __init__(self, procs: Processes, url: str, mountpoint: Path, log: Path) -> None:
+    def __init__(self, procs: Processes, url: str, mountpoint: Path, log: Path,
+                 cache_dir: Path) -> None:
         super().__init__(procs, mountpoint, log)
         self.url = url
+        self.cache_dir = cache_dir
 
     def argv(self) -> list[str]:
-        return [*KVFS, "mount", self.url, str(self.mountpoint), "-o", "metrics=127.0.0.1:0"]
+        return [*KVFS, "mount", self.url, str(self.mountpoint), "-o",
+                f"metrics=127.0.0.1:0,cache_dir={self.cache_dir}"]
 
     def umount_argv(self) -> list[str]:
         return [*KVFS, "umount", str(self.mountpoint)]
