@@ -64,11 +64,12 @@ import os
 import random
 import stat
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 from fsapi import ROOT, USER, read_all
+from jittery import Jittery
 from sortedcontainers import SortedDict
 
 from kvfs.errors import FSError
@@ -78,11 +79,8 @@ from kvfs.kv.api import (
     CommitResult,
     Compare,
     Delete,
-    KeyValue,
     KVEngine,
     Put,
-    RangeResult,
-    WatchBatch,
     prefix_end,
 )
 from kvfs.kv.local import MemoryEngine
@@ -195,52 +193,6 @@ class Recorded(DelegatingEngine):
         """The test closes the engine itself, after every mount."""
 
 
-class Jittery(DelegatingEngine):
-    """The shared engine as one mount sees it: each call (and each watch batch) is answered
-    after a random number of scheduler turns."""
-
-    def __init__(self, inner: KVEngine, rng: random.Random) -> None:
-        super().__init__(inner)
-        self.rng = rng
-
-    async def _turns(self, choices: Sequence[int] = (0, 0, 1, 2, 5)) -> None:
-        for _ in range(self.rng.choice(choices)):
-            await trio.lowlevel.checkpoint()
-
-    async def get(self, key: bytes) -> KeyValue | None:
-        await self._turns()
-        got = await self.inner.get(key)
-        await self._turns()
-        return got
-
-    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
-        await self._turns()
-        got = await self.inner.get_many(keys)
-        await self._turns()
-        return got
-
-    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
-                    keys_only: bool = False) -> RangeResult:
-        await self._turns()
-        got = await self.inner.range(start, end, limit=limit, keys_only=keys_only)
-        await self._turns()
-        return got
-
-    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
-                     deletes: Sequence[Delete] = ()) -> CommitResult:
-        await self._turns()
-        res = await self.inner.commit(compares, puts, deletes)
-        await self._turns()
-        return res
-
-    async def watch(self, start: bytes, end: bytes,  # type: ignore[override]
-                    start_revision: int) -> AsyncIterator[WatchBatch]:
-        async for batch in self.inner.watch(start, end, start_revision):
-            # Now and then the watch lags well behind the commits (a busy stream).
-            await self._turns((0, 0, 1, 2, 5, 50))
-            yield batch
-
-
 class NullInvalidator:
     """The kernel's side of coherence: this test has no kernel, only counts."""
 
@@ -287,7 +239,9 @@ async def open_mount(name: str, shared: KVEngine, hist: History, rng: random.Ran
                      nursery: trio.Nursery) -> Mount:
     """One mount of the shared engine, wired as kvfs.fuse.mount.serve wires one."""
     own: set[int] = set()
-    vol = await open_volume("mem://", kv=RecordingEngine(Jittery(shared, rng), own.add))
+    # Now and then the watch lags well behind the commits (a busy stream).
+    view = Jittery(shared, rng, watch_turns=(0, 0, 1, 2, 5, 50))
+    vol = await open_volume("mem://", kv=RecordingEngine(view, own.add))
     vol.meta.trash_days = vol.fmt.trash_days
     await vol.meta.ensure_trash()
     session = await Session.register(vol.kv, f"/model/{name}", 60.0, held=vol.meta.held)

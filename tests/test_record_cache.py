@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import trio
+from jittery import Jittery
 from kv_contract import KVContract
 
 from kvfs.kv.api import (
@@ -27,8 +28,6 @@ from kvfs.kv.api import (
     KeyValue,
     KVEngine,
     Put,
-    RangeResult,
-    WatchBatch,
     prefix_end,
 )
 from kvfs.kv.cache import CachedEngine, RecordCache, fresh_reads
@@ -316,53 +315,19 @@ class History:
         return [cur, *out]
 
 
-class Jittery(DelegatingEngine):
-    """The shared engine as one mount sees it: each answer (and each watch batch) comes
-    back after a random number of scheduler turns, so reads overlap watch deliveries and
-    the other mount's commits.  Commits are recorded in ``hist`` as they happen."""
+class Recorded(DelegatingEngine):
+    """Records every successful commit in ``hist`` as it happens."""
 
-    def __init__(self, inner: KVEngine, rng: random.Random, hist: History) -> None:
+    def __init__(self, inner: KVEngine, hist: History) -> None:
         super().__init__(inner)
-        self.rng = rng
         self.hist = hist
-
-    async def _turns(self) -> None:
-        for _ in range(self.rng.choice([0, 0, 1, 2, 5])):
-            await trio.lowlevel.checkpoint()
-
-    async def get(self, key: bytes) -> KeyValue | None:
-        await self._turns()
-        got = await self.inner.get(key)
-        await self._turns()
-        return got
-
-    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
-        await self._turns()
-        got = await self.inner.get_many(keys)
-        await self._turns()
-        return got
-
-    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
-                    keys_only: bool = False) -> RangeResult:
-        await self._turns()
-        got = await self.inner.range(start, end, limit=limit, keys_only=keys_only)
-        await self._turns()
-        return got
 
     async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
                      deletes: Sequence[Delete] = ()) -> CommitResult:
-        await self._turns()
         res = await self.inner.commit(compares, puts, deletes)
         if res.succeeded:
             self.hist.record(res.revision, list(puts), list(deletes))
-        await self._turns()
         return res
-
-    async def watch(self, start: bytes, end: bytes,  # type: ignore[override]
-                    start_revision: int) -> AsyncIterator[WatchBatch]:
-        async for batch in self.inner.watch(start, end, start_revision):
-            await self._turns()
-            yield batch
 
 
 KEYS = [b"d/%d" % i for i in range(4)] + [b"e/%d" % i for i in range(3)] + [b"x", b"y"]
@@ -419,7 +384,8 @@ async def run_model(seed: int) -> None:
     rng = random.Random(seed)
     shared = SharedMemoryEngine()
     hist = History()
-    mounts = [CachedEngine(Jittery(shared, random.Random(seed * 2 + i), hist), prefix=b"",
+    recorded = Recorded(shared, hist)
+    mounts = [CachedEngine(Jittery(recorded, random.Random(seed * 2 + i)), prefix=b"",
                            group_of=slash_group, limit_bytes=rng.choice([2_000, 1 << 20]))
               for i in range(2)]
     async with trio.open_nursery() as nursery:
