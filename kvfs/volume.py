@@ -229,7 +229,9 @@ async def format_volume(kv: KVEngine, name: str, *, storage: str = "kv", bucket:
         raise VolumeError("the root's mode and owner are set when a volume is created; "
                           "change them with chmod and chown on a mount")
     if old is not None and (old.storage != storage or old.block_size != block_size):
-        raise VolumeError("--force cannot change storage or block size of a volume with data")
+        raise VolumeError(f"--force cannot change the storage or block size of volume "
+                          f"{old.name!r} (it has storage {old.storage} and "
+                          f"{old.block_size // 1024} KiB blocks)")
     if history is None:
         history = old.history_settings if old else HistorySettings()
     if history.days < 0 or history.versions < 1:
