@@ -205,6 +205,17 @@ class Recorder:
                                    {"from": old.decode(errors="replace")})
         return True
 
+    async def version_in(self, t: Txn, ino: int, a: Attr, kind: str, uid: int) -> None:
+        """Inside a change's own transaction: the version of non-directory ``ino`` as the
+        change leaves it (attributes ``a``), under each of its paths the history covers --
+        no commit of its own."""
+        if not self.enabled or a.is_dir or not a.nlink:
+            return
+        where = [p for p in await self.paths_of(ino, a) if self.settings.covers(p)]
+        if where:
+            await self.put_version(t, ino, a, kind, uid, where, 0,
+                                   await self.meta.gc_ids.next())
+
     async def record_file(self, ino: int, kind: str, uid: int, note: dict[str, Any] | None = None,
                           paths: list[bytes] | None = None, at: int = 0,
                           seq: int = 0) -> list[bytes]:

@@ -777,8 +777,11 @@ class Metadata:
 
     # -- attributes --------------------------------------------------------------------
 
-    async def setattr(self, ino: int, ch: SetAttr) -> Attr:
-        """Apply ``ch``; a size change goes through :meth:`truncate` first."""
+    async def setattr(self, ino: int, ch: SetAttr,
+                      record: Callable[[Txn, Attr], Awaitable[None]] | None = None) -> Attr:
+        """Apply ``ch``; a size change goes through :meth:`truncate` first.  ``record`` is
+        given the new attributes inside the transaction, to add writes of the caller's
+        (the history's version of the file as the change leaves it)."""
         if ch.size is not None:
             await self.truncate(ino, ch.size)
 
@@ -805,6 +808,8 @@ class Metadata:
                 a.mtime = ch.mtime
             a.ctime = ch.ctime if ch.ctime is not None else now
             self._put_attr(t, ino, a)
+            if record is not None:
+                await record(t, a)
             return a
 
         return await run_txn(self.kv, fn)

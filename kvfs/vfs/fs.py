@@ -193,15 +193,22 @@ class FileSystem:
             await data.flush()
         elif data is not None and (ch.mtime is not None):
             await data.flush()  # an explicit mtime must not be overtaken by a later flush
-        attr = await self.meta.setattr(ino, ch)
+        versioned = self.history is not None and any(
+            v is not None for v in (ch.mode, ch.uid, ch.gid, ch.size, ch.mtime))
+        by_handle = through_handle and ino in self._data
+        record = None
+        if versioned and not by_handle:
+            recorder = self.history
+            assert recorder is not None
+
+            async def record(t: Txn, a: Attr) -> None:
+                await recorder.version_in(t, ino, a, ATTR, uid)
+
+        attr = await self.meta.setattr(ino, ch, record=record)
         if ch.size is not None:
             self.cleaner.poke()
-        if self.history is not None and not attr.is_dir and any(
-                v is not None for v in (ch.mode, ch.uid, ch.gid, ch.size, ch.mtime)):
-            if through_handle and ino in self._data:
-                self._mark(ino, WRITE, uid)
-            else:
-                await self.history.record_file(ino, ATTR, uid)
+        if versioned and by_handle and not attr.is_dir:
+            self._mark(ino, WRITE, uid)
         return self._overlay(ino, attr)
 
     async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int,
