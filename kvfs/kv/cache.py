@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -635,8 +635,5 @@ class CachedEngine(DelegatingEngine):
             self.cache.drop(d.key)
         else:
             self.cache.drop_range(d.key, d.range_end)
-
-    def watch(self, start: bytes, end: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
-        return self.inner.watch(start, end, start_revision)
 
 
