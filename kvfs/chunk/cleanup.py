@@ -34,6 +34,8 @@ from kvfs.meta.metadata import Metadata
 from kvfs.outage import log_failure
 
 log = logging.getLogger("kvfs.cleanup")
+# Seconds between cleanup rounds at least, however often the cleaner is poked.
+MIN_ROUND_GAP = 0.5
 
 
 class Cleaner:
@@ -65,6 +67,9 @@ class Cleaner:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - keep the mount alive; retry next round
                 log_failure(log, "cleanup round failed (retrying later)")
+            # Pokes come with every unlink; a burst of them is served by one round (each
+            # round scans four queues) at most every MIN_ROUND_GAP seconds.
+            await trio.sleep(min(MIN_ROUND_GAP, self.interval))
             with trio.move_on_after(self.interval):
                 await self._wake.wait()
             self._wake = trio.Event()

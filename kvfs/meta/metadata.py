@@ -323,10 +323,11 @@ class Metadata:
             return  # the last link went; the inode's keys go with it
         links = {}
         if a.parent:
-            links[a.parent] = 1
-        for kv in await t.scan(keys.link_parent_prefix(ino)):
-            links[keys.link_parent_of(kv.key)] = keys.read_u64(kv.value)
-            t.delete(kv.key)
+            links[a.parent] = 1  # its only link: it has no P keys to read
+        else:
+            for kv in await t.scan(keys.link_parent_prefix(ino)):
+                links[keys.link_parent_of(kv.key)] = keys.read_u64(kv.value)
+                t.delete(kv.key)
         if old and old in links:
             links[old] -= 1
             if not links[old]:
@@ -509,19 +510,25 @@ class Metadata:
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
             t.on_commit(lambda: self.usage.add(inodes=1))
-            # A new inode has no data or xattrs yet: say so, so writes need not ask (the
-            # kernel asks for security.capability before every write).
+            # A new inode has no data, xattrs or entries yet: say so, so writes need not
+            # ask (the kernel asks for security.capability before every write), and
+            # neither do the lookups of names about to be created in a new directory.
             if isinstance(self.kv, CachedEngine):
                 kv = self.kv
+                empty = [keys.xattr_prefix(ino)] + ([keys.dentry_prefix(ino)] if is_dir else [])
                 t.on_commit(lambda: kv.note_absent(t.revision, keys=[keys.chunk(ino, 0)],
-                                                   groups=[keys.xattr_prefix(ino)]))
+                                                   groups=empty))
             if record is not None:
                 await record(t, ino, a)
             return Ino(ino), a, True
 
         return await run_txn(self.kv, fn)
 
-    async def link(self, ino: int, parent: int, name: bytes) -> Attr:
+    async def link(self, ino: int, parent: int, name: bytes, *,
+                   record: Callable[[Txn, Attr], Awaitable[None]] | None = None) -> Attr:
+        """Add the name ``name`` in ``parent`` for non-directory ``ino``.  ``record`` is
+        given the linked inode's new attributes inside the transaction (the history's
+        version)."""
         check_new_name(parent, name)
 
         async def fn(t: Txn) -> Attr:
@@ -544,6 +551,8 @@ class Metadata:
             t.put(keys.dentry(parent, name), encode_dentry(ftype_of(a.mode), ino))
             pa.mtime = pa.ctime = now
             self._put_attr(t, parent, pa)
+            if record is not None:
+                await record(t, a)
             return a
 
         return await run_txn(self.kv, fn)

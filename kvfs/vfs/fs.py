@@ -43,7 +43,7 @@ from kvfs.kv.cache import CachedEngine
 from kvfs.kv.txn import Txn
 from kvfs.meta.keys import Ino
 from kvfs.meta.metadata import MAX_FILE_SIZE, Ctx, DirEntry, Metadata, SetAttr
-from kvfs.meta.records import Attr
+from kvfs.meta.records import Attr, now_ns
 from kvfs.objstore.api import ObjectStoreFull
 from kvfs.outage import log_failure
 
@@ -232,11 +232,17 @@ class FileSystem:
         return await self.meta.readlink(ino)
 
     async def link(self, ino: int, parent: int, name: bytes, uid: int = 0) -> Attr:
-        attr = await self.meta.link(ino, parent, name)
-        if self.history is not None and self.history.enabled:
+        record = None
+        history = self.history
+        if history is not None and history.enabled:
             path = await self._path(parent, name)
-            if path is not None:
-                await self.history.record_file(ino, LINK, uid, paths=[path])
+            if path is not None and history.settings.covers(path):
+                seq, at = await history.meta.gc_ids.next(), now_ns()
+
+                async def record(t: Txn, a: Attr) -> None:
+                    await history.put_version(t, ino, a, LINK, uid, [path], at, seq)
+
+        attr = await self.meta.link(ino, parent, name, record=record)
         return self._overlay(ino, attr)
 
     async def unlink(self, parent: int, name: bytes, uid: int = 0) -> None:

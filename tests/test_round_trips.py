@@ -1,0 +1,163 @@
+"""One round trip per change: the engine calls each metadata operation makes on a mount of
+a shared engine once its record cache holds what the operation reads.
+
+A mount is wired as :mod:`kvfs.fuse.mount` wires one (session, trash, history, the record
+cache's watch with the coherence listener) on a :class:`MemoryEngine` that says it is
+shared, as etcd is, and a counting layer sits between the mount and the engine.  Each
+change made in a directory this mount created -- so its listing is known to be complete --
+must be exactly one commit and no read: the kernel's lookup of the new name, the
+transaction's reads and the history's version all come from the cache or ride in that
+commit.  Reads of what the mount has seen (lookup, getattr, readdir) cost nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+import trio
+
+from kvfs.errors import FSError
+from kvfs.history.recorder import Recorder
+from kvfs.kv.api import CommitResult, Compare, Delete, KeyValue, Put, RangeResult
+from kvfs.kv.local import MemoryEngine
+from kvfs.kv.recording import DelegatingEngine, RecordingEngine
+from kvfs.meta.keys import ROOT_INO
+from kvfs.meta.metadata import Ctx, SetAttr
+from kvfs.meta.session import Session
+from kvfs.vfs.coherence import Coherence
+from kvfs.vfs.fs import FileSystem
+from kvfs.volume import format_volume, open_volume
+
+ROOT = Ctx(0, 0)
+
+
+class SharedMemoryEngine(MemoryEngine):
+    shared = True
+
+
+class Counting(DelegatingEngine):
+    """Counts the calls that would be round trips to a remote engine."""
+
+    def __init__(self, inner: MemoryEngine) -> None:
+        super().__init__(inner)
+        self.calls: Counter[str] = Counter()
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        self.calls["read"] += 1
+        return await self.inner.get(key)
+
+    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
+        self.calls["read"] += 1
+        return await self.inner.get_many(keys)
+
+    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
+                    keys_only: bool = False) -> RangeResult:
+        self.calls["read"] += 1
+        return await self.inner.range(start, end, limit=limit, keys_only=keys_only)
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        self.calls["commit"] += 1
+        return await self.inner.commit(compares, puts, deletes)
+
+
+class NoKernel:
+    async def invalidate_inode(self, ino: int) -> None:
+        pass
+
+    async def invalidate_entry(self, parent: int, name: bytes) -> None:
+        pass
+
+
+@pytest.fixture
+async def mount(nursery: trio.Nursery) -> AsyncIterator[tuple[FileSystem, Counting]]:
+    shared = SharedMemoryEngine()
+    await format_volume(shared, "rt", storage="kv", bucket="")
+    counting = Counting(shared)
+    own: set[int] = set()
+    vol = await open_volume("mem://", kv=RecordingEngine(counting, own.add))
+    vol.meta.trash_days = vol.fmt.trash_days
+    await vol.meta.ensure_trash()
+    session = await Session.register(vol.kv, "/rt", 60.0, held=vol.meta.held)
+    vol.meta.session_id = session.sid
+    fs = FileSystem(vol.meta, vol.slices)
+    fs.keep_history(Recorder(vol.meta, vol.fmt.history_settings, "rt-host"))
+    assert fs.history is not None and fs.history.enabled
+    coherence = Coherence(vol.own, NoKernel(), known_inodes={ROOT_INO: 1},
+                          on_orphaned=fs.note_orphaned)
+    vol.cache.listen(coherence.apply)
+    await nursery.start(session.keepalive)
+    await nursery.start(vol.cache.run)
+    yield fs, counting
+    await vol.aclose()
+
+
+async def counted(counting: Counting, op: object) -> Counter[str]:
+    """The engine calls ``op`` (an awaitable) made, after the background work settled."""
+    await trio.sleep(0.05)  # the previous step's watch batch and cleanup round
+    before = counting.calls.copy()
+    await op  # type: ignore[misc]
+    return counting.calls - before
+
+
+async def absent(fs: FileSystem, parent: int, name: bytes) -> None:
+    """The kernel's lookup before creating ``name``."""
+    with pytest.raises(FSError):
+        await fs.lookup(parent, name)
+
+
+async def test_each_change_is_one_commit_and_no_read(mount: tuple[FileSystem, Counting]
+                                                     ) -> None:
+    fs, counting = mount
+    d, _ = await fs.mkdir(ROOT, ROOT_INO, b"d", 0o755)
+    one_commit = Counter({"commit": 1})
+
+    async def create(name: bytes) -> None:  # open(2) with O_CREAT, then close(2)
+        await absent(fs, d, name)
+        fh, _, _ = await fs.create(ROOT, d, name, 0o644, os.O_WRONLY)
+        await fs.release(fh)
+
+    await create(b"warm-up")  # the first ids of each kind are reserved by commits
+    await fs.unlink(d, b"warm-up")
+    assert await counted(counting, create(b"f")) == one_commit
+    assert await counted(counting, fs.lookup(d, b"f")) == Counter()
+    ino, _ = await fs.lookup(d, b"f")
+    assert await counted(counting, fs.getattr(ino)) == Counter()
+
+    async def mkdir(name: bytes) -> None:
+        await absent(fs, d, name)
+        await fs.mkdir(ROOT, d, name, 0o755)
+
+    assert await counted(counting, mkdir(b"sub")) == one_commit
+
+    async def rename(old: bytes, new: bytes) -> None:
+        await absent(fs, d, new)
+        await fs.rename(d, old, d, new)
+
+    assert await counted(counting, rename(b"f", b"g")) == one_commit
+    ino, _ = await fs.lookup(d, b"g")
+
+    async def link(name: bytes) -> None:
+        await absent(fs, d, name)
+        await fs.link(ino, d, name)
+
+    assert await counted(counting, link(b"h")) == one_commit
+    assert await counted(counting, fs.setxattr(ino, b"user.k", b"v")) == one_commit
+    assert await counted(counting, fs.getxattr(ino, b"user.k")) == Counter()
+    # A file with several links keeps its parents in P keys, read from the engine.
+    assert await counted(counting, fs.unlink(d, b"h")) == one_commit + Counter(read=1)
+    assert await counted(counting, fs.unlink(d, b"g")) == one_commit
+    sub, _ = await fs.lookup(d, b"sub")
+    assert await counted(counting, fs.setattr(sub, SetAttr(mode=0o40700))) == one_commit
+    # rmdir reads the listing from the engine: emptiness is checked, not compared.
+    assert await counted(counting, fs.rmdir(d, b"sub")) == one_commit + Counter(read=1)
+
+    async def listing() -> None:
+        fh = await fs.opendir(d)
+        assert [e.name for _, e in await fs.readdir(fh, 0)] == [b".", b".."]
+        await fs.releasedir(fh)
+
+    assert await counted(counting, listing()) == Counter()
