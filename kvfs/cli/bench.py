@@ -4,6 +4,7 @@
   kvfs bench small DIR            small-file and metadata operation rates
   kvfs bench commit META_URL      commit throughput and latency of a metadata engine
   kvfs bench compare              kvfs against JuiceFS, side by side (kvfs.benchmarks.compare)
+  kvfs bench scale                how costs grow with size (kvfs.benchmarks.scale)
 
 ``bench small`` shows a progress bar on stderr on a terminal (kvfs.cli.progress), fed by a
 callback: kvfs.benchmarks does not import the CLI.
@@ -16,7 +17,7 @@ import json
 import os
 import sys
 
-from kvfs.benchmarks import compare, deploy, kvcommit, smallfiles
+from kvfs.benchmarks import compare, deploy, kvcommit, scale, smallfiles
 from kvfs.benchmarks.launch import LaunchError
 from kvfs.benchmarks.sidebyside import WorkloadError
 from kvfs.cli.progress import Progress
@@ -65,6 +66,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     m.add_argument("--dir", default="", help="where the temporary volumes, mountpoints "
                    "and etcd go (default: a new directory under /var/tmp)")
     m.add_argument("--json", action="store_true", help="every round's figures as JSON")
+    g = bsub.add_parser(
+        "scale", help="how costs grow: a big directory, a big volume, many mounts",
+        description="Lookups and readdir in directories of N entries, mount time and "
+                    "memory of a volume of M files, and the CPU each of several mounts "
+                    "of one volume spends while they all change files "
+                    "(kvfs.benchmarks.scale).  Needs root and etcd.")
+    g.add_argument("--engine", default="embedded",
+                   help="embedded (default; the mounts part on an etcd it starts), etcd "
+                        "(one it starts), or a shared engine's URL")
+    g.add_argument("--entries", default="1000,10000,100000",
+                   help="directory sizes (default 1000,10000,100000)")
+    g.add_argument("--files", default="10000,100000,1000000",
+                   help="volume sizes (default 10000,100000,1000000)")
+    g.add_argument("--mounts", type=int, default=10, help="writing mounts (default 10)")
+    g.add_argument("--seconds", type=float, default=30.0,
+                   help="length of each phase of the mounts part (default 30)")
+    g.add_argument("--samples", type=int, default=1000,
+                   help="lookups timed per directory (default 1000)")
+    g.add_argument("--parts", default=",".join(scale.PARTS),
+                   help=f"which parts (default {','.join(scale.PARTS)})")
+    g.add_argument("--dir", default="", help="where the volumes, mountpoints and etcd go "
+                   "(default: a new directory under /var/tmp)")
+    g.add_argument("--json", action="store_true")
     return p
 
 
@@ -100,6 +124,17 @@ def run(args: argparse.Namespace) -> int:
             raise MountError(str(exc)) from None
         print(json.dumps(result.as_dict(), indent=1) if args.json
               else compare.markdown(result))
+        return 0
+    if args.bench == "scale":
+        try:
+            grown = scale.run(args.engine, entries=scale.sizes(args.entries),
+                            files=scale.sizes(args.files), mounts=args.mounts,
+                            seconds=args.seconds, samples=args.samples,
+                            parts=[p for p in args.parts.split(",") if p], workdir=args.dir,
+                            log=lambda line: print(line, file=sys.stderr, flush=True))
+        except LaunchError as exc:
+            raise MountError(str(exc)) from None
+        print(json.dumps(grown.as_dict(), indent=1) if args.json else scale.markdown(grown))
         return 0
     root = _check_dir(args.dir)
     with Progress("bench small", total=args.count * len(smallfiles.PHASES),
