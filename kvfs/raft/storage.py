@@ -14,7 +14,6 @@ from ``first_index()`` to ``last_index()``; ``term(snapshot index)`` is the snap
 
 from __future__ import annotations
 
-import copy
 from typing import Protocol
 
 from kvfs.raft.types import EMPTY_SNAPSHOT, ConfState, Entry, HardState, Snapshot, SnapshotMeta
@@ -60,18 +59,20 @@ class MemoryStorage:
 
     ``_entries[0]`` is a sentinel carrying the snapshot's index and term, so the term of the
     last compacted entry stays known (the core needs it to check an append's predecessor).
+
+    Every write changes what a reader in another thread can see in one step: appending
+    after the last entry extends the list in place (one ``list.extend``, atomic under the
+    interpreter lock, and cheap however long the log is), while replacing a suffix,
+    compacting or installing a snapshot builds a new list and publishes it with one
+    reference assignment -- so a read sees the log before or after a write, never a
+    shortened one half-way through.  (A *sequence* of reads is consistent only between
+    writes; :mod:`kvfs.raftkv.disk` explains why its readers need no more.)
     """
 
     def __init__(self) -> None:
         self.hard_state = HardState()
         self._snapshot = EMPTY_SNAPSHOT
         self._entries: list[Entry] = [Entry(term=0, index=0)]
-
-    def copy(self) -> MemoryStorage:
-        """An independent copy (entries are immutable, so the lists are copied shallowly)."""
-        other = copy.copy(self)
-        other._entries = list(self._entries)
-        return other
 
     # -- the read side used by the core ------------------------------------------------------
 
@@ -123,8 +124,11 @@ class MemoryStorage:
         if offset > len(self._entries):
             raise ValueError(
                 f"append at {entries[0].index} leaves a gap after {self.last_index()}")
-        del self._entries[offset:]
-        self._entries.extend(entries)
+        if offset == len(self._entries):
+            self._entries.extend(entries)
+        else:
+            # A conflicting suffix is replaced (rare: a follower's uncommitted entries).
+            self._entries = self._entries[:offset] + list(entries)
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Replace the whole log with ``snapshot`` (a follower installing one from its

@@ -136,10 +136,12 @@ Threads
 -------
 All methods block; the server calls them through ``trio.to_thread.run_sync``.  Writers
 (``save``, ``save_snapshot``, ``compact``, ``bootstrap``, ``close``) are serialised by a
-lock.  The read side (the :class:`~kvfs.raft.Storage` methods) takes no lock: every write
-builds the new mirror on a copy and publishes it with one reference assignment, so each
-read sees the state before or after a write, never half of one (the copy costs a list of
-pointers per write, small beside the sync).  A *sequence* of reads is
+lock.  The read side (the :class:`~kvfs.raft.Storage` methods) takes no lock: the mirror
+is a :class:`~kvfs.raft.MemoryStorage` updated in place, each of whose changes is one
+atomic step (an append extends its list, anything that shortens or replaces the log
+publishes a new list), so each read sees the state before or after a step, never half of
+one -- and a save costs the same however long the log held in memory is.  A *sequence*
+of reads is
 consistent because of the core's contract: the core reads storage only while handling an
 input or building a Ready, and the host calls ``save`` between ``ready()`` and ``advance()``
 (when :class:`~kvfs.raft.RawNode` refuses every input) and ``save_snapshot``/``compact``
@@ -690,13 +692,13 @@ class RaftDisk:
                 self._append(records, sync=synced)
                 if synced:
                     self.metrics.wal_synced(time.monotonic() - started)
-                new = mirror.copy()
+                # In place: each step is one atomic change a reader sees before or after
+                # (MemoryStorage); copying the log here would cost its length per save.
                 if snapshot is not None:
-                    new.apply_snapshot(snapshot)
-                new.append(ents)
+                    mirror.apply_snapshot(snapshot)
+                mirror.append(ents)
                 if hard_state is not None:
-                    new.set_hard_state(hard_state)
-                self._mirror = new
+                    mirror.set_hard_state(hard_state)
                 if snapshot is not None:
                     self._prune_snapshots()
                     self._drop_segments(snapshot.meta.index)
@@ -728,9 +730,7 @@ class RaftDisk:
             _write_snapshot_file(self.directory, snapshot)
             try:
                 self._append([_MarkRec(meta.index, meta.term, False)], sync=True)
-                new = mirror.copy()
-                new.create_snapshot(meta.index, meta.conf_state, snapshot.data)
-                self._mirror = new
+                mirror.create_snapshot(meta.index, meta.conf_state, snapshot.data)
                 self.metrics.snapshot_saved(time.monotonic() - started)
                 self._prune_snapshots()
                 hold_from = self._window_start(meta.index, self.hold_entries,
@@ -805,9 +805,7 @@ class RaftDisk:
         """Drop entries up to ``mirror_index`` from the mirror, and the segments holding
         nothing after ``disk_index`` (at most ``mirror_index``) from the disk."""
         if mirror_index > 0:
-            new = self._mirror.copy()
-            new.compact(mirror_index)
-            self._mirror = new
+            self._mirror.compact(mirror_index)
         if disk_index > 0:
             self._drop_segments(disk_index)
 
