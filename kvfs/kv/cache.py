@@ -597,11 +597,15 @@ class CachedEngine(DelegatingEngine):
         except KVError as exc:
             if isinstance(exc, EngineUnavailable):
                 self._went_offline()
-            # The outcome is unknown: what this mount wrote may or may not be there.
-            for p in puts:
-                self.cache.drop(p.key)
-            for d in deletes:
-                self._forget_deleted(d)
+            # The outcome is unknown: what this mount wrote may or may not be there.  On a
+            # shared engine the watch will deliver whatever it did, and until then the
+            # entries are the last-known state an outage serves; on an unshared one
+            # nothing would correct them, so they are forgotten.
+            if self.authoritative:
+                for p in puts:
+                    self.cache.drop(p.key)
+                for d in deletes:
+                    self._forget_deleted(d)
             self.cache.end_read()
             raise
         try:
