@@ -141,6 +141,17 @@ class RecordCache:
         self.misses += 1
         return False, None
 
+    def knows(self, key: bytes) -> bool:
+        """Whether ``key``'s state is known (without counting a hit or a miss)."""
+        if key in self._entries:
+            return True
+        g = self.group_of(key)
+        return g is not None and g in self._complete
+
+    def complete(self, group: bytes) -> bool:
+        """Whether every key of ``group`` is known (absent keys too)."""
+        return group in self._complete
+
     def listing(self, group: bytes, start: bytes, end: bytes, limit: int,
                 keys_only: bool) -> tuple[list[KeyValue], bool] | None:
         """The present keys of ``group`` in ``[start, end)`` (at most ``limit``, 0: all)
@@ -319,6 +330,10 @@ class RecordCache:
 Listener = Callable[[WatchBatch | None], Awaitable[None]]
 # Seconds a watch batch waits at most for this mount's commits in flight when it arrived.
 OWN_COMMIT_WAIT = 0.1
+# A group whose keys missed this many times is read whole, if it has at most
+# GROUP_FILL_LIMIT keys.
+GROUP_FILL_AFTER = 2
+GROUP_FILL_LIMIT = 4096
 
 
 class CachedEngine(DelegatingEngine):
@@ -360,6 +375,10 @@ class CachedEngine(DelegatingEngine):
         self._in_flight: dict[int, trio.Event] = {}
         self._commit_seq = 0
         self._overdue: set[int] = set()
+        # Groups whose keys were read one at a time lately (how often), and groups found
+        # too big to read whole; both bounded, oldest forgotten first.
+        self._group_misses: OrderedDict[bytes, int] = OrderedDict()
+        self._big_groups: OrderedDict[bytes, None] = OrderedDict()
 
     # -- health ----------------------------------------------------------------------
 
@@ -492,6 +511,8 @@ class CachedEngine(DelegatingEngine):
         out: dict[bytes, KeyValue | None] = {}
         want: list[bytes] = []
         answering = self.answering()
+        if answering and self.learning:
+            await self._learn_missed_groups(keys)
         for k in keys:
             if answering and self._cached(k):
                 known, kv = self.cache.lookup(k)
@@ -519,6 +540,34 @@ class CachedEngine(DelegatingEngine):
             finally:
                 self.cache.end_read()
         return [out[k] for k in keys]
+
+    async def _learn_missed_groups(self, keys: Sequence[bytes]) -> None:
+        """Read whole the groups (up to GROUP_FILL_LIMIT keys) of ``keys`` that missed
+        before: lookups of one name after another in a directory this mount has not
+        listed -- a cold ``ls -l``, ``cp -r`` or ``diff -r`` on another host's files --
+        then cost one read of the listing instead of one per name."""
+        for k in keys:
+            g = self.cache.group_of(k) if self._cached(k) else None
+            if g is None or g in self._big_groups or self.cache.knows(k):
+                continue
+            misses = self._group_misses.pop(g, 0) + 1
+            if misses < GROUP_FILL_AFTER:
+                self._group_misses[g] = misses
+                if len(self._group_misses) > 4096:
+                    self._group_misses.popitem(last=False)
+                continue
+            res = await self.range(g, prefix_end(g), limit=GROUP_FILL_LIMIT)
+            if res.more:
+                self._big_groups[g] = None
+                if len(self._big_groups) > 4096:
+                    self._big_groups.popitem(last=False)
+
+    def peek(self, key: bytes) -> tuple[bool, KeyValue | None]:
+        """``key``'s cached state, if the cache may answer now: ``(known, value)``; never
+        a round trip.  For hints only (what to prefetch): a read that matters reads."""
+        if not self._cached(key) or not self.answering() or not self.cache.knows(key):
+            return False, None
+        return self.cache.lookup(key)
 
     def _fill(self, key: bytes, kv: KeyValue | None, started: int) -> None:
         self.cache.fill(key, kv, started)

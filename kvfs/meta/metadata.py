@@ -58,6 +58,7 @@ SECURITY_CAPABILITY = b"security.capability"
 # Chunk indexes are 32-bit in keys, so files end before 2**32 chunks of 64 MiB.
 MAX_FILE_SIZE = (1 << 32) * CHUNK_SIZE
 _FTYPE_SYMLINK = ftype_of(stat.S_IFLNK)
+_FTYPE_REGULAR = ftype_of(stat.S_IFREG)
 # Deleting a big file moves this many chunk keys per transaction (two ops each).
 _CHUNKS_PER_STEP = 50
 
@@ -412,9 +413,23 @@ class Metadata:
                 target = await t.get(keys.symlink(ent[1]))
                 if target is not None:
                     self._remember_target(ent[1], target)
+            if ent[0] == _FTYPE_REGULAR:  # an open may follow: its first chunk list too
+                await t.prefetch(keys.attr(ent[1]), keys.chunk(ent[1], 0))
             return Ino(ent[1]), await self._child_attr(t, parent, name, ent[1])
 
         return await run_txn(self.kv, fn, confirm_errors=False)
+
+    def cached_start(self, ino: int) -> tuple[int, list[Slice]] | None:
+        """The size and first chunk's slices of file ``ino`` as the record cache holds them
+        (None if it holds neither or may not answer), without a round trip: a hint of
+        what an open is about to read."""
+        if not isinstance(self.kv, CachedEngine):
+            return None
+        known_attr, attr = self.kv.peek(keys.attr(ino))
+        known_chunk, chunk = self.kv.peek(keys.chunk(ino, 0))
+        if not (known_attr and known_chunk) or attr is None:
+            return None
+        return Attr.decode(attr.value).size, decode_slices(chunk.value) if chunk else []
 
     async def readdir(self, ino: int) -> list[DirEntry]:
         """Every entry of directory ``ino`` (not ``.``/``..``), read in pages."""
