@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import trio
+import trio.testing
 
 from kvfs.errors import FSError
 from kvfs.history.recorder import Recorder
@@ -76,6 +77,12 @@ class NoKernel:
 async def mount(nursery: trio.Nursery) -> AsyncIterator[tuple[FileSystem, Counting]]:
     shared = SharedMemoryEngine()
     await format_volume(shared, "rt", storage="kv", bucket="")
+    yield await open_mount(shared, nursery)
+
+
+async def open_mount(shared: MemoryEngine, nursery: trio.Nursery
+                     ) -> tuple[FileSystem, Counting]:
+    """A mount of ``shared``, wired as kvfs.fuse.mount wires one."""
     counting = Counting(shared)
     own: set[int] = set()
     vol = await open_volume("mem://", kv=RecordingEngine(counting, own.add))
@@ -91,8 +98,7 @@ async def mount(nursery: trio.Nursery) -> AsyncIterator[tuple[FileSystem, Counti
     vol.cache.listen(coherence.apply)
     await nursery.start(session.keepalive)
     await nursery.start(vol.cache.run)
-    yield fs, counting
-    await vol.aclose()
+    return fs, counting
 
 
 async def counted(counting: Counting, op: object) -> Counter[str]:
@@ -161,3 +167,37 @@ async def test_each_change_is_one_commit_and_no_read(mount: tuple[FileSystem, Co
         await fs.releasedir(fh)
 
     assert await counted(counting, listing()) == Counter()
+
+
+async def test_a_cold_read_on_another_mount(nursery: trio.Nursery) -> None:
+    """Another mount's 1 KiB file: once the directory's entries are known, the lookup is
+    one read (attributes and first chunk list together), the open one read, and the
+    open starts the block's fetch itself (before any read asks for it)."""
+    shared = SharedMemoryEngine()
+    await format_volume(shared, "rt", storage="kv", bucket="")
+    a, _ = await open_mount(shared, nursery)
+    b, counting = await open_mount(shared, nursery)
+    d, _ = await a.mkdir(ROOT, ROOT_INO, b"d", 0o755)
+    for i in range(3):
+        fh, _, _ = await a.create(ROOT, d, b"f%d" % i, 0o644, os.O_WRONLY)
+        await a.write(fh, 0, b"x" * 1024)
+        await a.flush(fh)
+        await a.release(fh)
+    bd, _ = await b.lookup(ROOT_INO, b"d")
+    # f0's entry and its attributes; then the directory's listing and f1's attributes
+    # (a second name missing from b's cache); then f2's attributes alone.
+    assert await counted(counting, b.lookup(bd, b"f0")) == Counter(read=2)
+    assert await counted(counting, b.lookup(bd, b"f1")) == Counter(read=2)
+    assert await counted(counting, b.lookup(bd, b"f2")) == Counter(read=1)
+    ino, _ = await b.lookup(bd, b"f2")
+
+    async def open_then_read() -> None:
+        prefetched = b.slices.prefetched
+        fh, attr = await b.open_with_attr(ino, os.O_RDONLY)
+        await trio.testing.wait_all_tasks_blocked()  # the prefetch runs in the background
+        assert b.slices.prefetched == prefetched + 1
+        assert await b.read(fh, 0, 4096) == b"x" * 1024
+        await b.release(fh)
+
+    # The open's own read, and the block's (started by the open).
+    assert await counted(counting, open_then_read()) == Counter(read=2)
