@@ -114,8 +114,9 @@ def rows(scale: Scale, doc_label: str, engine: str) -> list[Row]:
         Row("fio_write", f"fio sequential write, 1 MiB requests, {scale.fio_mib:,} MiB "
             "(MiB/s)", True),
         Row("fio_read_cold", f"fio sequential read of it, {other} (MiB/s)", True),
-        Row("deploy_median_ms", f"rename-deploy seen on the other mount: median of "
-            f"{scale.deploys} (ms)", False, two_mounts_only=True),
+        Row("deploy_median_ms", f"rename-deploy seen on the other mount (polled every "
+            f"{sidebyside.DEPLOY_POLL * 1000:g} ms): median of {scale.deploys} (ms)", False,
+            two_mounts_only=True),
         Row("deploy_max_ms", "rename-deploy seen on the other mount: max (ms)", False,
             two_mounts_only=True),
         Row("deploy_enoent", "rename-deploy: polls of the other mount that got ENOENT",
