@@ -64,7 +64,7 @@ import trio
 
 from kvfs.benchmarks.compare import _sigterm_interrupts
 from kvfs.benchmarks.fsmounts import KvfsMount
-from kvfs.benchmarks.launch import Etcd, LaunchError, Processes
+from kvfs.benchmarks.launch import Etcd, LaunchError, Processes, log_tail
 from kvfs.volume import format_volume, open_engine, open_volume
 
 PARTS = ("dir", "volume", "watch")
@@ -507,6 +507,12 @@ def run(engine: str = "embedded", entries: list[int] | None = None,
                 res.tables.append(part_watch(
                     state, mounts, seconds,
                     lambda: etcd[0].proc.pid if etcd and shared_url is etcd_url else None))
+    except BaseException:
+        # The logs go with the run's directory: what the mounts said is shown first.
+        for m in state.mounts:
+            if tail := log_tail(m.log, 10):
+                log(f"log of the mount at {m.mountpoint}:\n{tail}")
+        raise
     finally:
         for m in state.mounts:
             m.stop()
