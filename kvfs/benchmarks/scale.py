@@ -40,8 +40,8 @@ formatted under PREFIX plus a suffix (``-dir``, ``-vol1000``, ``-watch``), which
 hold a volume yet, and is left there.  Everything the run started (etcd, mounts) is
 stopped by PID and its temporary directory removed, also on an error, Ctrl-C or SIGTERM.
 
-Figures are medians of nothing: one measurement each, on a machine where other work may
-run; the output carries the load average at the start and the end.
+Each figure is one measurement, not a median of several, and other work on the machine
+moves it: the output carries the load average at the start and the end.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ import os
 import random
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
 import time
@@ -63,7 +62,7 @@ from typing import Any, cast
 import trio
 
 from kvfs.benchmarks.compare import _sigterm_interrupts
-from kvfs.benchmarks.fsmounts import KvfsMount
+from kvfs.benchmarks.fsmounts import KvfsMount, run_checked
 from kvfs.benchmarks.launch import Etcd, LaunchError, Processes, log_tail
 from kvfs.volume import format_volume, open_engine, open_volume
 
@@ -240,9 +239,8 @@ def _listing(path: Path, expect: int) -> float:
 def _find(root: Path, *args: str) -> tuple[float, int]:
     """Seconds of ``find ROOT ARGS`` and the lines it printed."""
     t0 = time.perf_counter()
-    res = subprocess.run(["find", str(root), *args], capture_output=True, check=True,
-                         stdin=subprocess.DEVNULL)
-    return time.perf_counter() - t0, res.stdout.count(b"\n")
+    out = run_checked(["find", str(root), *args], "find", timeout=3600)
+    return time.perf_counter() - t0, out.count("\n")
 
 
 def _mb(m: KvfsMount) -> float:
