@@ -441,3 +441,30 @@ def test_editor_and_shell_save_patterns(embedded: Mount, tmp_path: Path) -> None
     contents = [content_of(mp, "/site.conf", int(v["revision"]))  # type: ignore[call-overload]
                 for v in log if v["kind"] != "away"]
     assert contents == [b"v1\n", b"v2\n", b"v3\n", b"v4\n", b"v5\n"]
+
+
+def test_cp_a_and_changes_through_a_handle_leave_one_version(embedded: Mount,
+                                                            tmp_path: Path) -> None:
+    """``cp -a`` creates, writes, then sets times and mode through its descriptor: one
+    version, with the content and the final mode.  A file opened, written and fchmod'ed
+    is one more version -- each change through the handle brings the same one up to date."""
+    mp = embedded.mountpoint
+    src = tmp_path / "app.conf"
+    src.write_text("listen 80;\n")
+    os.chmod(src, 0o640)
+    os.utime(src, (1_000_000_000, 1_000_000_000))
+    subprocess.run(["cp", "-a", str(src), str(mp / "app.conf")], check=True)
+    st = os.stat(mp / "app.conf")
+    assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o640, 1_000_000_000)
+    log = log_of(mp, "/app.conf")
+    assert [v["kind"] for v in log] == ["create"], log
+    assert content_of(mp, "/app.conf", int(log[0]["revision"])) == b"listen 80;\n"  # type: ignore[call-overload]
+
+    with open(mp / "app.conf", "r+") as fh:
+        fh.write("listen 81;\n")
+        fh.flush()
+        os.fchmod(fh.fileno(), 0o600)
+        os.utime(fh.fileno(), (2_000_000_000, 2_000_000_000))
+    log = log_of(mp, "/app.conf")
+    assert [v["kind"] for v in log] == ["create", "write"], log
+    assert content_of(mp, "/app.conf", int(log[-1]["revision"])) == b"listen 81;\n"  # type: ignore[call-overload]

@@ -1,19 +1,23 @@
 """Versions due for files changed through open handles, recorded with the commit that
-makes them true where possible.
+makes them true.
 
 A file gets one version per change a user would name: ``echo x > f`` is one version, not
-"created empty" then "written".  So:
+"created empty" then "written", and ``cp -a`` (create, write, futimens, fchmod, close) is
+one version too.  So every change through a handle writes its version inside its own
+transaction, and all of them write the *same* version key -- the handle's version, brought
+up to date each time:
 
 * a file created through a handle gets its ``create`` version in the create's own
-  transaction (:meth:`PendingVersions.on_create`), and the key of that version is kept;
-* the close that commits written data (:meth:`flush_record`) writes the version of the
-  file as that commit leaves it, in that commit -- under the kept key when the file was
-  created by this handle (the same version, now with its content), else as a new one;
-* a change without data that no close committed (an ``O_TRUNC``, an ``fchmod``) is
+  transaction (:meth:`PendingVersions.on_create`), and that version's key is kept;
+* a close that commits written data (:meth:`flush_record`) and an attribute change through
+  a handle (:meth:`change_record`: ``fchmod``, ``futimens``, ``ftruncate``) write the file's
+  version as that commit leaves it, under the kept key -- or, for the first change to a
+  file this handle did not create, under a new key that is kept from then on;
+* what no commit recorded (data flushed on its own before an attribute change, say) is
   recorded when the handle is released (:meth:`release`), in a transaction of its own.
 
-Invariant: ``_due[ino]`` exists exactly while ``ino`` has a change no version shows yet,
-or was created by a handle whose ``create`` version may still take its content.
+Invariant: ``_due[ino]`` exists while ``ino`` has a change no version shows yet, or while a
+handle's version key is kept for its next change.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ class _Due:
     uid: int
     changed: bool  # something no version shows yet
     wrote: bool  # ... and it includes written data
-    created_as: tuple[bytes, int, int] | None = None  # (path, time, seq) of its create
+    # (path, time, seq) of the version this handle's changes bring up to date: its create
+    # version, or the version its first recorded change wrote.
+    version: tuple[bytes, int, int] | None = None
     generation: int = 0  # counts changes, so a version knows whether it shows the last
 
 
@@ -62,6 +68,10 @@ class PendingVersions:
 
         return record
 
+    def has_due(self, ino: int) -> bool:
+        """Whether ``ino`` has a change due, or a handle's version key kept."""
+        return ino in self._due
+
     def changed(self, ino: int, kind: str, uid: int, *, wrote: bool = False) -> None:
         """``ino`` changed through an open handle."""
         if not self.recorder.enabled:
@@ -78,40 +88,64 @@ class PendingVersions:
         """For a close with written data: the callback recording the version inside the
         commit of that data, and the record it settles; None when no version is due."""
         due = self._due.get(ino)
-        rec = self.recorder
-        if due is None or not due.wrote or not rec.enabled:
+        if due is None or not due.wrote or not self.recorder.enabled:
             return None
+        return await self._record(ino, due)
+
+    async def change_record(self, ino: int, kind: str, uid: int
+                            ) -> tuple[Callable[[Txn, Attr], Awaitable[None]], _Due, int] | None:
+        """For an attribute change through an open handle: the callback recording the
+        handle's version inside that change's transaction, and the record it settles
+        (pass both to :meth:`settled` once it committed); None without history."""
+        if not self.recorder.enabled:
+            return None
+        self.changed(ino, kind, uid)
+        return await self._record(ino, self._due[ino])
+
+    async def _record(self, ino: int, due: _Due
+                      ) -> tuple[Callable[[Txn, Attr], Awaitable[None]], _Due, int]:
+        rec = self.recorder
         attr = await rec.meta.getattr(ino)
         paths = [p for p in await rec.paths_of(ino, attr) if rec.settings.covers(p)]
         targets: list[tuple[bytes, int, int]] = []
         at = now_ns()
         for p in paths:
-            if due.created_as is not None and due.created_as[0] == p:
-                targets.append(due.created_as)  # the create's version, now with content
+            if due.version is not None and due.version[0] == p:
+                targets.append(due.version)  # the handle's version, brought up to date
             else:
                 targets.append((p, at, await rec.meta.gc_ids.next()))
-        kind = CREATE if due.created_as is not None else due.kind
+        kind, generation = due.kind, due.generation
+
+        def keep_key() -> None:
+            due.version = targets[0]
 
         async def record(t: Txn, a: Attr) -> None:
             for path, when, seq in targets:
                 await rec.put_version(t, ino, a, kind, due.uid, [path], when, seq)
+            if due.version is None and len(targets) == 1:
+                t.on_commit(keep_key)
 
-        return record, due, due.generation
+        return record, due, generation
 
     def settled(self, ino: int, due: _Due, generation: int) -> None:
         """The version of ``due`` as of ``generation`` committed; a change made meanwhile
-        stays due."""
-        if self._due.get(ino) is due and due.generation == generation:
+        stays due.  A kept version key stays for the handle's next change."""
+        if self._due.get(ino) is not due or due.generation != generation:
+            return
+        if due.version is None:
             del self._due[ino]
+        else:
+            due.changed = due.wrote = False
 
     async def release(self, ino: int) -> None:
         """The handle of ``ino`` is released: record what no version shows yet."""
         due = self._due.pop(ino, None)
         if due is None or not due.changed:
             return
-        if due.created_as is not None:  # still its create: that version, brought up to date
-            path, at, seq = due.created_as
-            await self.recorder.record_file(ino, CREATE, due.uid, paths=[path], at=at, seq=seq)
+        if due.version is not None:  # the handle's version, brought up to date
+            path, at, seq = due.version
+            await self.recorder.record_file(ino, due.kind or WRITE, due.uid, paths=[path],
+                                            at=at, seq=seq)
         else:
             await self.recorder.record_file(ino, due.kind or WRITE, due.uid)
 

@@ -187,10 +187,11 @@ class FileSystem:
 
     async def setattr(self, ino: int, ch: SetAttr, uid: int = 0, *,
                       through_handle: bool = False) -> Attr:
-        """Change attributes.  ``through_handle``: by an open descriptor (ftruncate,
-        fchmod, an open with O_TRUNC), whose close records the version; otherwise the
-        version is recorded now -- a path's chmod must not wait for a release the kernel
-        sends when it likes, after which the file may be gone."""
+        """Change attributes, recording the file's version in the change's own commit.
+        ``through_handle``: by an open descriptor (ftruncate, an open with O_TRUNC).  A
+        change by descriptor -- or to a file whose open handle here has a version due (the
+        kernel sends fchmod and futimens without the descriptor: ``cp -a``'s are these)
+        -- brings the handle's version up to date instead of adding one."""
         data = self._data.get(ino)
         if ch.size is not None and data is not None:
             data.discard_beyond(ch.size)
@@ -199,9 +200,20 @@ class FileSystem:
             await data.flush()  # an explicit mtime must not be overtaken by a later flush
         versioned = self.history is not None and any(
             v is not None for v in (ch.mode, ch.uid, ch.gid, ch.size, ch.mtime))
-        by_handle = through_handle and ino in self._data
-        record = None
-        if versioned and not by_handle:
+        by_handle = data is not None and (through_handle or (
+            self._pending is not None and self._pending.has_due(ino)))
+        record: Callable[[Txn, Attr], Awaitable[None]] | None = None
+        handle_version = None
+        if versioned and by_handle and self._pending is not None:
+            # The handle's version, brought up to date in this change's own commit: it
+            # must show the data written so far, so that goes first.
+            assert data is not None
+            if data.dirty:
+                await data.flush()
+            handle_version = await self._pending.change_record(ino, WRITE, uid)
+            if handle_version is not None:
+                record = handle_version[0]
+        elif versioned and not by_handle:
             recorder = self.history
             assert recorder is not None
 
@@ -211,8 +223,9 @@ class FileSystem:
         attr = await self.meta.setattr(ino, ch, record=record)
         if ch.size is not None:
             self.cleaner.poke()
-        if versioned and by_handle and not attr.is_dir:
-            self._mark(ino, WRITE, uid)
+        if handle_version is not None:
+            assert self._pending is not None
+            self._pending.settled(ino, handle_version[1], handle_version[2])
         return self._overlay(ino, attr)
 
     async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int,
