@@ -199,3 +199,29 @@ async def test_a_cold_read_on_another_mount(nursery: trio.Nursery) -> None:
 
     # The open's own read, and the block's (started by the open).
     assert await counted(counting, open_then_read()) == Counter(read=2)
+
+
+async def test_a_copied_file_is_three_commits(mount: tuple[FileSystem, Counting]) -> None:
+    """``cp -a`` of a file: open(O_CREAT|O_EXCL), write, futimens, fchmod, close.  The
+    create is one commit; the times ride in the commit of the buffered data; the mode is
+    one more -- and the file's one version is brought up to date in each, with no commit
+    of its own."""
+    fs, counting = mount
+    d, _ = await fs.mkdir(ROOT, ROOT_INO, b"d", 0o755)
+    await absent(fs, d, b"warm-up")
+    fh, _, _ = await fs.create(ROOT, d, b"warm-up", 0o600, os.O_WRONLY | os.O_EXCL)
+    await fs.write(fh, 0, b"x")  # the first slice id is reserved by a commit
+    await fs.release(fh)
+
+    async def copy() -> None:
+        await absent(fs, d, b"copy")
+        fh, ino, _ = await fs.create(ROOT, d, b"copy", 0o600, os.O_WRONLY | os.O_EXCL)
+        await fs.write(fh, 0, b"data" * 500)
+        await fs.setattr(ino, SetAttr(atime=10**18, mtime=10**18))
+        await fs.setattr(ino, SetAttr(mode=0o100640))
+        await fs.flush(fh)
+        await fs.release(fh)
+
+    assert await counted(counting, copy()) == Counter(commit=3)
+    ino, attr = await fs.lookup(d, b"copy")
+    assert (attr.mtime, attr.mode, attr.size) == (10**18, 0o100640, 2000)

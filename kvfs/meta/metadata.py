@@ -811,32 +811,37 @@ class Metadata:
 
         async def fn(t: Txn) -> Attr:
             a = await self._attr(t, ino)
-            now = now_ns()
-            if ch.mode is not None:
-                a.mode = stat.S_IFMT(a.mode) | (ch.mode & 0o7777)
-            owner_changed = (ch.uid is not None and ch.uid != a.uid) or (
-                ch.gid is not None and ch.gid != a.gid)
-            if ch.uid is not None:
-                a.uid = ch.uid
-            if ch.gid is not None:
-                a.gid = ch.gid
-            if owner_changed and ch.mode is None and not a.is_dir:
-                # chown of a non-directory drops set-user-ID, and set-group-ID if the
-                # file is group-executable (otherwise SGID means mandatory locking).
-                a.mode &= ~stat.S_ISUID
-                if a.mode & stat.S_IXGRP:
-                    a.mode &= ~stat.S_ISGID
-            if ch.atime is not None:
-                a.atime = ch.atime
-            if ch.mtime is not None:
-                a.mtime = ch.mtime
-            a.ctime = ch.ctime if ch.ctime is not None else now
-            self._put_attr(t, ino, a)
+            self.change_in(t, ino, a, ch)
             if record is not None:
                 await record(t, a)
             return a
 
         return await run_txn(self.kv, fn)
+
+    def change_in(self, t: Txn, ino: int, a: Attr, ch: SetAttr) -> None:
+        """Apply ``ch`` but its size to ``a``, the attributes ``ino`` has in ``t``, and
+        write them in ``t`` -- :meth:`setattr`'s own transaction, or a write's of the same
+        file that the change rides in."""
+        if ch.mode is not None:
+            a.mode = stat.S_IFMT(a.mode) | (ch.mode & 0o7777)
+        owner_changed = (ch.uid is not None and ch.uid != a.uid) or (
+            ch.gid is not None and ch.gid != a.gid)
+        if ch.uid is not None:
+            a.uid = ch.uid
+        if ch.gid is not None:
+            a.gid = ch.gid
+        if owner_changed and ch.mode is None and not a.is_dir:
+            # chown of a non-directory drops set-user-ID, and set-group-ID if the file is
+            # group-executable (otherwise SGID means mandatory locking).
+            a.mode &= ~stat.S_ISUID
+            if a.mode & stat.S_IXGRP:
+                a.mode &= ~stat.S_ISGID
+        if ch.atime is not None:
+            a.atime = ch.atime
+        if ch.mtime is not None:
+            a.mtime = ch.mtime
+        a.ctime = ch.ctime if ch.ctime is not None else now_ns()
+        self._put_attr(t, ino, a)
 
     async def truncate(self, ino: int, size: int) -> Attr:
         """Set a regular file's length.  Shrinking hides data past ``size`` at once (a zero

@@ -196,8 +196,6 @@ class FileSystem:
         if ch.size is not None and data is not None:
             data.discard_beyond(ch.size)
             await data.flush()
-        elif data is not None and (ch.mtime is not None):
-            await data.flush()  # an explicit mtime must not be overtaken by a later flush
         versioned = self.history is not None and any(
             v is not None for v in (ch.mode, ch.uid, ch.gid, ch.size, ch.mtime))
         by_handle = data is not None and (through_handle or (
@@ -205,11 +203,7 @@ class FileSystem:
         record: Callable[[Txn, Attr], Awaitable[None]] | None = None
         handle_version = None
         if versioned and by_handle and self._pending is not None:
-            # The handle's version, brought up to date in this change's own commit: it
-            # must show the data written so far, so that goes first.
-            assert data is not None
-            if data.dirty:
-                await data.flush()
+            # The handle's version, brought up to date in this change's own commit.
             handle_version = await self._pending.change_record(ino, WRITE, uid)
             if handle_version is not None:
                 record = handle_version[0]
@@ -220,13 +214,32 @@ class FileSystem:
             async def record(t: Txn, a: Attr) -> None:
                 await recorder.version_in(t, ino, a, ATTR, uid)
 
-        attr = await self.meta.setattr(ino, ch, record=record)
+        attr = None
+        if data is not None and data.dirty:
+            # Buffered writes commit first (an explicit mtime must not be overtaken by a
+            # later flush, and a version must show them): the change rides in their
+            # commit -- cp -a's futimens costs no commit of its own.
+            attr = await data.flush(self._riding(ino, ch, record))
+        if attr is None:
+            attr = await self.meta.setattr(ino, ch, record=record)
         if ch.size is not None:
             self.cleaner.poke()
         if handle_version is not None:
             assert self._pending is not None
             self._pending.settled(ino, handle_version[1], handle_version[2])
         return self._overlay(ino, attr)
+
+    def _riding(self, ino: int, ch: SetAttr,
+                record: Callable[[Txn, Attr], Awaitable[None]] | None
+                ) -> Callable[[Txn, Attr], Awaitable[None]]:
+        """What applies attribute change ``ch`` (no size) of ``ino`` inside a write's
+        transaction, and then ``record``s it."""
+        async def ride(t: Txn, a: Attr) -> None:
+            self.meta.change_in(t, ino, a, ch)
+            if record is not None:
+                await record(t, a)
+
+        return ride
 
     async def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int,
                     rdev: int = 0) -> tuple[Ino, Attr]:
