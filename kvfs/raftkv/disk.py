@@ -61,6 +61,13 @@ Writing (invariants)
   entries persisted before it: ``save`` refuses such a call (``ValueError``) before
   writing anything, so no prefix of what is on disk can have a commit beyond its log (the
   core's constructor would refuse that).
+* With ``hold_commit`` (the embedded store's lone member), a save that changes only the
+  commit index -- the second save of every commit there -- writes nothing: the mirror
+  takes the new hard state, and a HARD_STATE record of it goes out with the next batch,
+  or :meth:`RaftDisk.write_held_commit` (the member calls it every tick), or
+  :meth:`RaftDisk.close`.  Safe for the same reason the unsynced write is: a commit index
+  lost is learned again -- a lone member commits its whole log again when it next leads,
+  before it serves anything from it (``RaftNode.read_barrier``).
 * Records written without a sync stay in order: the next synced batch, a segment rotation,
   or :meth:`RaftDisk.close` makes them durable, and a rotation never leaves an unsynced
   older segment behind (:class:`~kvfs.kv.wal.WalWriter`).
@@ -128,9 +135,10 @@ Crash cases, and why each is safe
 * A half-written snapshot or identity file is a ``.tmp`` file and is deleted (identity: the
   directory is refused by ``open`` and accepted again by ``create``).  A snapshot whose
   rename did not reach the disk is simply absent: the log still covers it.
-* Unsynced records (a lazily written commit) lost: only a commit index, which the leader
-  teaches again.  They can only be lost from the last segment, and a process that died with
-  them in the page cache is followed by one that fsyncs that segment before appending.
+* Unsynced records (a lazily written commit) lost, or one held back never written: only
+  a commit index, which the leader teaches again.  They can only be lost from the last
+  segment, and a process that died with them in the page cache is followed by one that
+  fsyncs that segment before appending.
 
 Threads
 -------
@@ -469,7 +477,7 @@ class RaftDisk:
     def __init__(self, directory: str, lock: DirLock, identity: Identity, *,
                  keep_entries: int, segment_bytes: int, keep_bytes: int = 128 << 20,
                  hold_entries: int | None = None, hold_bytes: int | None = None,
-                 metrics: RaftObserver | None = None) -> None:
+                 metrics: RaftObserver | None = None, hold_commit: bool = False) -> None:
         hold_entries = keep_entries if hold_entries is None else hold_entries
         hold_bytes = keep_bytes if hold_bytes is None else hold_bytes
         if min(keep_entries, keep_bytes, hold_entries, hold_bytes) < 0 or segment_bytes <= 0:
@@ -494,6 +502,10 @@ class RaftDisk:
         self._seg_max: dict[int, int] = {}
         self._hard_state_seg: int | None = None
         self._mark_seg: int | None = None
+        # Whether a save that changes only the commit index is held back (module doc,
+        # "Writing"), and whether the mirror's hard state is one not written yet.
+        self.hold_commit = hold_commit
+        self._commit_held = False
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -529,10 +541,12 @@ class RaftDisk:
              member_id: int | None = None, keep_entries: int = 5000,
              segment_bytes: int = 16 << 20, keep_bytes: int = 128 << 20,
              hold_entries: int | None = None, hold_bytes: int | None = None,
-             metrics: RaftObserver | None = None) -> RaftDisk:
+             metrics: RaftObserver | None = None, hold_commit: bool = False) -> RaftDisk:
         """Open an existing member's data directory and recover its state.  ``keep_*`` is
         the log window kept on disk after a snapshot, ``hold_*`` the one kept in memory
-        (default: the same; see the module docstring).
+        (default: the same; see the module docstring); ``hold_commit``: hold back saves
+        that change only the commit index until :meth:`write_held_commit` or the next
+        batch (module docstring, "Writing").
 
         Raises :class:`RaftDiskError` if it is not a kvfs Raft data directory or (when
         given) belongs to another cluster or member, :class:`~kvfs.kv.api.StoreLocked` if
@@ -557,7 +571,8 @@ class RaftDisk:
                                     f"not {member_id}")
             disk = cls(directory, lock, identity, keep_entries=keep_entries,
                        segment_bytes=segment_bytes, keep_bytes=keep_bytes,
-                       hold_entries=hold_entries, hold_bytes=hold_bytes, metrics=metrics)
+                       hold_entries=hold_entries, hold_bytes=hold_bytes, metrics=metrics,
+                       hold_commit=hold_commit)
             disk._load()
         except BaseException:
             lock.release()
@@ -580,6 +595,10 @@ class RaftDisk:
                 if wal is not None:
                     try:
                         if self._failed is None:
+                            if self._commit_held:
+                                wal.append([_encode(_HardStateRec(self._mirror.hard_state))],
+                                           sync=False)
+                                self._commit_held = False
                             wal.sync()
                     finally:
                         wal.close()
@@ -667,6 +686,14 @@ class RaftDisk:
                 raise ValueError(f"hard state commit {hard_state.commit} is beyond the last "
                                  f"index {new_last} persisted with it")
 
+            if (self.hold_commit and hard_state is not None and not ents and snapshot is None
+                    and not must_sync and (hard_state.term, hard_state.vote)
+                    == (mirror.hard_state.term, mirror.hard_state.vote)):
+                # Only the commit index moved: held back, written with the next batch.
+                mirror.set_hard_state(hard_state)
+                self._commit_held = True
+                return
+
             records: list[_Record] = []
             prev_term = 0
             if ents:
@@ -684,6 +711,8 @@ class RaftDisk:
                 records.append(_EntriesRec(prev_term, ents))
             if hard_state is not None:
                 records.append(_HardStateRec(hard_state))
+            elif self._commit_held and snapshot is None and records:
+                records.append(_HardStateRec(mirror.hard_state))
             if not records:
                 return
             try:
@@ -756,6 +785,19 @@ class RaftDisk:
                 self._failed = exc
                 raise
 
+    def write_held_commit(self) -> None:
+        """Write the commit index a save held back (``hold_commit``), if any, without a
+        sync: one small buffered write, so that a process killed after this keeps it."""
+        with self._write_lock:
+            if not self._commit_held:
+                return
+            self._check_usable()
+            try:
+                self._append([_HardStateRec(self._mirror.hard_state)], sync=False)
+            except BaseException as exc:
+                self._failed = exc
+                raise
+
     # -- internals (callers hold _write_lock) ------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -775,6 +817,8 @@ class RaftDisk:
     def _track(self, segment: int, rec: _Record) -> None:
         if isinstance(rec, _HardStateRec):
             self._hard_state_seg = segment
+            # A hard state written now is at least as new as one held back.
+            self._commit_held = False
         elif isinstance(rec, _MarkRec):
             self._mark_seg = segment
             if rec.install:

@@ -57,7 +57,7 @@ from kvfs.raft import (
 from kvfs.raftkv.disk import RaftDisk
 from kvfs.raftkv.engine import MemberEngine
 from kvfs.raftkv.members import Member, MemberTable, bootstrap_entries, member_id
-from kvfs.raftkv.node import RaftNode
+from kvfs.raftkv.node import ENTRY_WEIGHT, RaftNode
 from kvfs.raftkv.statemachine import ReplicatedKV
 from kvfs.raftkv.values import LARGE_VALUE_BYTES, VALUES_DIR, MemberValues
 
@@ -70,6 +70,9 @@ VOLUME_PREFIX = "default"
 _KEY_PREFIX = VOLUME_PREFIX.encode() + b"/"
 _CONVERTING = RAFT_DIR + ".new"
 _LEGACY_PREFIXES = ("wal-", "snap-")
+# The default snapshot trigger (open_embedded).
+_SNAPSHOT_EVERY = 10_000
+_SNAPSHOT_SCALE = 0.5
 
 
 class EmbeddedMember(MemberEngine):
@@ -111,15 +114,25 @@ def _legacy_files(path: str) -> list[str]:
 
 
 async def open_embedded(path: str, *, create: bool = False,
-                        snapshot_every: int = 10_000, snapshot_bytes: int = 64 << 20,
+                        snapshot_every: int | None = None, snapshot_bytes: int = 64 << 20,
                         segment_bytes: int = 16 << 20,
                         large_value_bytes: int = LARGE_VALUE_BYTES) -> EmbeddedMember:
     """Open the embedded store in ``path`` (made when ``create``; converted from the
     earlier layout if that is what ``path`` holds) and start its member.
 
-    The keyword arguments tune snapshots (every ``snapshot_every`` entries or
-    ``snapshot_bytes`` of them), log segments, and the size above which a value goes to
-    a file of its own; tests shrink them to make everything happen often."""
+    The keyword arguments tune snapshots, log segments, and the size above which a value
+    goes to a file of its own; tests shrink them to make everything happen often.  A
+    snapshot is taken once ``snapshot_bytes`` of entry data were applied since the last
+    one, and otherwise: given ``snapshot_every``, every that many entries; by default,
+    after at least 10,000 entries once the log since the last snapshot weighs half as
+    much as that snapshot (:attr:`RaftNode.snapshot_scale`), so a store holding much
+    does not spend more per write on snapshots than an empty one.  The member's
+    snapshots leave out the watch history: only its own restarts read them."""
+    scale = _SNAPSHOT_SCALE if snapshot_every is None else 0.0
+    every = _SNAPSHOT_EVERY if snapshot_every is None else snapshot_every
+    # The log on disk reaches back to the previous snapshot (the fallback if the newest is
+    # damaged): every entry between two snapshots, however many the trigger lets by.
+    keep_entries = every if not scale else 2 * (every + snapshot_bytes // ENTRY_WEIGHT)
     path = os.path.abspath(path)
     await trio.to_thread.run_sync(_discard_interrupted_conversion, path)
     if not os.path.exists(os.path.join(raft_dir(path), "IDENTITY")):
@@ -130,10 +143,12 @@ async def open_embedded(path: str, *, create: bool = False,
         else:
             await trio.to_thread.run_sync(_create, path)
     disk = await trio.to_thread.run_sync(functools.partial(
-        RaftDisk.open, raft_dir(path), keep_entries=snapshot_every,
+        RaftDisk.open, raft_dir(path), keep_entries=keep_entries,
         segment_bytes=segment_bytes, keep_bytes=2 * snapshot_bytes,
-        # No followers: nothing at or before the snapshot is needed in memory.
-        hold_entries=0, hold_bytes=0))
+        # No followers: nothing at or before the snapshot is needed in memory.  A commit
+        # index need not be written at once: the lone member commits its log again when it
+        # next leads (RaftDisk, "Writing"), so each commit costs one save, not two.
+        hold_entries=0, hold_bytes=0, hold_commit=True))
     try:
         await trio.to_thread.run_sync(_remove_legacy, path)
         values = await trio.to_thread.run_sync(MemberValues, disk.directory,
@@ -144,8 +159,10 @@ async def open_embedded(path: str, *, create: bool = False,
             raise KVError(f"{disk.directory} is a member of a cluster of {len(voters)} "
                           "voters now: mount it through raft:// (kvfs raft serve)")
         node = RaftNode(Config(disk.member_id), disk, kv, WatchHub(kv.load_value),
-                        rng=random.Random(), snapshot_every=snapshot_every,
-                        snapshot_bytes=snapshot_bytes, dormant=True)
+                        rng=random.Random(), snapshot_every=every,
+                        snapshot_bytes=snapshot_bytes, snapshot_scale=scale,
+                        snapshot_history=False, dormant=True,
+                        write_held_commit=disk.write_held_commit)
         engine = await EmbeddedMember.start(node, name=f"embedded:{path}",
                                             prefix=_KEY_PREFIX)
     except BaseException:

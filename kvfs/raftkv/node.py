@@ -66,6 +66,10 @@ from kvfs.raftkv.statemachine import Applied, ReplicatedKV, encode_command
 
 log = logging.getLogger(__name__)
 
+# What a log entry held in memory costs beside its data (the Entry and bytes objects), as
+# the size-relative snapshot trigger counts it.
+ENTRY_WEIGHT = 128
+
 
 async def _wait_any(*events: trio.Event) -> None:
     """Return as soon as one of ``events`` is set."""
@@ -114,9 +118,11 @@ class RaftNode:
     def __init__(self, config: Config, disk: Disk, kv: ReplicatedKV, hub: WatchHub, *,
                  rng: random.Random, transport: Transport | None = None,
                  tick_seconds: float = 0.1, snapshot_every: int = 10_000,
-                 snapshot_bytes: int = 64 << 20, dormant: bool = False,
+                 snapshot_bytes: int = 64 << 20, snapshot_scale: float = 0.0,
+                 snapshot_history: bool = True, dormant: bool = False,
                  clock: Callable[[], float] = time.monotonic,
-                 metrics: RaftObserver | None = None, quota_bytes: int = 0) -> None:
+                 metrics: RaftObserver | None = None, quota_bytes: int = 0,
+                 write_held_commit: Callable[[], None] | None = None) -> None:
         self.id = config.id
         self.metrics = metrics or RaftObserver()
         # The space quota this member's proposals carry (0: none; see statemachine).
@@ -131,6 +137,14 @@ class RaftNode:
         # A snapshot is also taken once this many bytes of entries were applied since the
         # last one: the log entries (held in memory until compacted) carry the values.
         self.snapshot_bytes = snapshot_bytes
+        # With a scale, the entry count alone is not enough: the log since the last
+        # snapshot must also weigh (ENTRY_WEIGHT per entry plus its data) ``snapshot_scale``
+        # times that snapshot, or ``snapshot_bytes`` -- so snapshots of a large state come
+        # as much rarer as they are larger, and writing to a full store costs no more
+        # per entry than to an empty one.
+        self.snapshot_scale = snapshot_scale
+        # Whether snapshots carry the watch history (ReplicatedKV.snapshot).
+        self.snapshot_history = snapshot_history
         self._applied_bytes = 0
         # The term of the last entry applied, and whether this member leads as the only
         # voter with an entry of its own term applied (see read_barrier).
@@ -140,6 +154,9 @@ class RaftNode:
         # a request needs a leader, so that opening a store only to read it writes nothing
         # -- a campaign would persist a new term and append an entry.
         self._dormant = dormant
+        # A disk that holds back commit-only saves (RaftDisk hold_commit) is told once a
+        # tick to write what it holds, so a killed process loses at most a tick of them.
+        self._write_held_commit = write_held_commit
         # The value files the newest snapshot refers to (None: not known since start).
         self._snapshot_files: set[str] | None = None
         self.lessor = Lessor(clock)
@@ -204,6 +221,9 @@ class RaftNode:
     async def _tick_loop(self) -> None:
         while True:
             await trio.sleep(self.tick_seconds)
+            if self._write_held_commit is not None:
+                # Through the inbox: run between Readies, never beside a save.
+                self._push(self._write_held_commit)
             if not self._dormant:
                 self._push(self.rawnode.tick)
 
@@ -349,10 +369,17 @@ class RaftNode:
         self._applied_waiters = still
 
     async def _maybe_snapshot(self) -> None:
-        index = self.kv.applied_index
-        if (index - self.disk.storage.snapshot().meta.index < self.snapshot_every
-                and self._applied_bytes < self.snapshot_bytes):
+        if self._applied_bytes >= self.snapshot_bytes:
+            await self._take_snapshot()
             return
+        held = self.disk.storage.snapshot()
+        since = self.kv.applied_index - held.meta.index
+        if since < self.snapshot_every:
+            return
+        if self.snapshot_scale:
+            weight = self._applied_bytes + ENTRY_WEIGHT * since
+            if weight < min(self.snapshot_bytes, self.snapshot_scale * len(held.data)):
+                return
         await self._take_snapshot()
 
     async def snapshot_at_close(self, min_bytes: int = 1 << 20) -> None:
@@ -373,7 +400,7 @@ class RaftNode:
         index = self.kv.applied_index
         self._applied_bytes = 0
         meta = SnapshotMeta(index, storage.term(index), self.rawnode.status().conf_state)
-        snapshot = Snapshot(meta, self.kv.snapshot())
+        snapshot = Snapshot(meta, self.kv.snapshot(history=self.snapshot_history))
         values = self.kv.values
         files = self.kv.value_files() if values is not None else set()
         if values is None:

@@ -33,7 +33,10 @@ Invariants:
     :mod:`kvfs.raftkv.members`).
   * The watch history is part of the replicated state (and of snapshots): a watch from any
     revision at or above ``state.history_start`` succeeds on every member, below it
-    raises ``Compacted`` on every member.
+    raises ``Compacted`` on every member.  (The one exception: the embedded store's lone
+    member leaves the history out of its own snapshots, ``snapshot(history=False)``,
+    since only its own restarts read them and no watch outlives its process; served
+    later, its history starts where its last restart left it.)
 
 Large values
 ------------
@@ -330,10 +333,13 @@ class ReplicatedKV:
 
     # -- snapshots (dissertation 5.1) --------------------------------------------------------
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, *, history: bool = True) -> bytes:
         """The whole replicated state at ``applied_index``; large values appear as refs to
         this member's files (see :meth:`materialize` for a snapshot another member can
-        install)."""
+        install).  Without ``history`` the watch history is left out: restored, it starts
+        empty at the snapshot's next revision (a watch from before gets Compacted) -- for
+        a member whose snapshots only its own restarts read, where no watch outlives the
+        process (the embedded store)."""
         state = self.state
         return pack({
             "format": SNAPSHOT_FORMAT,
@@ -344,8 +350,9 @@ class ReplicatedKV:
             "leases": [[lid, lease.ttl] for lid, lease in state.leases.items()],
             "items": [[k, e.value, e.mod_revision, e.create_revision, e.lease]
                       for k, e in state.snapshot_items()],
-            "history_start": state.history_start,
-            "history": [[e.key, e.value, e.mod_revision] for e in state.history],
+            "history_start": state.history_start if history else state.revision + 1,
+            "history": [[e.key, e.value, e.mod_revision] for e in state.history] if history
+                       else [],
             "sessions": [[cid, seq, r.succeeded, r.revision, r.lease_id, refusal]
                          for cid, (seq, r, refusal) in self.sessions.items()],
             "members": self.members.to_wire(),
