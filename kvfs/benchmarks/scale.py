@@ -46,22 +46,23 @@ moves it: the output carries the load average at the start and the end.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
 import shutil
+import signal
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import trio
 
-from kvfs.benchmarks.compare import _sigterm_interrupts
 from kvfs.benchmarks.fsmounts import KvfsMount, run_checked
 from kvfs.benchmarks.launch import Etcd, LaunchError, Processes, log_tail
 from kvfs.volume import format_volume, open_engine, open_volume
@@ -141,6 +142,23 @@ def markdown(res: Result) -> str:
         if t.notes:
             lines += [""] + t.notes
     return "\n".join(lines)
+
+
+def _fill_now(url: str, dirs: list[tuple[str, int]], tasks: int) -> list[float]:
+    """:func:`_fill` in a trio run of its own; a Ctrl-C (or SIGTERM) during it is a plain
+    KeyboardInterrupt, as anywhere else in the run, not one wrapped in a group."""
+    try:
+        return trio.run(_fill, url, dirs, tasks)
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _row_text(t: Table) -> str:
+    """The last row of ``t`` with its headings, for the log as soon as it is measured (a
+    long run stopped halfway keeps what it measured)."""
+    return "; ".join(f"{c}: {_cell(v)}" for c, v in zip(t.columns, t.rows[-1], strict=True))
 
 
 # -- filling volumes in-process --------------------------------------------------------
@@ -274,7 +292,7 @@ def part_dir(run: _Run, entries: list[int], samples: int) -> Table:
     url = run.volume_url("dir")
     dirs = [(f"d{n}", n) for n in entries]
     run.log(f"dir: making directories of {', '.join(f'{n:,}' for n in entries)} entries")
-    fill = trio.run(_fill, url, dirs, 1)  # one at a time: each directory's own rate
+    fill = _fill_now(url, dirs, 1)  # one at a time: each directory's own rate
     table = Table(
         "One directory of N entries",
         ["entries", "create in-process (files/s)", "mount (s)", "cold lookup (µs)",
@@ -306,6 +324,7 @@ def part_dir(run: _Run, entries: list[int], samples: int) -> Table:
         m.stop()
         table.rows.append([n, n / secs, mount_s, cold, warm, negative, listed_cold * 1e3,
                            listed_cold / n * 1e6, listed_warm * 1e3, rss])
+        run.log(_row_text(table))
     return table
 
 
@@ -329,7 +348,7 @@ def part_volume(run: _Run, sizes: list[int]) -> Table:
                 for k in range(count)]
         run.log(f"volume: making {files:,} files in {count:,} directories")
         t0 = time.monotonic()
-        trio.run(_fill, url, dirs, FILL_TASKS)
+        _fill_now(url, dirs, FILL_TASKS)
         fill_s = time.monotonic() - t0
         run.log(f"volume: {files:,} files: mount, find, stat")
         m = run.mount(url, f"vol{files}")
@@ -344,6 +363,7 @@ def part_volume(run: _Run, sizes: list[int]) -> Table:
             raise LaunchError(f"find saw {found:,} and {stated:,} files, not {files:,}")
         table.rows.append([files, count, files / fill_s, mount_s, rss_idle, find_s, rss_find,
                            stat_s, stat_s / files * 1e6, rss_stat])
+        run.log(_row_text(table))
     return table
 
 
@@ -371,7 +391,7 @@ def part_watch(run: _Run, writers: int, seconds: float,
     url = run.shared_url("watch")
     names = [f"w{k:02d}" for k in range(writers)]
     run.log(f"watch: {writers} directories of {WATCH_FILES} files, {writers + 2} mounts")
-    trio.run(_fill, url, [(n, WATCH_FILES) for n in names], FILL_TASKS)
+    _fill_now(url, [(n, WATCH_FILES) for n in names], FILL_TASKS)
     wmounts = [run.mount(url, f"writer-{n}") for n in names]
     cold, warm = run.mount(url, "observer-cold"), run.mount(url, "observer-warm")
     everyone = [*wmounts, cold, warm]
@@ -449,6 +469,30 @@ def part_watch(run: _Run, writers: int, seconds: float,
     return table
 
 
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """While the run lasts, a SIGTERM is handled as a SIGINT, so a terminated run cleans
+    up like an interrupted one.  Re-raising it as SIGINT (rather than raising
+    KeyboardInterrupt in the handler) lets trio deliver it safely while an in-process
+    fill runs inside ``trio.run``, whose own SIGINT handler is then installed; where
+    SIGINT has no Python handler (a background job ignores it) the handler raises
+    KeyboardInterrupt itself."""
+    def as_sigint(signum: int, frame: object) -> None:
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)
+
+    try:
+        old = signal.signal(signal.SIGTERM, as_sigint)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def _suffixed(url: str, suffix: str) -> str:
     """``url`` with ``-suffix`` added to its prefix (before any ``?query``)."""
     head, sep, query = url.partition("?")
@@ -495,7 +539,7 @@ def run(engine: str = "embedded", entries: list[int] | None = None,
     shared_url = etcd_url if engine in ENGINES else given_url
     state = _Run(base, procs, volume_url, shared_url, log)
     try:
-        with _sigterm_interrupts():
+        with _sigterm_as_sigint():
             log(f"working in {base}")
             if "dir" in parts:
                 res.tables.append(part_dir(state, entries, samples))
