@@ -10,6 +10,8 @@
 * A sequential commit writes the log once: the commit index that follows is held back
   until the next batch, a tick, or the close -- and a process killed meanwhile loses no
   acknowledged commit (the lone member commits its log again when it next leads).
+* Its sync runs on the loop when no other task waits and syncs have been quick, in a
+  worker thread otherwise.
 
 Each test runs in a second or two.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgpack
@@ -28,6 +31,7 @@ import trio
 from kvfs.kv.api import Compacted, Put
 from kvfs.kv.watchhub import WatchHub
 from kvfs.raft import Config, Entry, HardState, MemoryStorage, NodeId, Snapshot, bootstrap_state
+from kvfs.raftkv import node as node_module
 from kvfs.raftkv.disk import RaftDisk
 from kvfs.raftkv.embedded import EmbeddedMember, open_embedded
 from kvfs.raftkv.engine import MemberEngine
@@ -268,3 +272,49 @@ def test_a_process_killed_loses_no_acknowledged_commit(tmp_path: Path, when: str
             await kv.aclose()
 
     trio.run(check)
+
+
+# -- the sync on the loop when nothing else waits --------------------------------------------
+
+async def _threads_of_saves(kv: EmbeddedMember, commits: int) -> list[bool]:
+    """Whether each synced save of ``commits`` sequential commits ran on the loop's thread."""
+    loop_thread = threading.current_thread()
+    on_loop: list[bool] = []
+    save = kv.disk.save
+
+    def watched(hard_state: HardState | None, entries: list[Entry],
+                snapshot: Snapshot | None, must_sync: bool) -> None:
+        if must_sync:
+            on_loop.append(threading.current_thread() is loop_thread)
+        save(hard_state, entries, snapshot, must_sync)
+
+    kv.disk.save = watched  # type: ignore[method-assign, assignment]
+    for i in range(commits):
+        await kv.commit([], [Put(b"k%d" % i, b"v")])
+    return on_loop
+
+
+async def test_a_lone_commit_syncs_on_the_loop(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # However slow this machine's disk is just now: only the "nothing else waits" rule.
+    monkeypatch.setattr(node_module, "_INLINE_SYNC_SECONDS", 3600.0)
+    kv = await open_embedded(str(tmp_path / "vol"), create=True)
+    try:
+        await kv.commit([], [Put(b"first", b"")])
+        on_loop = await _threads_of_saves(kv, 20)
+        print(f"{sum(on_loop)} of {len(on_loop)} syncs on the loop")
+        # A tick may be waiting to run now and then: that sync goes to a worker thread.
+        assert sum(on_loop) >= 15
+    finally:
+        await kv.aclose()
+
+
+async def test_slow_syncs_go_to_a_worker_thread(tmp_path: Path) -> None:
+    kv = await open_embedded(str(tmp_path / "vol"), create=True)
+    try:
+        await kv.commit([], [Put(b"first", b"")])
+        kv.node._sync_seconds = 1.0  # as after syncs of a second each
+        on_loop = await _threads_of_saves(kv, 20)
+        assert on_loop and not any(on_loop)  # the average comes down slowly: 1 s * (7/8)**20
+    finally:
+        await kv.aclose()

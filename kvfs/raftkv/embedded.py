@@ -162,7 +162,7 @@ async def open_embedded(path: str, *, create: bool = False,
                         rng=random.Random(), snapshot_every=every,
                         snapshot_bytes=snapshot_bytes, snapshot_scale=scale,
                         snapshot_history=False, dormant=True,
-                        write_held_commit=disk.write_held_commit)
+                        write_held_commit=disk.write_held_commit, inline_sync=True)
         engine = await EmbeddedMember.start(node, name=f"embedded:{path}",
                                             prefix=_KEY_PREFIX)
     except BaseException:

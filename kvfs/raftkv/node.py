@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 # What a log entry held in memory costs beside its data (the Entry and bytes objects), as
 # the size-relative snapshot trigger counts it.
 ENTRY_WEIGHT = 128
+# Syncs quicker than this on average may run on the loop (RaftNode inline_sync).
+_INLINE_SYNC_SECONDS = 0.002
 
 
 async def _wait_any(*events: trio.Event) -> None:
@@ -122,7 +124,8 @@ class RaftNode:
                  snapshot_history: bool = True, dormant: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  metrics: RaftObserver | None = None, quota_bytes: int = 0,
-                 write_held_commit: Callable[[], None] | None = None) -> None:
+                 write_held_commit: Callable[[], None] | None = None,
+                 inline_sync: bool = False) -> None:
         self.id = config.id
         self.metrics = metrics or RaftObserver()
         # The space quota this member's proposals carry (0: none; see statemachine).
@@ -157,6 +160,10 @@ class RaftNode:
         # A disk that holds back commit-only saves (RaftDisk hold_commit) is told once a
         # tick to write what it holds, so a killed process loses at most a tick of them.
         self._write_held_commit = write_held_commit
+        # Whether a sync may run on the loop when nothing else waits (_may_sync_inline),
+        # and a moving average of recent syncs' time.
+        self.inline_sync = inline_sync
+        self._sync_seconds = 0.0
         # The value files the newest snapshot refers to (None: not known since start).
         self._snapshot_files: set[str] | None = None
         self.lessor = Lessor(clock)
@@ -239,9 +246,19 @@ class RaftNode:
         send_first = self._leader_may_send_first(rd)
         if send_first and rd.messages and self.transport is not None:
             self.transport.send(self._outgoing(rd.messages))
-        if rd.snapshot is not None or rd.must_sync:
+        if rd.snapshot is None and rd.must_sync and self._may_sync_inline():
+            started = time.perf_counter()
+            self.disk.save(rd.hard_state, rd.entries, None, True)
+            took = time.perf_counter() - started
+            self._sync_seconds += (took - self._sync_seconds) / 8
+        elif rd.snapshot is not None or rd.must_sync:
+            started = time.perf_counter()
             await trio.to_thread.run_sync(self.disk.save, rd.hard_state, rd.entries,
                                           rd.snapshot, rd.must_sync)
+            if rd.snapshot is None and self.inline_sync:
+                # The hand-off counts too: one slow sync does not pin the thread.
+                took = time.perf_counter() - started
+                self._sync_seconds += (took - self._sync_seconds) / 8
         elif rd.hard_state is not None or rd.entries:
             # Nothing to sync (a new commit index, say): one small buffered write, cheaper
             # than a worker thread's round trip.
@@ -271,6 +288,15 @@ class RaftNode:
             self.rawnode.campaign()
         self._wake_applied()
         await self._maybe_snapshot()
+
+    def _may_sync_inline(self) -> bool:
+        """Whether this Ready's sync may block the loop rather than go to a worker thread:
+        only with ``inline_sync``, when no other task is waiting to run (so nothing is kept
+        from running meanwhile but what arrives during the sync -- and requests that arrive
+        then still share the next sync), and while syncs have been quick.  A worker
+        thread's round trip costs two thread wake-ups, as much as a fast disk's sync."""
+        return (self.inline_sync and self._sync_seconds < _INLINE_SYNC_SECONDS
+                and trio.lowlevel.current_statistics().tasks_runnable == 0)
 
     def _outgoing(self, messages: list[Message]) -> list[Message]:
         """``messages`` as another member can use them: a snapshot refers to this member's
