@@ -6,7 +6,7 @@
   read them), while snapshots that carry it -- every one written before, and the earlier
   layout's conversion -- still restore it.
 * With a snapshot scale, snapshots of a large state come rarer: the log since the last
-  one must weigh a share of it, or the byte bound.
+  one must weigh a share of it, or the byte bound.  Snapshots are packed off the loop.
 * A sequential commit writes the log once: the commit index that follows is held back
   until the next batch, a tick, or the close -- and a process killed meanwhile loses no
   acknowledged commit (the lone member commits its log again when it next leads).
@@ -316,5 +316,23 @@ async def test_slow_syncs_go_to_a_worker_thread(tmp_path: Path) -> None:
         kv.node._sync_seconds = 1.0  # as after syncs of a second each
         on_loop = await _threads_of_saves(kv, 20)
         assert on_loop and not any(on_loop)  # the average comes down slowly: 1 s * (7/8)**20
+    finally:
+        await kv.aclose()
+
+
+async def test_snapshots_are_packed_off_the_loop(tmp_path: Path) -> None:
+    kv = await open_embedded(str(tmp_path / "vol"), create=True, snapshot_every=5)
+    try:
+        machine = kv.node.kv
+        pack = machine.snapshot
+        threads: list[threading.Thread] = []
+
+        def watched(*, history: bool = True) -> bytes:
+            threads.append(threading.current_thread())
+            return pack(history=history)
+
+        machine.snapshot = watched  # type: ignore[method-assign]
+        await _write(kv, 12, b"a")
+        assert threads and threading.current_thread() not in threads
     finally:
         await kv.aclose()

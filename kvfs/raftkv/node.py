@@ -6,11 +6,13 @@ run by the loop, so nothing touches the core while a Ready is being handled (the
 contract).  Each turn of the loop runs every queued input, then handles one Ready:
 
   1. persist its snapshot, entries and hard state with one sync (``Disk.save``, in a worker
-     thread): group commit -- every proposal queued since the last turn shares the sync;
+     thread, or on the loop when ``inline_sync`` allows): group commit -- every proposal
+     queued since the last turn shares the sync;
   2. send its messages (only now: votes and acknowledgements depend on step 1);
   3. apply its snapshot and committed entries to the replicated state machine, notify
      watches, answer the proposers waiting for them, record read states;
-  4. ``advance``; then take a snapshot of the state machine if enough was applied.
+  4. ``advance``; then take a snapshot of the state machine if enough was applied (built
+     and saved in a worker thread; the loop's other tasks run meanwhile).
 
 Clients see two primitives, both safe to retry after any failure:
   * :meth:`submit` proposes a command under (client id, seq) and waits until it is applied
@@ -421,23 +423,28 @@ class RaftNode:
         await self._take_snapshot()
 
     async def _take_snapshot(self) -> None:
-        """Snapshot the state machine at its applied index, then free what it replaces."""
+        """Snapshot the state machine at its applied index, then free what it replaces.
+
+        The snapshot is built (packed) in the worker thread that saves it, not on the
+        event loop, whose other tasks -- reads, watches, requests queued for the next
+        commit -- keep running meanwhile: the state machine changes only when the loop
+        task applies a Ready, and that task is awaiting this (or has stopped), so the
+        thread packs one consistent state while other tasks at most read it."""
         storage = self.disk.storage
         index = self.kv.applied_index
         self._applied_bytes = 0
         meta = SnapshotMeta(index, storage.term(index), self.rawnode.status().conf_state)
-        snapshot = Snapshot(meta, self.kv.snapshot(history=self.snapshot_history))
-        values = self.kv.values
-        files = self.kv.value_files() if values is not None else set()
-        if values is None:
-            await trio.to_thread.run_sync(self.disk.save_snapshot, snapshot)
-            return
+        kv, history, values = self.kv, self.snapshot_history, self.kv.values
 
         def save() -> None:
+            snapshot = Snapshot(meta, kv.snapshot(history=history))
+            if values is None:
+                self.disk.save_snapshot(snapshot)
+                return
             # The files the snapshot refers to are durable before it replaces the log
             # entries that carry their values; then the files neither it nor the previous
             # snapshot (a restart's fallback) refers to are freed.
-            assert values is not None
+            files = kv.value_files()
             values.sync()
             self.disk.save_snapshot(snapshot)
             if self._snapshot_files is not None:
