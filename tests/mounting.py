@@ -131,3 +131,19 @@ def fsck(url: str, *, after_kill: bool = False) -> str:
         res = kvfs("fsck", url, check=False)
     assert res.returncode == 0, f"fsck found problems:\n{res.stdout}{res.stderr}"
     return res.stdout
+
+
+def left_behind(root: Path) -> list[str]:
+    """Mounts, processes and files under ``root`` that a finished run left."""
+    left = [m.mountpoint for m in mounttab.mounts() if m.mountpoint.startswith(str(root))]
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(root) in cmdline:
+            left.append(f"pid {pid}: {cmdline}")
+    return left + [str(p) for p in root.iterdir()]

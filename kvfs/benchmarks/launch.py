@@ -8,6 +8,7 @@ period.  Nothing here finds or signals a process it did not start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ETCD_CANDIDATES = ("/usr/bin/etcd",)
@@ -132,3 +134,27 @@ class Etcd:
                 pass
             time.sleep(0.1)
         raise LaunchError(f"etcd on {self.endpoint} was not healthy within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """While the run lasts, a SIGTERM is handled as a SIGINT, so a terminated run cleans
+    up like an interrupted one.  Re-raising it as SIGINT (rather than raising
+    KeyboardInterrupt in the handler) lets trio deliver it safely while an in-process
+    fill runs inside ``trio.run``, whose own SIGINT handler is then installed; where
+    SIGINT has no Python handler (a background job ignores it) the handler raises
+    KeyboardInterrupt itself."""
+    def as_sigint(signum: int, frame: object) -> None:
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)
+
+    try:
+        old = signal.signal(signal.SIGTERM, as_sigint)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

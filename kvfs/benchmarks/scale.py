@@ -46,17 +46,15 @@ moves it: the output carries the load average at the start and the end.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import random
 import shutil
-import signal
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -64,7 +62,7 @@ from typing import Any, cast
 import trio
 
 from kvfs.benchmarks.fsmounts import KvfsMount, run_checked
-from kvfs.benchmarks.launch import Etcd, LaunchError, Processes, log_tail
+from kvfs.benchmarks.launch import Etcd, LaunchError, Processes, log_tail, sigterm_as_sigint
 from kvfs.volume import format_volume, open_engine, open_volume
 
 PARTS = ("dir", "volume", "watch")
@@ -469,30 +467,6 @@ def part_watch(run: _Run, writers: int, seconds: float,
     return table
 
 
-@contextlib.contextmanager
-def _sigterm_as_sigint() -> Iterator[None]:
-    """While the run lasts, a SIGTERM is handled as a SIGINT, so a terminated run cleans
-    up like an interrupted one.  Re-raising it as SIGINT (rather than raising
-    KeyboardInterrupt in the handler) lets trio deliver it safely while an in-process
-    fill runs inside ``trio.run``, whose own SIGINT handler is then installed; where
-    SIGINT has no Python handler (a background job ignores it) the handler raises
-    KeyboardInterrupt itself."""
-    def as_sigint(signum: int, frame: object) -> None:
-        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
-            raise KeyboardInterrupt
-        signal.raise_signal(signal.SIGINT)
-
-    try:
-        old = signal.signal(signal.SIGTERM, as_sigint)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _suffixed(url: str, suffix: str) -> str:
     """``url`` with ``-suffix`` added to its prefix (before any ``?query``)."""
     head, sep, query = url.partition("?")
@@ -539,7 +513,7 @@ def run(engine: str = "embedded", entries: list[int] | None = None,
     shared_url = etcd_url if engine in ENGINES else given_url
     state = _Run(base, procs, volume_url, shared_url, log)
     try:
-        with _sigterm_as_sigint():
+        with sigterm_as_sigint():
             log(f"working in {base}")
             if "dir" in parts:
                 res.tables.append(part_dir(state, entries, samples))
