@@ -254,6 +254,38 @@ async def test_unreachable_engine_serves_last_known(nursery: trio.Nursery) -> No
             await trio.sleep(0.05)
 
 
+class SwitchCommits(Switch):
+    """Also fails commits while down -- after applying them, as a commit whose answer
+    was lost would."""
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        if self.down:
+            await self.inner.commit(compares, puts, deletes)
+            raise EngineUnavailable("down")
+        return await self.inner.commit(compares, puts, deletes)
+
+
+async def test_a_commit_of_unknown_outcome_is_read_again_but_outages_keep_the_old(
+        nursery: trio.Nursery) -> None:
+    """What a commit with a lost answer wrote is not served as known once the engine
+    answers again (it may have been applied); while the engine stays unreachable, the
+    state known before it still answers."""
+    sw = SwitchCommits(SharedMemoryEngine())
+    a = CachedEngine(sw, prefix=b"", group_of=slash_group)
+    await nursery.start(a.run)
+    await a.commit([], [Put(b"k", b"1")])
+    sw.down = True
+    with pytest.raises(EngineUnavailable):
+        await a.commit([], [Put(b"k", b"2")])
+    with fresh_reads():  # must go to the engine, which is down: the last-known answers
+        got = await a.get(b"k")
+    assert got is not None and got.value == b"1"
+    sw.down = False
+    got = await a.get(b"k")  # not answered from the cache: the commit did apply
+    assert got is not None and got.value == b"2"
+
+
 async def test_failed_compare_forgets_compared_keys(nursery: trio.Nursery) -> None:
     shared = SharedMemoryEngine()
     a = CachedEngine(shared, prefix=b"", group_of=slash_group)

@@ -358,6 +358,9 @@ class CachedEngine(DelegatingEngine):
         # watch knows where it starts, or changes made before then would never reach it.
         self.learning = self.authoritative
         self.offline = False  # the engine is unreachable: serve what is cached
+        # Entries forgotten by commits whose outcome is unknown, kept to answer while
+        # the engine is unreachable (and only then); cleared once it answers again.
+        self._outage_only: dict[bytes, KeyValue | None] = {}
         self._listeners: list[Listener] = []
         # A listing is one answer about many keys, so it must show the group as it was at
         # one revision.  A group filled by a read at revision r, or changed by this
@@ -423,7 +426,22 @@ class CachedEngine(DelegatingEngine):
             except KVError:
                 continue
             log.warning("metadata engine reachable again")
-            self.offline = False
+            self._online()
+
+    def _set_aside(self, key: bytes) -> None:
+        if self._cached(key) and self.cache.knows(key):
+            self._outage_only[key] = self.cache.lookup(key)[1]
+
+    def _known_offline(self, key: bytes) -> tuple[bool, KeyValue | None]:
+        """What an outage serves for ``key``: the cache's entry, or one set aside."""
+        known, kv = self.cache.lookup(key) if self._cached(key) else (False, None)
+        if not known and key in self._outage_only:
+            return True, self._outage_only[key]
+        return known, kv
+
+    def _online(self) -> None:
+        self.offline = False
+        self._outage_only.clear()
 
     def _went_offline(self) -> None:
         if not self.offline:
@@ -495,12 +513,12 @@ class CachedEngine(DelegatingEngine):
             kv = await self.inner.get(key)
         except EngineUnavailable:
             self._went_offline()
-            known, kv = self.cache.lookup(key)
+            known, kv = self._known_offline(key)
             if known:
                 return kv
             raise
         else:
-            self.offline = False
+            self._online()
             if self.learning and not (kv and kv.lease):
                 self._fill(key, kv, started)
             return kv
@@ -527,12 +545,12 @@ class CachedEngine(DelegatingEngine):
             except EngineUnavailable:
                 self._went_offline()
                 for k in want:
-                    known, kv = self.cache.lookup(k) if self._cached(k) else (False, None)
+                    known, kv = self._known_offline(k)
                     if not known:
                         raise
                     out[k] = kv
             else:
-                self.offline = False
+                self._online()
                 for k, kv in zip(want, got, strict=True):
                     out[k] = kv
                     if self.learning and self._cached(k) and not (kv and kv.lease):
@@ -615,7 +633,7 @@ class CachedEngine(DelegatingEngine):
                 return RangeResult(hit[0], hit[1], self.revision)
             raise
         else:
-            self.offline = False
+            self._online()
             if self.learning and start == g and not res.more and not keys_only \
                     and not any(kv.lease for kv in res.kvs):
                 self.cache.fill_group(g, res.kvs, started)
@@ -646,15 +664,16 @@ class CachedEngine(DelegatingEngine):
         except KVError as exc:
             if isinstance(exc, EngineUnavailable):
                 self._went_offline()
-            # The outcome is unknown: what this mount wrote may or may not be there.  On a
-            # shared engine the watch will deliver whatever it did, and until then the
-            # entries are the last-known state an outage serves; on an unshared one
-            # nothing would correct them, so they are forgotten.
-            if self.authoritative:
-                for p in puts:
-                    self.cache.drop(p.key)
-                for d in deletes:
-                    self._forget_deleted(d)
+            # The outcome is unknown: what this mount wrote may or may not be there, so
+            # reads go to the engine again -- but while it is unreachable, what was known
+            # before still answers (the last-known state an outage serves).
+            for p in puts:
+                self._set_aside(p.key)
+                self.cache.drop(p.key)
+            for d in deletes:
+                if d.range_end is None:
+                    self._set_aside(d.key)
+                self._forget_deleted(d)
             self.cache.end_read()
             raise
         try:
