@@ -30,12 +30,11 @@ from kvfs.kv.api import (
     KVEngine,
     Put,
     RangeResult,
-    WatchBatch,
     prefix_end,
 )
 from kvfs.kv.cache import CachedEngine, RecordCache, fresh_reads
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import DelegatingEngine, RecordingEngine
+from kvfs.kv.recording import DelegatingEngine
 
 
 def slash_group(key: bytes) -> bytes | None:
@@ -301,42 +300,6 @@ async def test_failed_compare_forgets_compared_keys(nursery: trio.Nursery) -> No
     res = await a.commit([Compare(b"k", old.mod_revision)], [Put(b"k", b"3")])
     if not res.succeeded:
         assert a.cache.lookup(b"k") == (False, None)
-
-
-class LateAnswers(DelegatingEngine):
-    """Answers each commit only after the engine's watchers could see it: the watch
-    delivers the change before the committer hears back (as etcd's can)."""
-
-    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
-                     deletes: Sequence[Delete] = ()) -> CommitResult:
-        res = await self.inner.commit(compares, puts, deletes)
-        for _ in range(20):
-            await trio.lowlevel.checkpoint()
-        return res
-
-
-async def test_listeners_hear_a_batch_after_the_own_commits_it_holds(
-        nursery: trio.Nursery) -> None:
-    """A batch that overtakes this mount's commit answer waits for it: listeners can tell
-    the change is this mount's own, and what the commit showed absent is learned."""
-    shared = SharedMemoryEngine()
-    own: set[int] = set()
-    a = CachedEngine(RecordingEngine(LateAnswers(shared), own.add), prefix=b"",
-                     group_of=slash_group)
-    heard: list[tuple[int, bool]] = []
-
-    async def listener(batch: WatchBatch | None) -> None:
-        assert batch is not None
-        heard.extend((ev.mod_revision, ev.mod_revision in own) for ev in batch.events)
-
-    a.listen(listener)
-    await nursery.start(a.run)
-    for i in range(5):
-        res = await a.commit([], [Put(b"d%d/x" % i, b"1")])
-        a.note_absent(res.revision, groups=[b"e%d/" % i])
-        await wait_caught_up(a, shared)
-        assert a.cache.lookup(b"e%d/z" % i) == (True, None)
-    assert len(heard) == 5 and all(is_own for _, is_own in heard)
 
 
 class CountingReads(DelegatingEngine):

@@ -328,8 +328,6 @@ class RecordCache:
 
 
 Listener = Callable[[WatchBatch | None], Awaitable[None]]
-# Seconds a watch batch waits at most for this mount's commits in flight when it arrived.
-OWN_COMMIT_WAIT = 0.1
 # A group whose keys missed this many times is read whole, if it has at most
 # GROUP_FILL_LIMIT keys.
 GROUP_FILL_AFTER = 2
@@ -370,14 +368,6 @@ class CachedEngine(DelegatingEngine):
         # This mount's commits to the range not yet delivered by the watch: (revision,
         # when committed).  The oldest one's age is the watch's lag.
         self._undelivered: deque[tuple[int, float]] = deque()
-        # This mount's commits in flight.  The watch may deliver a commit's change before
-        # the commit's own answer comes back; a batch waits (briefly) for the commits in
-        # flight when it arrived, so that listeners know which changes are this mount's
-        # own and what the commit showed (note_absent) is learned before the watch
-        # passes it.  A commit that outlasts one wait is not waited for again.
-        self._in_flight: dict[int, trio.Event] = {}
-        self._commit_seq = 0
-        self._overdue: set[int] = set()
         # Groups whose keys were read one at a time lately (how often), and groups found
         # too big to read whole; both bounded, oldest forgotten first.
         self._group_misses: OrderedDict[bytes, int] = OrderedDict()
@@ -457,7 +447,6 @@ class CachedEngine(DelegatingEngine):
             try:
                 self.watching = True
                 async for batch in self.inner.watch(self.start, self.end, self.revision + 1):
-                    await self._await_own_commits()
                     self._apply(batch)
                     for listener in self._listeners:
                         await listener(batch)
@@ -476,15 +465,6 @@ class CachedEngine(DelegatingEngine):
                 await trio.sleep(1.0)
             finally:
                 self.watching = False
-
-    async def _await_own_commits(self) -> None:
-        waiting = {n: ev for n, ev in self._in_flight.items() if n not in self._overdue}
-        if not waiting:
-            return
-        with trio.move_on_after(OWN_COMMIT_WAIT):
-            for ev in waiting.values():
-                await ev.wait()
-        self._overdue.update(n for n, ev in waiting.items() if not ev.is_set())
 
     async def _current_or(self, fallback: int) -> int:
         try:
@@ -647,18 +627,6 @@ class CachedEngine(DelegatingEngine):
     async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
                      deletes: Sequence[Delete] = ()) -> CommitResult:
         started = self.cache.begin_read()
-        self._commit_seq += 1
-        seq, done = self._commit_seq, trio.Event()
-        self._in_flight[seq] = done
-        try:
-            return await self._commit(compares, puts, deletes, started)
-        finally:
-            del self._in_flight[seq]
-            self._overdue.discard(seq)
-            done.set()
-
-    async def _commit(self, compares: Sequence[Compare], puts: Sequence[Put],
-                      deletes: Sequence[Delete], started: int) -> CommitResult:
         try:
             res = await self.inner.commit(compares, puts, deletes)
         except KVError as exc:
