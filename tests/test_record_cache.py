@@ -20,7 +20,6 @@ import trio
 from jittery import Jittery
 from kv_contract import KVContract
 
-from kvfs.kv import cache as cache_module
 from kvfs.kv.api import (
     CommitResult,
     Compare,
@@ -29,7 +28,6 @@ from kvfs.kv.api import (
     KeyValue,
     KVEngine,
     Put,
-    RangeResult,
     prefix_end,
 )
 from kvfs.kv.cache import CachedEngine, RecordCache, fresh_reads
@@ -300,42 +298,6 @@ async def test_failed_compare_forgets_compared_keys(nursery: trio.Nursery) -> No
     res = await a.commit([Compare(b"k", old.mod_revision)], [Put(b"k", b"3")])
     if not res.succeeded:
         assert a.cache.lookup(b"k") == (False, None)
-
-
-class CountingReads(DelegatingEngine):
-    """Counts the reads that reach the engine."""
-
-    reads = 0
-
-    async def get_many(self, keys: Sequence[bytes]) -> list[KeyValue | None]:
-        self.reads += 1
-        return await self.inner.get_many(keys)
-
-    async def range(self, start: bytes, end: bytes, *, limit: int = 0,
-                    keys_only: bool = False) -> RangeResult:
-        self.reads += 1
-        return await self.inner.range(start, end, limit=limit, keys_only=keys_only)
-
-
-async def test_a_group_that_keeps_missing_is_read_whole(nursery: trio.Nursery) -> None:
-    """Lookups of one name after another in a group nobody listed: the second miss reads
-    the whole group, and the names after it cost nothing -- unless the group is too big."""
-    shared = SharedMemoryEngine()
-    await shared.commit([], [Put(b"d/%d" % i, b"v") for i in range(10)])
-    big = [Put(b"big/%05d" % i, b"v") for i in range(cache_module.GROUP_FILL_LIMIT + 1)]
-    for i in range(0, len(big), 128):
-        await shared.commit([], big[i:i + 128])
-    counting = CountingReads(shared)
-    a = CachedEngine(counting, prefix=b"", group_of=slash_group)
-    await nursery.start(a.run)
-    got = [await a.get_many([b"d/%d" % i]) for i in range(10)]
-    assert all(g[0] is not None and g[0].value == b"v" for g in got)
-    assert counting.reads == 2  # one name read alone, then the listing on the second miss
-    assert (await a.get_many([b"d/none"])) == [None] and counting.reads == 2
-    before = counting.reads
-    for i in range(5):
-        await a.get_many([b"big/%05d" % i])
-    assert counting.reads - before == 5 + 1  # one listing found it too big: no more
 
 
 async def wait_caught_up(*caches: CachedEngine | KVEngine) -> None:

@@ -328,10 +328,6 @@ class RecordCache:
 
 
 Listener = Callable[[WatchBatch | None], Awaitable[None]]
-# A group whose keys missed this many times is read whole, if it has at most
-# GROUP_FILL_LIMIT keys.
-GROUP_FILL_AFTER = 2
-GROUP_FILL_LIMIT = 4096
 
 
 class CachedEngine(DelegatingEngine):
@@ -368,10 +364,6 @@ class CachedEngine(DelegatingEngine):
         # This mount's commits to the range not yet delivered by the watch: (revision,
         # when committed).  The oldest one's age is the watch's lag.
         self._undelivered: deque[tuple[int, float]] = deque()
-        # Groups whose keys were read one at a time lately (how often), and groups found
-        # too big to read whole; both bounded, oldest forgotten first.
-        self._group_misses: OrderedDict[bytes, int] = OrderedDict()
-        self._big_groups: OrderedDict[bytes, None] = OrderedDict()
 
     # -- health ----------------------------------------------------------------------
 
@@ -509,8 +501,6 @@ class CachedEngine(DelegatingEngine):
         out: dict[bytes, KeyValue | None] = {}
         want: list[bytes] = []
         answering = self.answering()
-        if answering and self.learning:
-            await self._learn_missed_groups(keys)
         for k in keys:
             if answering and self._cached(k):
                 known, kv = self.cache.lookup(k)
@@ -538,27 +528,6 @@ class CachedEngine(DelegatingEngine):
             finally:
                 self.cache.end_read()
         return [out[k] for k in keys]
-
-    async def _learn_missed_groups(self, keys: Sequence[bytes]) -> None:
-        """Read whole the groups (up to GROUP_FILL_LIMIT keys) of ``keys`` that missed
-        before: lookups of one name after another in a directory this mount has not
-        listed -- a cold ``ls -l``, ``cp -r`` or ``diff -r`` on another host's files --
-        then cost one read of the listing instead of one per name."""
-        for k in keys:
-            g = self.cache.group_of(k) if self._cached(k) else None
-            if g is None or g in self._big_groups or self.cache.knows(k):
-                continue
-            misses = self._group_misses.pop(g, 0) + 1
-            if misses < GROUP_FILL_AFTER:
-                self._group_misses[g] = misses
-                if len(self._group_misses) > 4096:
-                    self._group_misses.popitem(last=False)
-                continue
-            res = await self.range(g, prefix_end(g), limit=GROUP_FILL_LIMIT)
-            if res.more:
-                self._big_groups[g] = None
-                if len(self._big_groups) > 4096:
-                    self._big_groups.popitem(last=False)
 
     def peek(self, key: bytes) -> tuple[bool, KeyValue | None]:
         """``key``'s cached state, if the cache may answer now: ``(known, value)``; never
