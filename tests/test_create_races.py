@@ -170,7 +170,7 @@ async def test_a_directory_moved_elsewhere_has_its_old_kernel_name_dropped(
     await ops.lookup(p1, b"d", caller)
     assert dropped == [(p1, b"a")]
     await ops.forget([(d, 4)])
-    assert d not in ops._dir_at and (p1, b"d") not in ops._dir_named
+    assert ops.dirs.places(d) == set()
 
 
 async def test_a_moved_directory_the_kernel_cannot_place_yet_is_absent_for_now(
@@ -184,4 +184,4 @@ async def test_a_moved_directory_the_kernel_cannot_place_yet_is_absent_for_now(
     p1, p2, d = await _moved_by_another_mount(ops, caller)
     reply = await ops.lookup(p2, b"b", caller)
     assert reply.st_ino == 0 and reply.entry_timeout == 0
-    assert ops._dir_at[d] == (p1, b"a")
+    assert (p1, b"a") in ops.dirs.places(d)

@@ -27,6 +27,7 @@ import pyfuse3
 import trio
 
 from kvfs.errors import FSError
+from kvfs.fuse.dirplaces import DirPlaces
 from kvfs.fuse.metrics import FuseStats
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
 from kvfs.kv.cache import CachedEngine
@@ -144,10 +145,9 @@ class KvfsOperations(pyfuse3.Operations):
         # kernel last looked it up (see _stale and create)
         self._stale_at: dict[int, float] = {}
         self._looked_up_at: dict[int, float] = {}
-        # Where the kernel was last told each directory it may hold is, both ways (see
-        # _place_dir), and the old names to drop when one turns up elsewhere.
-        self._dir_at: dict[int, tuple[int, bytes]] = {}
-        self._dir_named: dict[tuple[int, bytes], int] = {}
+        # Where the kernel may hold each directory (see kvfs.fuse.dirplaces), and the old
+        # names to drop when one turns up elsewhere.
+        self.dirs = DirPlaces()
         self._moved_send, self._moved_dirs = trio.open_memory_channel[tuple[int, bytes]](
             math.inf)
         # Bytes a readdir reply is expected to hold, per open directory handle, and for a
@@ -193,34 +193,19 @@ class KvfsOperations(pyfuse3.Operations):
         self._stale_at[pid] = now
 
     def _moved_from(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes
-                    ) -> tuple[int, bytes] | None:
-        """The name in another parent the kernel may still hold for directory ``e``,
-        which another mount moved to ``name`` in ``parent``; None if there is none.
-
-        A directory has one dentry.  When a lookup finds one in a new parent before the
-        watch has dropped the old name, the kernel must move its dentry, which needs the
-        rename lock: with any rename under way on this mount, the lookup fails with ESTALE,
-        and so does the retry if the old dentry is still there.  (Within one parent the
-        kernel moves the dentry without that lock.)
-        """
+                    ) -> list[tuple[int, bytes]]:
+        """The names under other parents the kernel may still hold for directory ``e``,
+        which another mount moved to ``name`` in ``parent`` (see kvfs.fuse.dirplaces)."""
         if not stat.S_ISDIR(e.st_mode) or name in (b".", b".."):
-            return None
-        old = self._dir_at.get(e.st_ino)
-        if old is None or old[0] == parent or not self.fs.meta.shared:
-            return None  # only another mount moves directories behind the kernel's back
-        return old
+            return []
+        if not self.fs.meta.shared:
+            return []  # only another mount moves directories behind the kernel's back
+        return self.dirs.elsewhere(e.st_ino, (parent, name))
 
     def _place_dir(self, parent: int, name: bytes, e: pyfuse3.EntryAttributes) -> None:
-        """Note that the kernel now knows directory ``e`` as ``name`` in ``parent``."""
-        if not stat.S_ISDIR(e.st_mode) or name in (b".", b".."):
-            return
-        old = self._dir_at.get(e.st_ino)
-        if old == (parent, name):
-            return
-        self._dir_at[e.st_ino] = (parent, name)
-        self._dir_named[(parent, name)] = e.st_ino
-        if old is not None and self._dir_named.get(old) == e.st_ino:
-            del self._dir_named[old]
+        """Note that the kernel was shown directory ``e`` as ``name`` in ``parent``."""
+        if stat.S_ISDIR(e.st_mode) and name not in (b".", b".."):
+            self.dirs.place(e.st_ino, (parent, name))
 
     async def _drop_old_name(self, old: tuple[int, bytes]) -> bool:
         """Drop the kernel's ``old`` name of a moved directory; False if that did not
@@ -233,23 +218,6 @@ class KvfsOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(_invalidate_entry, *old, abandon_on_cancel=True)
             return True
         return False
-
-    def _forget_dir(self, ino: int) -> None:
-        place = self._dir_at.pop(ino, None)
-        if place is not None and self._dir_named.get(place) == ino:
-            del self._dir_named[place]
-
-    def _renamed(self, old: tuple[int, bytes], new: tuple[int, bytes], flags: int) -> None:
-        """This mount renamed ``old`` to ``new``: the kernel moved its dentries itself."""
-        moved, other = self._dir_named.pop(old, None), self._dir_named.pop(new, None)
-        for ino, place in ((moved, new), (other, old if flags & RENAME_EXCHANGE else None)):
-            if ino is None:
-                continue
-            if place is None:
-                self._dir_at.pop(ino, None)
-            else:
-                self._dir_at[ino] = place
-                self._dir_named[place] = ino
 
     async def drop_moved_directories(self, *, task_status: trio.TaskStatus[None]
                                      = trio.TASK_STATUS_IGNORED) -> None:
@@ -317,11 +285,14 @@ class KvfsOperations(pyfuse3.Operations):
             raise
         entry = self._entry(ino, a)
         moved_from = self._moved_from(parent_inode, name, entry)
-        if moved_from is not None:
-            if not await self._drop_old_name(moved_from):
+        for old in moved_from:
+            self.dirs.dropped(old)
+            if not await self._drop_old_name(old):
                 # The kernel could not place the directory here (ESTALE): report the name
                 # absent for now, uncached -- a name another mount is moving about.
+                self.dirs.place(ino, old)
                 return self._negative(0.0)
+        if moved_from:
             # The old dentry may outlive the drop while a walk still holds it; then the
             # kernel fails this lookup with ESTALE itself and restarts the walk.
             self._note_restart(ctx.pid)
@@ -338,7 +309,7 @@ class KvfsOperations(pyfuse3.Operations):
                 self.lookups.pop(ino, None)
                 self._told.pop(ino, None)
                 self._looked_up_at.pop(ino, None)
-                self._forget_dir(ino)
+                self.dirs.forget(ino)
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -396,7 +367,8 @@ class KvfsOperations(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         await self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags,
                              ctx.uid)
-        self._renamed((parent_inode_old, name_old), (parent_inode_new, name_new), flags)
+        self.dirs.renamed((parent_inode_old, name_old), (parent_inode_new, name_new),
+                          exchange=bool(flags & RENAME_EXCHANGE))
 
     @_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -429,6 +401,7 @@ class KvfsOperations(pyfuse3.Operations):
             pass  # the kernel forgot it meanwhile
 
     async def invalidate_entry(self, parent: int, name: bytes) -> None:
+        self.dirs.dropped((parent, name))
         if parent not in self.lookups and parent != pyfuse3.ROOT_INODE:
             return
         try:
@@ -517,9 +490,9 @@ class KvfsOperations(pyfuse3.Operations):
                     return
                 used += size
                 if ent.name not in (b".", b".."):
-                    moved_from = self._moved_from(parent, ent.name, e)
-                    if moved_from is not None:
-                        self._moved_send.send_nowait(moved_from)
+                    for old in self._moved_from(parent, ent.name, e):
+                        self.dirs.dropped(old)
+                        self._moved_send.send_nowait(old)
                     self._place_dir(parent, ent.name, e)
                     self._new_ref(e)  # a readdirplus entry is a lookup
             if end <= room:
