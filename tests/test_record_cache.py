@@ -28,11 +28,12 @@ from kvfs.kv.api import (
     KeyValue,
     KVEngine,
     Put,
+    WatchBatch,
     prefix_end,
 )
-from kvfs.kv.cache import CachedEngine, RecordCache, fresh_reads
+from kvfs.kv.cache import Absent, CachedEngine, RecordCache, fresh_reads
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import DelegatingEngine
+from kvfs.kv.recording import DelegatingEngine, RecordingEngine
 
 
 def slash_group(key: bytes) -> bytes | None:
@@ -298,6 +299,77 @@ async def test_failed_compare_forgets_compared_keys(nursery: trio.Nursery) -> No
     res = await a.commit([Compare(b"k", old.mod_revision)], [Put(b"k", b"3")])
     if not res.succeeded:
         assert a.cache.lookup(b"k") == (False, None)
+
+
+class LateAnswers(DelegatingEngine):
+    """Answers each commit only after the engine's watchers could see it: the watch
+    delivers the change before the committer hears back (as etcd's often does).  With
+    ``first`` set, that commit is beaten by another mount's, made just before it."""
+
+    first: list[Put] | None = None
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        if self.first is not None:
+            await self.inner.commit([], self.first)
+            self.first = None
+            for _ in range(20):
+                await trio.lowlevel.checkpoint()
+        res = await self.inner.commit(compares, puts, deletes)
+        for _ in range(20):
+            await trio.lowlevel.checkpoint()
+        return res
+
+
+async def _heard(nursery: trio.Nursery) -> tuple[CachedEngine, LateAnswers, set[int],
+                                                 list[tuple[int, bool]]]:
+    own: set[int] = set()
+    late = LateAnswers(SharedMemoryEngine())
+    a = CachedEngine(RecordingEngine(late, own.add), prefix=b"", group_of=slash_group)
+    heard: list[tuple[int, bool]] = []
+
+    async def listener(batch: WatchBatch | None) -> None:
+        assert batch is not None
+        heard.extend((ev.mod_revision, ev.mod_revision in own) for ev in batch.events)
+
+    a.listen(listener)
+    await nursery.start(a.run)
+    return a, late, own, heard
+
+
+async def test_own_changes_that_beat_the_commit_answer_are_known_as_own(
+        nursery: trio.Nursery) -> None:
+    """A watch event that overtakes this mount's commit answer is held back from listeners
+    (only it: nothing else waits) until the commit answers, so they can tell it is this
+    mount's own; what the commit wrote and showed absent is learned all the same."""
+    a, late, _, heard = await _heard(nursery)
+    for i in range(5):
+        res = await a.commit([], [Put(b"d%d/x" % i, b"1")],
+                             absent=Absent(keys=[b"f%d/y" % i], groups=[b"e%d/" % i]))
+        await wait_caught_up(a, late.inner)
+        assert a.cache.lookup(b"d%d/x" % i)[1] == kv(b"d%d/x" % i, b"1", res.revision)
+        assert a.cache.lookup(b"e%d/z" % i) == (True, None)
+        assert a.cache.lookup(b"f%d/y" % i) == (True, None)
+    assert all(is_own for _, is_own in heard)  # withheld, then known as own
+    res = await late.inner.commit([], [Put(b"d0/x", b"2")])  # another mount's change
+    await wait_caught_up(a, late.inner)
+    assert heard[-1] == (res.revision, False)
+
+
+async def test_a_change_like_a_commit_in_flight_still_reaches_listeners(
+        nursery: trio.Nursery) -> None:
+    """Another mount's change that looks like this mount's commit in flight (same key,
+    same value) is held back only until that commit answers -- failed, here -- and then
+    heard as another mount's."""
+    a, late, _, heard = await _heard(nursery)
+    late.first = [Put(b"d/x", b"1")]
+    res = await a.commit([Compare(b"d/x", 0)], [Put(b"d/x", b"1")])
+    assert not res.succeeded
+    with trio.fail_after(5):
+        while not heard:
+            await trio.sleep(0.001)
+    assert heard == [(res.revision, False)]
+    assert a.cache.lookup(b"d/x") == (False, None)
 
 
 async def wait_caught_up(*caches: CachedEngine | KVEngine) -> None:

@@ -41,6 +41,7 @@ dictionary lookup and are not stored.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,6 +63,7 @@ from kvfs.kv.api import (
     Put,
     RangeResult,
     WatchBatch,
+    WatchEvent,
     prefix_end,
 )
 from kvfs.kv.recording import DelegatingEngine
@@ -121,6 +123,10 @@ class RecordCache:
         self._epoch = 0
         self._inflight = 0
         self._changed: dict[bytes, int] = {}
+        # The newest revision of each of those changes: this mount's own commit at
+        # revision r is overtaken only by a change newer than r (the watch often delivers
+        # the commit's own change before the commit's answer).
+        self._changed_rev: dict[bytes, int] = {}
         self._floor = 0  # reads started before this epoch fill nothing
         self.hits = 0
         self.misses = 0
@@ -192,6 +198,7 @@ class RecordCache:
         self._inflight -= 1
         if self._inflight == 0:
             self._changed.clear()
+            self._changed_rev.clear()
             self._floor = self._epoch
 
     def _stale(self, key: bytes, started: int) -> bool:
@@ -247,15 +254,19 @@ class RecordCache:
         cache holds the key or its complete group, or ``store`` (this mount's own commit,
         sent at epoch ``store_since`` of :meth:`begin_read`); forgotten when written with
         a lease."""
-        overtaken = store and self._stale(key, store_since)
+        overtaken = store and (store_since < self._floor
+                               or self._changed_rev.get(key, 0) > revision)
         self._epoch += 1
         g = self.group_of(key)
         if self._inflight:
             self._changed[key] = self._epoch
+            if revision > self._changed_rev.get(key, 0):
+                self._changed_rev[key] = revision
             if g is not None:
                 self._changed[g] = self._epoch
             if len(self._changed) > 100_000:  # bound it: fail every read in flight
                 self._changed.clear()
+                self._changed_rev.clear()
                 self._floor = self._epoch + 1
         e: _Entry | None = self._entries.get(key)
         if e is not None and e.revision > revision:
@@ -330,6 +341,30 @@ class RecordCache:
 Listener = Callable[[WatchBatch | None], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """What a commit shows to be absent at its revision: ``keys``, and every key under
+    each of ``groups`` (a new inode's chunks, xattrs and entries, say)."""
+
+    keys: Sequence[bytes] = ()
+    groups: Sequence[bytes] = ()
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One of this mount's commits in flight: what it writes, and the watch's events that
+    look like its own (the same key and value) held back from listeners until it answers."""
+
+    writes: dict[bytes, bytes | None]  # key -> value put (None: deleted)
+    ranges: list[tuple[bytes, bytes]]  # ranges deleted
+    withheld: list[WatchEvent]
+
+    def wrote(self, ev: WatchEvent) -> bool:
+        if ev.key in self.writes:
+            return self.writes[ev.key] == ev.value
+        return ev.value is None and any(s <= ev.key < e for s, e in self.ranges)
+
+
 class CachedEngine(DelegatingEngine):
     """An engine whose reads of one key range are cached (see module docstring).
 
@@ -364,6 +399,15 @@ class CachedEngine(DelegatingEngine):
         # This mount's commits to the range not yet delivered by the watch: (revision,
         # when committed).  The oldest one's age is the watch's lag.
         self._undelivered: deque[tuple[int, float]] = deque()
+        # This mount's commits in flight.  etcd's watch often delivers a commit's change
+        # before the commit's own answer; listeners must not take it for another mount's
+        # (coherence would drop the kernel's entry for it).  A watch event that matches a
+        # commit in flight -- same key, same value -- is held back from listeners until
+        # that commit answers, then handed on unless it was the commit's own.  Nothing
+        # else waits: other mounts' changes reach listeners at once.
+        self._flights: dict[int, _Flight] = {}
+        self._flight_seq = 0
+        self._late_send, self._late_recv = trio.open_memory_channel[WatchBatch](math.inf)
 
     # -- health ----------------------------------------------------------------------
 
@@ -395,6 +439,7 @@ class CachedEngine(DelegatingEngine):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._probe)
             if not self.authoritative:
+                nursery.start_soon(self._deliver_late)
                 await nursery.start(self._watch, since)
             task_status.started()
 
@@ -440,6 +485,7 @@ class CachedEngine(DelegatingEngine):
                 self.watching = True
                 async for batch in self.inner.watch(self.start, self.end, self.revision + 1):
                     self._apply(batch)
+                    batch = self._withhold_own(batch)
                     for listener in self._listeners:
                         await listener(batch)
             except Compacted:
@@ -457,6 +503,24 @@ class CachedEngine(DelegatingEngine):
                 await trio.sleep(1.0)
             finally:
                 self.watching = False
+
+    def _withhold_own(self, batch: WatchBatch) -> WatchBatch:
+        if not self._flights:
+            return batch
+        passed: list[WatchEvent] = []
+        for ev in batch.events:
+            for flight in self._flights.values():
+                if flight.wrote(ev):
+                    flight.withheld.append(ev)
+                    break
+            else:
+                passed.append(ev)
+        return batch if len(passed) == len(batch.events) else WatchBatch(batch.revision, passed)
+
+    async def _deliver_late(self) -> None:
+        async for batch in self._late_recv:
+            for listener in self._listeners:
+                await listener(batch)
 
     async def _current_or(self, fallback: int) -> int:
         try:
@@ -594,7 +658,33 @@ class CachedEngine(DelegatingEngine):
     # -- writes ----------------------------------------------------------------------
 
     async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
-                     deletes: Sequence[Delete] = ()) -> CommitResult:
+                     deletes: Sequence[Delete] = (), *,
+                     absent: Absent | None = None) -> CommitResult:
+        """Commit through to the engine and learn what it wrote, and ``absent``: what the
+        commit shows to be absent at its revision (see :class:`Absent`)."""
+        flight: _Flight | None = None
+        seq = 0
+        if not self.authoritative:
+            self._flight_seq += 1
+            seq = self._flight_seq
+            flight = self._flights[seq] = _Flight(
+                {p.key: p.value for p in puts}
+                | {d.key: None for d in deletes if d.range_end is None},
+                [(d.key, d.range_end) for d in deletes if d.range_end is not None], [])
+        own = 0
+        try:
+            res = await self._commit(compares, puts, deletes, absent)
+            own = res.revision if res.succeeded else 0
+            return res
+        finally:
+            if flight is not None:
+                del self._flights[seq]
+                late = [ev for ev in flight.withheld if ev.mod_revision != own]
+                if late:
+                    self._late_send.send_nowait(WatchBatch(late[-1].mod_revision, late))
+
+    async def _commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                      deletes: Sequence[Delete], absent: Absent | None) -> CommitResult:
         started = self.cache.begin_read()
         try:
             res = await self.inner.commit(compares, puts, deletes)
@@ -614,12 +704,13 @@ class CachedEngine(DelegatingEngine):
             self.cache.end_read()
             raise
         try:
-            return self._committed(compares, puts, deletes, res, started)
+            return self._committed(compares, puts, deletes, res, started, absent)
         finally:
             self.cache.end_read()
 
     def _committed(self, compares: Sequence[Compare], puts: Sequence[Put],
-                   deletes: Sequence[Delete], res: CommitResult, started: int) -> CommitResult:
+                   deletes: Sequence[Delete], res: CommitResult, started: int,
+                   absent: Absent | None) -> CommitResult:
         if not self.learning:
             return res
         if not res.succeeded:
@@ -642,6 +733,16 @@ class CachedEngine(DelegatingEngine):
                 self.cache.apply(p.key, p.value, res.revision, store=True,
                                  store_since=started, lease=p.lease)
                 touched = True
+        if absent is not None:
+            # Passed over by the watch while the commit was out, a change to these keys
+            # marks them changed since ``started``, and they are not learned.
+            for k in absent.keys:
+                if self._cached(k):
+                    self.cache.apply(k, None, res.revision, store=True, store_since=started)
+            for empty in absent.groups:
+                if self._cached(empty):
+                    self.cache.fill_group(empty, [], started)
+                    self._group_changed(empty, res.revision)
         for k in [d.key for d in deletes if d.range_end is None] + [p.key for p in puts]:
             g = self.cache.group_of(k) if self._cached(k) else None
             if g is not None:
@@ -649,23 +750,6 @@ class CachedEngine(DelegatingEngine):
         if touched and res.revision > self.revision:
             self._undelivered.append((res.revision, trio.current_time()))
         return res
-
-    def note_absent(self, revision: int, *, keys: Sequence[bytes] = (),
-                    groups: Sequence[bytes] = ()) -> None:
-        """What this mount's commit at ``revision`` showed to be absent: ``keys``, and
-        every key of ``groups`` (a new inode's chunks and xattrs, say).  Ignored once the
-        watch has gone past ``revision``: it may have passed over later changes to them
-        that the cache did not keep."""
-        if not self.learning or (not self.authoritative and self.revision >= revision):
-            return
-        started = self.cache.begin_read()
-        try:
-            for k in keys:
-                self.cache.apply(k, None, revision, store=True, store_since=started)
-            for g in groups:
-                self.cache.fill_group(g, [], started)
-        finally:
-            self.cache.end_read()
 
     def forget(self, start: bytes, end: bytes) -> None:
         """Forget every cached key in ``[start, end)``: the next reads go to the engine."""

@@ -23,14 +23,14 @@ Reads inside a transaction see the transaction's own buffered writes.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import trio
 
 from kvfs.kv.api import Compare, Conflict, Delete, KeyValue, KVEngine, Put, prefix_end
-from kvfs.kv.cache import CachedEngine, fresh_reads, reading_fresh
+from kvfs.kv.cache import Absent, CachedEngine, fresh_reads, reading_fresh
 
 T = TypeVar("T")
 
@@ -62,6 +62,8 @@ class Txn:
         self._leases: dict[bytes, int] = {}
         self._on_commit: list[Callable[[], None]] = []
         self._prefix_deletes: list[bytes] = []
+        self._absent_keys: list[bytes] = []
+        self._absent_groups: list[bytes] = []
         self.revision = 0  # set after a successful commit
 
     async def get(self, key: bytes) -> bytes | None:
@@ -116,6 +118,12 @@ class Txn:
         transaction must not also put a key under ``prefix`` (etcd refuses that)."""
         self._prefix_deletes.append(prefix)
 
+    def note_absent(self, *, keys: Sequence[bytes] = (), groups: Sequence[bytes] = ()) -> None:
+        """Tell a record cache what this commit shows to be absent: ``keys``, and every
+        key under ``groups`` (a new inode's, say), so that reads of them need not ask."""
+        self._absent_keys += keys
+        self._absent_groups += groups
+
     def on_commit(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` once this attempt has committed (never for an attempt that retries)."""
         self._on_commit.append(fn)
@@ -129,7 +137,11 @@ class Txn:
         deletes += [Delete(p, prefix_end(p)) for p in self._prefix_deletes]
         if not puts and not deletes:
             return True
-        res = await self.kv.commit(compares, puts, deletes)  # type: ignore[arg-type]
+        if isinstance(self.kv, CachedEngine) and (self._absent_keys or self._absent_groups):
+            res = await self.kv.commit(compares, puts, deletes,  # type: ignore[arg-type]
+                                       absent=Absent(self._absent_keys, self._absent_groups))
+        else:
+            res = await self.kv.commit(compares, puts, deletes)  # type: ignore[arg-type]
         self.revision = res.revision
         return res.succeeded
 

@@ -528,11 +528,8 @@ class Metadata:
             # A new inode has no data, xattrs or entries yet: say so, so writes need not
             # ask (the kernel asks for security.capability before every write), and
             # neither do the lookups of names about to be created in a new directory.
-            if isinstance(self.kv, CachedEngine):
-                kv = self.kv
-                empty = [keys.xattr_prefix(ino)] + ([keys.dentry_prefix(ino)] if is_dir else [])
-                t.on_commit(lambda: kv.note_absent(t.revision, keys=[keys.chunk(ino, 0)],
-                                                   groups=empty))
+            t.note_absent(keys=[keys.chunk(ino, 0)], groups=[keys.xattr_prefix(ino)] + (
+                [keys.dentry_prefix(ino)] if is_dir else []))
             if record is not None:
                 await record(t, ino, a)
             return Ino(ino), a, True
