@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -403,23 +404,24 @@ class EtcdEngine(KVEngine):
             create.start_revision = next_rev
             error: Any = None
             with WatchStream(stubs, create, self._metadata) as stream:
-                async for item in stream.receive:
-                    if isinstance(item, (grpc.RpcError, StreamEnd)):
-                        error = item
-                        break
-                    if item.compact_revision:
-                        raise Compacted(next_rev, item.compact_revision)
-                    if item.canceled:
-                        raise self._watch_canceled(item.cancel_reason)
-                    if not item.events:
-                        continue
-                    deadline = trio.current_time() + self.url.timeout
-                    failures = 0
-                    events = [WatchEvent(ev.kv.key[self._pfx_len:],
-                                         None if ev.type == 1 else ev.kv.value,
-                                         ev.kv.mod_revision) for ev in item.events]
-                    next_rev = events[-1].mod_revision + 1
-                    yield WatchBatch(events[-1].mod_revision, events)
+                async with aclosing(stream.receive()) as responses:
+                    async for item in responses:
+                        if isinstance(item, (grpc.RpcError, StreamEnd)):
+                            error = item
+                            break
+                        if item.compact_revision:
+                            raise Compacted(next_rev, item.compact_revision)
+                        if item.canceled:
+                            raise self._watch_canceled(item.cancel_reason)
+                        if not item.events:
+                            continue
+                        deadline = trio.current_time() + self.url.timeout
+                        failures = 0
+                        events = [WatchEvent(ev.kv.key[self._pfx_len:],
+                                             None if ev.type == 1 else ev.kv.value,
+                                             ev.kv.mod_revision) for ev in item.events]
+                        next_rev = events[-1].mod_revision + 1
+                        yield WatchBatch(events[-1].mod_revision, events)
             if self._closed:
                 raise KVError(f"{self._where()}: engine is closed")
             details = ""

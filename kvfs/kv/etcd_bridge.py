@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -170,16 +171,34 @@ async def run_first_response(call_fn: Callable[..., Any], request: Any, timeout:
 
 
 class StreamEnd:
-    """Delivered through :attr:`WatchStream.receive` when the server ended the stream."""
+    """Delivered through :meth:`WatchStream.receive` when the server ended the stream."""
+
+
+# Queued by the pump thread as it stops: nothing follows.
+_END = object()
 
 
 class WatchStream:
     """One Watch call; responses (or the final ``grpc.RpcError`` / :class:`StreamEnd`)
-    arrive on :attr:`receive`.  Use as a context manager: leaving it cancels the call."""
+    arrive through :meth:`receive`.  Use as a context manager: leaving it cancels the call.
+
+    The pump thread hands responses over through a queue and wakes the trio task at most
+    once per burst (``TrioToken.run_sync_soon``), not through a trio call per response:
+    every mount follows every change of the volume, so this hand-off is paid for each
+    change anywhere.  At most ``_QUEUED`` responses wait; the pump then waits for the
+    receiver (back-pressure reaches etcd through the stream's flow control)."""
+
+    _QUEUED = 64
 
     def __init__(self, stubs: Stubs, create: Any, metadata: Any) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self._send, self.receive = trio.open_memory_channel[Any](4)
+        self._lock = threading.Lock()
+        self._items: deque[Any] = deque()  # guarded by _lock
+        self._wake_scheduled = False  # guarded by _lock
+        self._room = threading.Event()
+        self._room.set()
+        self._arrived = trio.Event()  # trio thread only
+        self._closed = False
         self._requests: queue.Queue[Any] = queue.Queue()
         self._requests.put(etcdrpc.WatchRequest(create_request=create))
         self._call = stubs.watch.Watch(self._request_iter(), metadata=metadata)
@@ -195,12 +214,27 @@ class WatchStream:
                 return
             yield item
 
+    # -- the pump thread -------------------------------------------------------------------
+
     def _deliver(self, item: Any) -> bool:
-        try:
-            trio.from_thread.run(self._send.send, item, trio_token=self._token)
-            return True
-        except BaseException:  # noqa: BLE001 - receiver gone, loop finished: stop pumping
+        """Queue ``item`` for the receiver; False once nobody will receive it."""
+        while not self._closed:
+            with self._lock:
+                if len(self._items) < self._QUEUED or item is _END:
+                    self._items.append(item)
+                    wake = not self._wake_scheduled
+                    self._wake_scheduled = True
+                    break
+                self._room.clear()
+            self._room.wait(0.5)
+        else:
             return False
+        if wake:
+            try:
+                self._token.run_sync_soon(self._wake)
+            except trio.RunFinishedError:
+                return False
+        return True
 
     def _pump(self) -> None:
         try:
@@ -213,15 +247,40 @@ class WatchStream:
         finally:
             self._requests.put(None)
             self._call.cancel()
-            try:
-                trio.from_thread.run_sync(self._send.close, trio_token=self._token)
-            except BaseException:  # noqa: BLE001, S110 - the loop may be gone
-                pass
+            self._deliver(_END)
+
+    # -- the trio side ---------------------------------------------------------------------
+
+    def _wake(self) -> None:  # on the trio thread
+        with self._lock:
+            self._wake_scheduled = False
+        self._arrived.set()
+
+    async def receive(self) -> AsyncGenerator[Any, None]:
+        """Every response in order, then the stream's end (a ``grpc.RpcError`` or a
+        :class:`StreamEnd`); stops when the pump has stopped."""
+        while True:
+            with self._lock:
+                items = list(self._items)
+                self._items.clear()
+            self._room.set()
+            if not items:
+                self._arrived = trio.Event()
+                with self._lock:
+                    pending = bool(self._items)
+                if not pending:
+                    await self._arrived.wait()
+                continue
+            for item in items:
+                if item is _END:
+                    return
+                yield item
 
     def close(self) -> None:
+        self._closed = True
+        self._room.set()
         self._requests.put(None)
         self._call.cancel()
-        self.receive.close()
 
     def __enter__(self) -> WatchStream:
         return self
