@@ -3,6 +3,8 @@ own do not; a watch compacted past resets everything."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from kvfs.kv.api import Put
@@ -24,14 +26,14 @@ class RecordingInvalidator:
         self.cache = cache
         self.seen_by_cache: list[bytes | None] = []  # what the cache held when told
 
-    async def invalidate_inode(self, ino: int) -> None:
-        self.inodes.append(ino)
-        if self.cache is not None:
-            got = await self.cache.get(keys.attr(ino))
-            self.seen_by_cache.append(got.value if got else None)
-
-    async def invalidate_entry(self, parent: int, name: bytes) -> None:
-        self.entries.append((parent, name))
+    async def invalidate(self, entries: Sequence[tuple[int, bytes]],
+                         inodes: Sequence[int]) -> None:
+        self.entries.extend(entries)
+        for ino in inodes:
+            self.inodes.append(ino)
+            if self.cache is not None:
+                got = await self.cache.get(keys.attr(ino))
+                self.seen_by_cache.append(got.value if got else None)
 
 
 def attr(nlink: int, mode: int = 0o100644) -> bytes:

@@ -199,11 +199,9 @@ class NullInvalidator:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def invalidate_inode(self, ino: int) -> None:
-        self.calls += 1
-
-    async def invalidate_entry(self, parent: int, name: bytes) -> None:
-        self.calls += 1
+    async def invalidate(self, entries: Sequence[tuple[int, bytes]],
+                         inodes: Sequence[int]) -> None:
+        self.calls += len(entries) + len(inodes)
 
 
 # -- mounts --------------------------------------------------------------------------------

@@ -66,10 +66,8 @@ class Counting(DelegatingEngine):
 
 
 class NoKernel:
-    async def invalidate_inode(self, ino: int) -> None:
-        pass
-
-    async def invalidate_entry(self, parent: int, name: bytes) -> None:
+    async def invalidate(self, entries: Sequence[tuple[int, bytes]],
+                         inodes: Sequence[int]) -> None:
         pass
 
 

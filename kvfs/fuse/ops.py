@@ -113,6 +113,17 @@ def _invalidate_entry(parent: int, name: bytes) -> None:
         pass
 
 
+def _invalidate_all(entries: Sequence[tuple[int, bytes]], inodes: Sequence[int]) -> None:
+    """Make the kernel forget ``entries``, then ``inodes`` (blocking); gone is fine."""
+    for parent, name in entries:
+        _invalidate_entry(parent, name)
+    for ino in inodes:
+        try:
+            pyfuse3.invalidate_inode(ino, False)
+        except OSError:
+            pass
+
+
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
     return Ctx(ctx.uid, ctx.gid, ctx.pid)
 
@@ -399,6 +410,17 @@ class KvfsOperations(pyfuse3.Operations):
             await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
         except OSError:
             pass  # the kernel forgot it meanwhile
+
+    async def invalidate(self, entries: Sequence[tuple[int, bytes]],
+                         inodes: Sequence[int]) -> None:
+        """Coherence's way into the kernel: one worker-thread hand-off for a whole watch
+        batch (the kernel call may block, so it never runs on the trio thread)."""
+        known = [(p, n) for p, n in entries if p in self.lookups or p == pyfuse3.ROOT_INODE]
+        held = [i for i in inodes if i in self.lookups or i == pyfuse3.ROOT_INODE]
+        for ino in held:
+            self._told.pop(ino, None)
+        if known or held:
+            await trio.to_thread.run_sync(_invalidate_all, known, held)
 
     async def invalidate_entry(self, parent: int, name: bytes) -> None:
         self.dirs.dropped((parent, name))

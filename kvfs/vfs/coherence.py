@@ -18,7 +18,7 @@ watch's state.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from kvfs.kv.api import WatchBatch
@@ -29,11 +29,11 @@ from kvfs.meta.records import Attr
 class Invalidator(Protocol):
     """How coherence reaches the kernel (the FUSE layer implements it)."""
 
-    async def invalidate_inode(self, ino: int) -> None:
-        """Drop the kernel's cached attributes and data of ``ino``."""
-
-    async def invalidate_entry(self, parent: int, name: bytes) -> None:
-        """Drop the kernel's cached lookup of ``name`` in ``parent``."""
+    async def invalidate(self, entries: Sequence[tuple[int, bytes]],
+                         inodes: Sequence[int]) -> None:
+        """Drop the kernel's cached lookups of ``entries`` (parent, name), then its cached
+        attributes and data of ``inodes`` -- all of one watch batch at once, so the
+        kernel is reached in one hand-off rather than one per change."""
 
 
 class OwnRevisions:
@@ -72,8 +72,7 @@ class Coherence:
     async def apply(self, batch: WatchBatch | None) -> None:
         """One batch of the watch; None: everything may have changed."""
         if batch is None:
-            for ino in list(self.known_inodes or ()):
-                await self.invalidator.invalidate_inode(ino)
+            await self.invalidator.invalidate([], list(self.known_inodes or ()))
             return
         inodes: set[int] = set()
         entries: set[tuple[int, bytes]] = set()
@@ -91,7 +90,5 @@ class Coherence:
                 if kind == keys.ATTR_TAG and ev.value and self.on_orphaned is not None \
                         and Attr.decode(ev.value).nlink == 0:
                     await self.on_orphaned(ino)
-        for parent, name in entries:
-            await self.invalidator.invalidate_entry(parent, name)
-        for ino in inodes:
-            await self.invalidator.invalidate_inode(ino)
+        if entries or inodes:
+            await self.invalidator.invalidate(sorted(entries), sorted(inodes))
