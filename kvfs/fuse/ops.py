@@ -415,6 +415,8 @@ class KvfsOperations(pyfuse3.Operations):
                          inodes: Sequence[int]) -> None:
         """Coherence's way into the kernel: one worker-thread hand-off for a whole watch
         batch (the kernel call may block, so it never runs on the trio thread)."""
+        for place in entries:
+            self.dirs.dropped(place)
         known = [(p, n) for p, n in entries if p in self.lookups or p == pyfuse3.ROOT_INODE]
         held = [i for i in inodes if i in self.lookups or i == pyfuse3.ROOT_INODE]
         for ino in held:
