@@ -211,6 +211,37 @@ def test_etcd_mounts_serve_metrics(etcd_single: Member, tmp_path: Path) -> None:
         assert value(s_b, "kvfs_session_up") == 1
 
 
+def test_own_changes_leave_the_kernels_caches_alone(etcd_single: Member,
+                                                   tmp_path: Path) -> None:
+    """What a mount created it can stat without asking its daemon: its own changes come
+    back through its watch -- often before the commit's answer -- and must not be taken
+    for another mount's, which would drop the kernel's cached entries and attributes."""
+    url = f"etcd://{etcd_single.endpoint}/{unique_prefix('ownchg')}"
+    kvfs("format", url, "ownchg")
+    with mounted(url, tmp_path, "a", "b") as (a, _):
+        port = endpoint_port(a)
+        d = a.mountpoint / "d"
+        d.mkdir()
+        names = [d / f"f{i}" for i in range(300)]
+        for p in names:
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+        os.rename(names[0], d / "renamed")
+        os.unlink(names[1])
+        kept = names[2:]
+        # The kernel itself drops the attributes of a directory it changed and of a
+        # renamed inode (their times changed): those it asks for again, once.
+        d.stat()
+        (d / "renamed").stat()
+        before = parse(scrape(port))
+        for p in kept:
+            p.stat()
+        after = parse(scrape(port))
+        for op in ("lookup", "getattr"):
+            asked = value(after, "kvfs_fuse_ops_total", op=op) - \
+                value(before, "kvfs_fuse_ops_total", op=op)
+            assert asked == 0, f"{asked:.0f} {op} requests for {len(kept)} files just made"
+
+
 def test_taken_port_moves_up(tmp_path: Path) -> None:
     store = tmp_path / "store"
     kvfs("format", str(store), "taken")
