@@ -57,3 +57,17 @@ def test_forget_removes_every_place() -> None:
     dirs.dropped((P1, b"a"))  # nothing left to drop: no error
     dirs.place(E, (P1, b"a"))
     assert dirs.places(E) == {(P1, b"a")}
+
+
+def test_a_drop_under_way_leaves_a_place_shown_again_meanwhile() -> None:
+    """An invalidation may wait long for a parent's lock; until it returns the place
+    stays on record, and if the kernel was shown the place again meanwhile, it stays."""
+    dirs = DirPlaces()
+    dirs.place(D, (P1, b"a"))
+    mark = dirs.mark()
+    dirs.place(D, (P1, b"a"))  # a lookup while the invalidation was blocked
+    dirs.dropped((P1, b"a"), mark)
+    assert dirs.places(D) == {(P1, b"a")}
+    mark = dirs.mark()
+    dirs.dropped((P1, b"a"), mark)
+    assert dirs.places(D) == set()

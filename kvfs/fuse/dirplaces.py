@@ -34,6 +34,8 @@ class DirPlaces:
     def __init__(self) -> None:
         self._at: dict[int, set[Place]] = {}
         self._named: dict[Place, int] = {}
+        self._shown = 0  # counts place(): a drop started before a showing leaves it be
+        self._shown_at: dict[Place, int] = {}
 
     def places(self, ino: int) -> set[Place]:
         """Where the kernel may hold directory ``ino`` (a copy)."""
@@ -54,18 +56,27 @@ class DirPlaces:
             self._unname(previous, place)  # the name now holds another directory
         self._at.setdefault(ino, set()).add(place)
         self._named[place] = ino
+        self._shown += 1
+        self._shown_at[place] = self._shown
 
-    def dropped(self, place: Place) -> None:
-        """The kernel no longer holds anything at ``place`` (or is dropping it now)."""
+    def mark(self) -> int:
+        """Taken before an invalidation starts: what :meth:`dropped` compares with."""
+        return self._shown
+
+    def dropped(self, place: Place, mark: int | None = None) -> None:
+        """The kernel no longer holds anything at ``place``: an invalidation of it that
+        started at ``mark`` returned.  A place shown to the kernel again since stays."""
         ino = self._named.get(place)
-        if ino is not None:
-            self._unname(ino, place)
+        if ino is None or (mark is not None and self._shown_at.get(place, 0) > mark):
+            return
+        self._unname(ino, place)
 
     def forget(self, ino: int) -> None:
         """The kernel forgot inode ``ino``: it holds no dentry of it."""
         for p in self._at.pop(ino, set()):
             if self._named.get(p) == ino:
                 del self._named[p]
+                self._shown_at.pop(p, None)
 
     def renamed(self, old: Place, new: Place, *, exchange: bool) -> None:
         """This mount renamed ``old`` to ``new``: the kernel moved its dentries itself."""
@@ -87,3 +98,4 @@ class DirPlaces:
                 del self._at[ino]
         if self._named.get(place) == ino:
             del self._named[place]
+            self._shown_at.pop(place, None)

@@ -30,7 +30,7 @@ from kvfs.errors import FSError
 from kvfs.fuse.dirplaces import DirPlaces
 from kvfs.fuse.metrics import FuseStats
 from kvfs.kv.api import EngineUnavailable, NoSpace, TxnTooLarge
-from kvfs.kv.cache import CachedEngine
+from kvfs.kv.cache import CachedEngine, fresh_reads, reading_fresh
 from kvfs.meta.metadata import RENAME_EXCHANGE, Ctx, DirEntry, SetAttr
 from kvfs.meta.records import Attr
 from kvfs.meta.trash import shown_nlink
@@ -288,21 +288,29 @@ class KvfsOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         try:
             ino, a = await self.fs.lookup(parent_inode, name)
+            entry = self._entry(ino, a)
+            moved_from = self._moved_from(parent_inode, name, entry)
+            if moved_from and not reading_fresh():
+                # A directory the kernel holds elsewhere: moved by another mount -- or this
+                # answer came from the record cache and lags the one that placed it there.
+                # Moving the kernel's dentry back and forth costs ESTALE when it is busy.
+                with fresh_reads():
+                    ino, a = await self.fs.lookup(parent_inode, name)
+                entry = self._entry(ino, a)
+                moved_from = self._moved_from(parent_inode, name, entry)
         except FSError as e:
             if e.errno == errno.ENOENT:
                 # A negative entry the kernel may cache like a positive one: a name created
                 # elsewhere reaches it through the coherence watch's invalidation.
                 return self._negative(self.entry_timeout)
             raise
-        entry = self._entry(ino, a)
-        moved_from = self._moved_from(parent_inode, name, entry)
         for old in moved_from:
-            self.dirs.dropped(old)
+            mark = self.dirs.mark()
             if not await self._drop_old_name(old):
                 # The kernel could not place the directory here (ESTALE): report the name
                 # absent for now, uncached -- a name another mount is moving about.
-                self.dirs.place(ino, old)
                 return self._negative(0.0)
+            self.dirs.dropped(old, mark)
         if moved_from:
             # The old dentry may outlive the drop while a walk still holds it; then the
             # kernel fails this lookup with ESTALE itself and restarts the walk.
@@ -415,23 +423,24 @@ class KvfsOperations(pyfuse3.Operations):
                          inodes: Sequence[int]) -> None:
         """Coherence's way into the kernel: one worker-thread hand-off for a whole watch
         batch (the kernel call may block, so it never runs on the trio thread)."""
-        for place in entries:
-            self.dirs.dropped(place)
+        mark = self.dirs.mark()
         known = [(p, n) for p, n in entries if p in self.lookups or p == pyfuse3.ROOT_INODE]
         held = [i for i in inodes if i in self.lookups or i == pyfuse3.ROOT_INODE]
         for ino in held:
             self._told.pop(ino, None)
         if known or held:
             await trio.to_thread.run_sync(_invalidate_all, known, held)
+        for place in entries:
+            self.dirs.dropped(place, mark)
 
     async def invalidate_entry(self, parent: int, name: bytes) -> None:
-        self.dirs.dropped((parent, name))
-        if parent not in self.lookups and parent != pyfuse3.ROOT_INODE:
-            return
-        try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name)
-        except OSError:
-            pass
+        mark = self.dirs.mark()
+        if parent in self.lookups or parent == pyfuse3.ROOT_INODE:
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name)
+            except OSError:
+                pass
+        self.dirs.dropped((parent, name), mark)
 
     @_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -515,7 +524,6 @@ class KvfsOperations(pyfuse3.Operations):
                 used += size
                 if ent.name not in (b".", b".."):
                     for old in self._moved_from(parent, ent.name, e):
-                        self.dirs.dropped(old)
                         self._moved_send.send_nowait(old)
                     self._place_dir(parent, ent.name, e)
                     self._new_ref(e)  # a readdirplus entry is a lookup
