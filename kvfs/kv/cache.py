@@ -16,7 +16,9 @@ to an older state:
     mount always reads its own writes;
   * the watch, which delivers every change to the range -- other mounts' and our own --
     and which is applied before listeners (the kernel invalidator) hear of it, so a
-    kernel that drops a name and asks again finds the new state here.
+    kernel that drops a name and asks again finds the new state here.  A change that
+    matches one of this mount's commits still in flight (same key, same value) reaches
+    listeners only once that commit has answered, and not at all if it was the commit's.
 
 When the cache may answer (:meth:`CachedEngine.answering`): while the watch is running
 and has delivered every change this mount committed more than ``max_lag`` seconds ago --
