@@ -8,7 +8,8 @@ errors behind one code -- never at free-form transport text to decide *whether* 
 
 Invariants:
 
-* Every UNAVAILABLE or DEADLINE_EXCEEDED is retryable (:attr:`Failure.UNSENT` or
+* Every UNAVAILABLE or DEADLINE_EXCEEDED -- and an UNKNOWN that is etcd's server-side
+  "context deadline exceeded" -- is retryable (:attr:`Failure.UNSENT` or
   :attr:`Failure.MAYBE_SENT`), with one exception: on a TLS channel, the markers of a
   failed TLS negotiation (an untrusted or rejected certificate, a wrong server name) make
   it :attr:`Failure.TLS`, which retrying cannot cure.  A plain-text channel never yields
@@ -67,6 +68,10 @@ def classify(code: Any, details: str, *, tls: bool) -> Failure:
         if tls and any(m in low for m in _TLS):
             return Failure.TLS
         return Failure.UNSENT if any(m in low for m in _UNSENT) else Failure.MAYBE_SENT
+    if code == _SC.UNKNOWN and "context deadline exceeded" in low:
+        # etcd's own deadline for the request (ours, carried over) ran out on the server
+        # first: a linearizable read or a proposal waiting on a leader that just died.
+        return Failure.MAYBE_SENT
     if code == _SC.RESOURCE_EXHAUSTED:
         if "too many requests" in low:
             return Failure.UNSENT
