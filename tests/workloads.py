@@ -18,8 +18,12 @@ as an :class:`Op` (what, where, start and end in monotonic time, the errno it go
 :func:`judge` sorts the recorded errors: race errnos are fine, EIO is fine inside an outage
 window that disturbs that mount (:meth:`nemesis.Timeline.excuses`); EIO from a request in
 flight when its daemon was stopped past the URL's timeout is counted apart (the engine
-finds its deadline gone when the daemon runs again); everything else -- ESTALE always, EIO
-outside a window, wrong data -- is unexpected and reported with the mount, operation,
+finds its deadline gone when the daemon runs again); ESTALE from a rename is counted apart
+too: the kernel's own, when a lookup inside a rename across directories finds a directory
+another mount moved while this kernel still holds its old dentry, busy, and it cannot
+take the rename lock its own rename holds (docs/architecture.md, "Directories moved
+elsewhere").  Everything else -- any other ESTALE, EIO outside a window, wrong data -- is
+unexpected and reported with the mount, operation,
 time and the nearest fault window.  :func:`tree` and :func:`tree_diff`
 compare what every mount shows once the watch has settled.
 """
@@ -318,6 +322,7 @@ class Verdict:
     failed_ops: Counter[str] = field(default_factory=Counter)  # "workload.kind errno"
     excused: int = 0  # EIO inside an outage window
     stalled: list[str] = field(default_factory=list)  # EIO in flight when the daemon stopped
+    renames_stale: list[str] = field(default_factory=list)  # the kernel's ESTALE (see above)
     unexpected: list[str] = field(default_factory=list)
 
 
@@ -333,6 +338,9 @@ def judge(workers: list[Worker], timeline: Timeline, grace: float) -> Verdict:
             what = "WRONG-DATA" if op.problem else errno.errorcode.get(op.errno, op.errno)
             v.failed_ops[f"{op.workload}.{op.kind} {what}"] += 1
             if not op.problem and op.errno in w.race_errnos:
+                continue
+            if not op.problem and op.errno == errno.ESTALE and op.kind == "rename":
+                v.renames_stale.append(op.describe(t0))
                 continue
             if not op.problem and op.errno == errno.EIO:
                 if timeline.excuses(op.mount, op.start, op.end, grace):
