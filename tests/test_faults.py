@@ -291,13 +291,13 @@ def test_faults(scenario: str, etcd_procs: EtcdProcesses, tmp_path: Path) -> Non
     print(f"[{scenario}] faults injected: {timeline.counts()}; {verdict.ops} operations, "
           f"{acked} log records acknowledged, {entries} entries in the tree; EIO in outage "
           f"windows: {verdict.excused}; EIO in flight across a daemon stall: "
-          f"{len(verdict.stalled)}; ESTALE from a rename (the kernel's): "
-          f"{len(verdict.renames_stale)}; unexpected: {len(verdict.unexpected)}")
+          f"{len(verdict.stalled)}; ESTALE (the kernel's, see tests/workloads.py): "
+          f"{len(verdict.kernel_stale)}; unexpected: {len(verdict.unexpected)}")
     print(f"[{scenario}] failed operations: {dict(sorted(verdict.failed_ops.items()))}")
     for p in verdict.stalled[:5]:
         print(f"[{scenario}] stalled: {p}")
-    for p in verdict.renames_stale[:5]:
-        print(f"[{scenario}] rename ESTALE: {p}")
+    for p in verdict.kernel_stale[:5]:
+        print(f"[{scenario}] ESTALE: {p}")
     for p in problems[:40]:
         print(f"[{scenario}] PROBLEM {p}")
     assert not problems, (f"{len(problems)} problems (seed {SEED}), first: "
