@@ -4,7 +4,8 @@ Mount A loops ``open(O_CREAT); close; unlink`` on one name while mount B makes t
 directory (or a symlink) and removes it again; in the third variant both mounts run random
 operations on a few shared names (tests/workloads.py:RandomOps).  Every errno must be one a
 local filesystem gives for the race -- never EIO, and ESTALE no more often than the kernel
-gives it itself (tests/workloads.py) -- and afterwards both mounts show the same tree and ``kvfs fsck`` is clean.
+gives it itself (tests/workloads.py) -- and afterwards both mounts show the same tree
+and ``kvfs fsck`` is clean.
 
 Each variant runs ``KVFS_RACE_SECONDS`` seconds (8 by default; the acceptance run is
 ``KVFS_RACE_SECONDS=60 .venv/bin/pytest -q tests/test_races.py``).
