@@ -12,6 +12,7 @@ import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fsapi import ROOT, USER, fsck_problems, open_test_fs, raises_errno, read_all
@@ -28,10 +29,10 @@ class Outage:
         real = kv.commit
 
         async def commit(compares: Sequence[Compare], puts: Sequence[Put],
-                         deletes: Sequence[Delete] = ()) -> CommitResult:
+                         deletes: Sequence[Delete] = (), **options: Any) -> CommitResult:
             if self.active:
                 raise EngineUnavailable("etcd at 127.0.0.1:1: unreachable for 0 s")
-            return await real(compares, puts, deletes)
+            return await real(compares, puts, deletes, **options)
 
         monkeypatch.setattr(kv, "commit", commit)
 
