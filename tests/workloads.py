@@ -19,14 +19,14 @@ as an :class:`Op` (what, where, start and end in monotonic time, the errno it go
 window that disturbs that mount (:meth:`nemesis.Timeline.excuses`); EIO from a request in
 flight when its daemon was stopped past the URL's timeout is counted apart (the engine
 finds its deadline gone when the daemon runs again); ESTALE is counted apart too, up to
-:data:`KERNEL_ESTALE_RATE` of the operations: the kernel's own, when a path walk finds a
-directory another mount moved while this kernel still holds its old dentry, busy, and it
-cannot take the rename lock a rename across directories on the same mount holds -- the
-rename's own lookups most often, any walk's now and then, its one retry meeting the same
-dentry (docs/architecture.md, "Directories moved elsewhere").  Everything else -- ESTALE
-beyond that rate, EIO outside a window, wrong data -- is unexpected and reported with the
-mount, operation, time and the nearest fault window.  :func:`tree` and :func:`tree_diff`
-compare what every mount shows once the watch has settled.
+:data:`KERNEL_ESTALE_RATE` of the operations (and a few in any run): the kernel's own,
+when a path walk finds a directory another mount moved while this kernel still holds its
+old dentry, busy, and it cannot take the rename lock a rename across directories on the
+same mount holds -- the rename's own lookups most often, any walk's now and then, its one
+retry meeting the same dentry (docs/architecture.md, "Directories moved elsewhere").
+Everything else -- ESTALE beyond that, EIO outside a window, wrong data -- is unexpected
+and reported with the mount, operation, time and the nearest fault window.  :func:`tree`
+and :func:`tree_diff` compare what every mount shows once the watch has settled.
 """
 
 from __future__ import annotations
@@ -318,9 +318,11 @@ class CachedReader(Worker):
 
 
 # The kernel's own ESTALE (see the module docstring) came about once in 70,000 operations of
-# the random workload; a daemon answering ESTALE where it must not (a restarted walk, a name
-# that exists) would show it far more often.
+# the random workload, now and then two at once (two mounts renaming the same directory);
+# a daemon answering ESTALE where it must not (a restarted walk, a name that exists) would
+# show it far more often.  A short run of ~10,000 operations still allows KERNEL_ESTALE_FLOOR.
 KERNEL_ESTALE_RATE = 1 / 10_000
+KERNEL_ESTALE_FLOOR = 3
 
 
 @dataclass
@@ -362,7 +364,7 @@ def judge(workers: list[Worker], timeline: Timeline, grace: float) -> Verdict:
         if w.crash is not None:
             v.unexpected.append(f"mount {w.mount}: {w.workload} workload crashed: "
                                 f"{w.crash!r}")
-    if len(v.kernel_stale) > KERNEL_ESTALE_RATE * v.ops:
+    if len(v.kernel_stale) > max(KERNEL_ESTALE_FLOOR, KERNEL_ESTALE_RATE * v.ops):
         v.unexpected.append(f"ESTALE {len(v.kernel_stale)} times in {v.ops} operations, more "
                             f"than the kernel's own rate allows; first: {v.kernel_stale[0]}")
     return v
