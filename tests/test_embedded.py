@@ -191,7 +191,10 @@ async def test_recovery_after_kill9(tmp_path: Path, tasks: int) -> None:
                 got = await kv.get(key)
                 assert got is not None, key
                 assert got.value == _child_value(key)
-                assert got.mod_revision == rev
+                # A later round may have written the key again (the same value) and been
+                # killed before printing the acknowledgement: a newer revision is fine,
+                # an older one would be a lost acknowledged write.
+                assert got.mod_revision >= rev
             assert await kv.current_revision() >= max(r for _, r in all_acked)
             # No value file without a reference survives recovery.
             referenced = {e.value.name for _, e in kv.state.snapshot_items()
