@@ -400,9 +400,11 @@ class KvfsOperations(pyfuse3.Operations):
         fh, a = await self._stale(ctx, inode, self.fs.open_with_attr(inode, flags, ctx.uid))
         sig = (a.ctime, a.mtime, a.size)
         unchanged = self._told.get(inode) == sig
-        if inode in self._told and not unchanged:
+        if not unchanged:
             # Close-to-open: the file changed since the kernel cached it (the watch may not
             # have told us yet); drop the kernel's attributes and pages before any read.
+            # Nothing recorded is no proof: a watch invalidation forgets the record, and
+            # the kernel may have taken attributes again since from a lagging cache.
             await self.invalidate_inode(inode)
         self._told[inode] = sig
         # An unchanged file keeps its cached pages: reading it again costs no engine trip.
