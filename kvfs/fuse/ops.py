@@ -113,15 +113,20 @@ def _invalidate_entry(parent: int, name: bytes) -> None:
         pass
 
 
+def _invalidate_inode(ino: int) -> None:
+    """Make the kernel forget the attributes and pages of ``ino`` (blocking); gone is fine."""
+    try:
+        pyfuse3.invalidate_inode(ino, False)
+    except OSError:
+        pass
+
+
 def _invalidate_all(entries: Sequence[tuple[int, bytes]], inodes: Sequence[int]) -> None:
     """Make the kernel forget ``entries``, then ``inodes`` (blocking); gone is fine."""
     for parent, name in entries:
         _invalidate_entry(parent, name)
     for ino in inodes:
-        try:
-            pyfuse3.invalidate_inode(ino, False)
-        except OSError:
-            pass
+        _invalidate_inode(ino)
 
 
 def _ctx(ctx: pyfuse3.RequestContext) -> Ctx:
@@ -416,10 +421,7 @@ class KvfsOperations(pyfuse3.Operations):
         if ino not in self.lookups and ino != pyfuse3.ROOT_INODE:
             return
         self._told.pop(ino, None)
-        try:
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
-        except OSError:
-            pass  # the kernel forgot it meanwhile
+        await trio.to_thread.run_sync(_invalidate_inode, ino)
 
     async def invalidate(self, entries: Sequence[tuple[int, bytes]],
                          inodes: Sequence[int]) -> None:
