@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from kvfs.benchmarks.launch import free_port
 
 ETCD = "/usr/bin/etcd"
 ETCDCTL = "/usr/bin/etcdctl"
@@ -38,12 +39,6 @@ def require_etcd() -> None:
             pytest.fail(f"{binary} is missing: install etcd-server and etcd-client "
                         "(apt-get install -y etcd-server etcd-client); the etcd tests "
                         "need a real server", pytrace=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scratch_dir(name: str) -> Path:
@@ -117,12 +112,21 @@ class Member:
         except OSError:
             return False
 
+    def log_tail(self, lines: int = 15) -> str:
+        """The last ``lines`` lines of this member's log, kept in a failure's message because
+        the log's directory is removed when the session's servers are cleaned up."""
+        try:
+            text = (self.data_dir / "etcd.log").read_text(errors="replace")
+        except OSError as e:
+            return f"(no log: {e})"
+        return "\n".join(text.splitlines()[-lines:])
+
     def wait_healthy(self, timeout: float = 20) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"etcd {self.name} exited with {self.proc.returncode}; "
-                                   f"see {self.data_dir / 'etcd.log'}")
+                                   f"the end of its log:\n{self.log_tail()}")
             if self.healthy():
                 return
             time.sleep(0.05)

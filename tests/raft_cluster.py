@@ -35,25 +35,13 @@ from typing import Any, Self
 import trio
 from raft_netns import BridgedHosts
 
+from kvfs.benchmarks.launch import free_ports
 from kvfs.kv.api import KVError
 from kvfs.raftkv.client import RaftClientEngine
 from kvfs.raftkv.member import member_id
 from kvfs.raftkv.url import parse_raft_url
 
 NAMES = ("m1", "m2", "m3")
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct ports free on ``host`` right now (all bound at once, then let go)."""
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind((host, 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,10 +40,11 @@ from pathlib import Path
 import msgpack
 import pytest
 import trio
-from etcd_cluster import Member, etcd_procs, etcd_single, free_port, unique_prefix
+from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
 from mounting import Mount, is_mounted
 from raft_cluster import RaftCluster, loopback_addresses
 
+from kvfs.benchmarks.launch import free_port
 from kvfs.kv.api import Put
 from kvfs.meta import keys
 from kvfs.raftkv.embedded import open_embedded

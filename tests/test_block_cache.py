@@ -22,10 +22,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from etcd_cluster import Member, etcd_procs, etcd_single, free_port, unique_prefix
+from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
 from mounting import Mount, kvfs
 from waiting import wait_until
 
+from kvfs.benchmarks.launch import free_port
 from kvfs.objstore.api import BlockNotFound, ObjectStore, ObjectStoreError, block_name
 from kvfs.objstore.checksum import HEADER_SIZE
 from kvfs.objstore.diskcache import CachedStore, CacheSettings, open_cache

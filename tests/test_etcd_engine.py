@@ -24,13 +24,13 @@ from etcd_cluster import (
     enable_auth,
     etcd_procs,
     etcd_single,
-    free_port,
     make_certs,
     scratch_dir,
     unique_prefix,
 )
 from kv_contract import KVContract, collect_watch, put
 
+from kvfs.benchmarks.launch import free_port
 from kvfs.kv.api import (
     Compare,
     Delete,

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from raft_cluster import NAMES, MemberProcesses, free_ports, loopback_addresses
+from raft_cluster import NAMES, MemberProcesses, loopback_addresses
 from test_raft_serve import Cluster, run_kvfs
 from waiting import listening_ports
 
+from kvfs.benchmarks.launch import free_ports
 from kvfs.kv.api import Put
 from kvfs.raftkv.httpserver import serve_http
 from kvfs.raftkv.metrics import DEFAULT_LISTEN_METRICS

@@ -22,10 +22,10 @@ from raft_cluster import (
     Address,
     MemberProcesses,
     RaftCluster,
-    free_ports,
     loopback_addresses,
 )
 
+from kvfs.benchmarks.launch import free_ports
 from kvfs.kv.api import KVEngine, Put
 from kvfs.raftkv.member import member_id
 from kvfs.volume import open_engine

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from etcd_cluster import Member, etcd_procs, etcd_single, free_port, unique_prefix
+from etcd_cluster import Member, etcd_procs, etcd_single, unique_prefix
 from fsapi import ROOT, mkfile
 from mounting import Mount, kvfs
 
+from kvfs.benchmarks.launch import free_port
 from kvfs.chunk.filedata import _MAX_WINDOW, FileData, _Readahead
 from kvfs.chunk.layout import CHUNK_SIZE
 from kvfs.chunk.slices import SliceStore

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,11 +28,49 @@ class LaunchError(RuntimeError):
     """A needed program is missing, or a server did not come up."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+# Ports for servers are taken from below the kernel's ephemeral range: a port inside it,
+# found free by binding port 0 and letting go, can be claimed by an outgoing connection (a
+# client's channel, a reconnect) in the moment before the server binds it, and the server
+# then exits with "address already in use".
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports for servers to listen on: below the ephemeral range,
+    free on every address now, and never handed out before by this process."""
+    top = _ephemeral_start()
+    if top - _LOWEST_PORT < 1_000:
+        raise LaunchError(f"too few ports below the ephemeral range, which starts at {top}")
+    ports: list[int] = []
+    while len(ports) < count:
+        port = random.randrange(_LOWEST_PORT, top)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            ports.append(port)
+    return ports
+
+
+def free_port() -> int:
+    """One port, as :func:`free_ports`."""
+    return free_ports(1)[0]
 
 
 def find_program(name: str, *candidates: str, hint: str) -> str:

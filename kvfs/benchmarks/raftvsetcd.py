@@ -27,21 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kvfs.benchmarks import kvcommit, smallfiles
+from kvfs.benchmarks.launch import free_ports
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 NAMES = ("m1", "m2", "m3")
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -83,7 +72,7 @@ class _Processes:
 
 def start_etcd(procs: _Processes, base: Path) -> str:
     """Three etcd members; returns the etcd:// URL of all three."""
-    ports = _free_ports(6)
+    ports = free_ports(6)
     peer, client = dict(zip(NAMES, ports[:3], strict=True)), dict(zip(NAMES, ports[3:],
                                                                         strict=True))
     initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in peer.items())
@@ -107,7 +96,7 @@ def start_etcd(procs: _Processes, base: Path) -> str:
 
 def start_raft(procs: _Processes, base: Path) -> str:
     """Three ``kvfs raft serve`` members; returns the raft:// URL of all three."""
-    ports = _free_ports(6)
+    ports = free_ports(6)
     peer, client = dict(zip(NAMES, ports[:3], strict=True)), dict(zip(NAMES, ports[3:],
                                                                         strict=True))
     initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in peer.items())
