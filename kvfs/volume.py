@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import msgpack
@@ -28,7 +28,6 @@ from kvfs.history.records import HistorySettings
 from kvfs.kv.api import KVEngine
 from kvfs.kv.cache import CachedEngine
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import RecordingEngine
 from kvfs.meta import keys, trash
 from kvfs.meta.metadata import Metadata
 from kvfs.objstore.api import ObjectStore
@@ -36,7 +35,6 @@ from kvfs.objstore.checksum import ChecksummedStore
 from kvfs.objstore.diskcache import CacheSettings, open_cache
 from kvfs.objstore.kvblob import KVBlobStore
 from kvfs.objstore.localdir import LocalDirStore
-from kvfs.vfs.coherence import OwnRevisions
 
 FORMAT_VERSION = 1
 DEFAULT_BLOCK_KIB = {"file": 4096, "kv": 1024, "etcd": 1024}
@@ -262,7 +260,6 @@ class Volume:
     slices: SliceStore
     meta: Metadata
     data_dir: str | None = None  # the embedded store's directory
-    own: OwnRevisions = field(default_factory=OwnRevisions)  # this process's commits
     block_engine: KVEngine | None = None  # a separate engine holding blocks (--storage etcd)
 
     @property
@@ -303,12 +300,9 @@ async def open_volume(url: str, *, kv: KVEngine | None = None, session_id: int =
         raise
     slices = SliceStore(store, fmt.block_size)
     path = embedded_dir(url)
-    own = OwnRevisions()
-    # Metadata reads through the mount's record cache, and commits through a recorder so
-    # the coherence watcher can skip our own changes.
-    cached = CachedEngine(RecordingEngine(kv, own.add), prefix=keys.INODE_PREFIX,
-                          group_of=keys.listing_group)
+    # Metadata reads and commits through the mount's record cache.
+    cached = CachedEngine(kv, prefix=keys.INODE_PREFIX, group_of=keys.listing_group)
     meta = Metadata(cached, session_id=session_id)
     return Volume(kv, fmt, store, slices, meta,
-                  os.path.abspath(path) if path and not url.startswith("mem://") else None, own,
+                  os.path.abspath(path) if path and not url.startswith("mem://") else None,
                   block_engine)

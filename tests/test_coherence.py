@@ -12,7 +12,7 @@ from kvfs.kv.cache import CachedEngine
 from kvfs.kv.local import MemoryEngine
 from kvfs.meta import keys
 from kvfs.meta.records import Attr
-from kvfs.vfs.coherence import Coherence, OwnRevisions
+from kvfs.vfs.coherence import Coherence
 
 
 class SharedMemoryEngine(MemoryEngine):
@@ -50,7 +50,7 @@ def cached(kv: MemoryEngine) -> CachedEngine:
 
 
 async def test_other_mounts_changes_invalidate_and_own_do_not() -> None:
-    kv, own = SharedMemoryEngine(), OwnRevisions()
+    kv = SharedMemoryEngine()
     cache = cached(kv)
     inv = RecordingInvalidator(cache)
     orphaned: list[int] = []
@@ -58,7 +58,7 @@ async def test_other_mounts_changes_invalidate_and_own_do_not() -> None:
     async def on_orphaned(ino: int) -> None:
         orphaned.append(ino)
 
-    coh = Coherence(own, inv, on_orphaned=on_orphaned)
+    coh = Coherence(inv, on_orphaned=on_orphaned)
     cache.listen(coh.apply)
     async with trio.open_nursery() as nursery:
         await nursery.start(cache.run)
@@ -70,8 +70,7 @@ async def test_other_mounts_changes_invalidate_and_own_do_not() -> None:
         # Another mount changes 7's mode, and creates a name.
         await kv.commit([], [Put(keys.attr(7), attr(1, 0o100600)),
                              Put(keys.dentry(1, b"f"), b"x")])
-        mine = await kv.commit([], [Put(keys.attr(8), attr(1))])
-        own.add(mine.revision)
+        await cache.commit([], [Put(keys.attr(8), attr(1))])  # this mount's own
         await kv.commit([], [Put(keys.attr(9), attr(0))])  # another mount unlinked 9
         await settle()
         nursery.cancel_scope.cancel()
@@ -90,7 +89,7 @@ async def test_watch_behind_compaction_invalidates_everything_known() -> None:
     await kv.compact(await kv.current_revision())
     known = {1: 1, 42: 3}
     cache = cached(kv)
-    cache.listen(Coherence(OwnRevisions(), inv, known_inodes=known).apply)
+    cache.listen(Coherence(inv, known_inodes=known).apply)
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: cache.run(since=1, task_status=task_status))
         await settle()

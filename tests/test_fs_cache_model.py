@@ -247,8 +247,7 @@ async def open_mount(name: str, shared: KVEngine, hist: History, rng: random.Ran
     fs = FileSystem(vol.meta, vol.slices)
     fs.keep_history(Recorder(vol.meta, vol.fmt.history_settings, f"host-{name}"))
     known: dict[int, int] = {ROOT: DIR_FT}
-    coh = Coherence(vol.own, NullInvalidator(), known_inodes=known,
-                    on_orphaned=fs.note_orphaned)
+    coh = Coherence(NullInvalidator(), known_inodes=known, on_orphaned=fs.note_orphaned)
     vol.cache.listen(coh.apply)
     await nursery.start(session.keepalive)
     await nursery.start(vol.cache.run)

@@ -33,7 +33,7 @@ from kvfs.kv.api import (
 )
 from kvfs.kv.cache import Absent, CachedEngine, RecordCache, fresh_reads
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import DelegatingEngine, RecordingEngine
+from kvfs.kv.recording import DelegatingEngine
 
 
 def slash_group(key: bytes) -> bytes | None:
@@ -321,28 +321,35 @@ class LateAnswers(DelegatingEngine):
         return res
 
 
-async def _heard(nursery: trio.Nursery) -> tuple[CachedEngine, LateAnswers, set[int],
-                                                 list[tuple[int, bool]]]:
-    own: set[int] = set()
-    late = LateAnswers(SharedMemoryEngine())
-    a = CachedEngine(RecordingEngine(late, own.add), prefix=b"", group_of=slash_group)
-    heard: list[tuple[int, bool]] = []
+async def _listened(nursery: trio.Nursery, engine: KVEngine
+                    ) -> tuple[CachedEngine, list[int]]:
+    """A running cache on ``engine``, and the revisions its listener hears."""
+    a = CachedEngine(engine, prefix=b"", group_of=slash_group)
+    heard: list[int] = []
 
     async def listener(batch: WatchBatch | None) -> None:
         assert batch is not None
-        heard.extend((ev.mod_revision, ev.mod_revision in own) for ev in batch.events)
+        heard.extend(ev.mod_revision for ev in batch.events)
 
     a.listen(listener)
     await nursery.start(a.run)
-    return a, late, own, heard
+    return a, heard
 
 
-async def test_own_changes_that_beat_the_commit_answer_are_known_as_own(
+async def _heard(nursery: trio.Nursery) -> tuple[CachedEngine, LateAnswers, list[int]]:
+    """:func:`_listened` on a :class:`LateAnswers` engine."""
+    late = LateAnswers(SharedMemoryEngine())
+    a, heard = await _listened(nursery, late)
+    return a, late, heard
+
+
+async def test_own_changes_that_beat_the_commit_answer_are_not_heard(
         nursery: trio.Nursery) -> None:
     """A watch event that overtakes this mount's commit answer is held back from listeners
-    (only it: nothing else waits) until the commit answers, so they can tell it is this
-    mount's own; what the commit wrote and showed absent is learned all the same."""
-    a, late, _, heard = await _heard(nursery)
+    (only it: nothing else waits) until the commit answers, and then, being the commit's
+    own, never handed on; what the commit wrote and showed absent is learned all the same.
+    Another mount's change is heard."""
+    a, late, heard = await _heard(nursery)
     for i in range(5):
         res = await a.commit([], [Put(b"d%d/x" % i, b"1")],
                              absent=Absent(keys=[b"f%d/y" % i], groups=[b"e%d/" % i]))
@@ -350,10 +357,43 @@ async def test_own_changes_that_beat_the_commit_answer_are_known_as_own(
         assert a.cache.lookup(b"d%d/x" % i)[1] == kv(b"d%d/x" % i, b"1", res.revision)
         assert a.cache.lookup(b"e%d/z" % i) == (True, None)
         assert a.cache.lookup(b"f%d/y" % i) == (True, None)
-    assert all(is_own for _, is_own in heard)  # withheld, then known as own
+    assert heard == []
     res = await late.inner.commit([], [Put(b"d0/x", b"2")])  # another mount's change
     await wait_caught_up(a, late.inner)
-    assert heard[-1] == (res.revision, False)
+    assert heard == [res.revision]
+
+
+async def test_own_changes_after_the_commit_answer_are_not_heard(
+        nursery: trio.Nursery) -> None:
+    """On an engine that answers a commit before its watchers hear of it, the change comes
+    after the answer and is known by its revision."""
+    shared = SharedMemoryEngine()
+    a, heard = await _listened(nursery, shared)
+    await a.commit([], [Put(b"d/x", b"1")])
+    other = await shared.commit([], [Put(b"d/y", b"1")])
+    await a.commit([], [Put(b"d/z", b"1")])
+    await wait_caught_up(a, shared)
+    assert heard == [other.revision]
+
+
+async def test_same_writes_in_flight_at_once_are_each_known_as_own(
+        nursery: trio.Nursery) -> None:
+    """Two of this mount's commits in flight writing the same key and value: the first to
+    hold back the watch's events holds both; when it answers, the other's event passes to
+    the other, still in flight, and is dropped when it answers -- none is heard."""
+    a, late, heard = await _heard(nursery)
+    results: list[int] = []
+
+    async def put() -> None:
+        results.append((await a.commit([], [Put(b"d/x", b"1")])).revision)
+
+    async with trio.open_nursery() as both:
+        both.start_soon(put)
+        both.start_soon(put)
+    await wait_caught_up(a, late.inner)
+    for _ in range(20):
+        await trio.lowlevel.checkpoint()
+    assert len(set(results)) == 2 and heard == []
 
 
 async def test_a_change_like_a_commit_in_flight_still_reaches_listeners(
@@ -361,14 +401,14 @@ async def test_a_change_like_a_commit_in_flight_still_reaches_listeners(
     """Another mount's change that looks like this mount's commit in flight (same key,
     same value) is held back only until that commit answers -- failed, here -- and then
     heard as another mount's."""
-    a, late, _, heard = await _heard(nursery)
+    a, late, heard = await _heard(nursery)
     late.first = [Put(b"d/x", b"1")]
     res = await a.commit([Compare(b"d/x", 0)], [Put(b"d/x", b"1")])
     assert not res.succeeded
     with trio.fail_after(5):
         while not heard:
             await trio.sleep(0.001)
-    assert heard == [(res.revision, False)]
+    assert heard == [res.revision]
     assert a.cache.lookup(b"d/x") == (False, None)
 
 

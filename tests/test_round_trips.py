@@ -24,7 +24,7 @@ from kvfs.errors import FSError
 from kvfs.history.recorder import Recorder
 from kvfs.kv.api import CommitResult, Compare, Delete, KeyValue, Put, RangeResult
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import DelegatingEngine, RecordingEngine
+from kvfs.kv.recording import DelegatingEngine
 from kvfs.meta.keys import ROOT_INO
 from kvfs.meta.metadata import Ctx, SetAttr
 from kvfs.meta.session import Session
@@ -82,8 +82,7 @@ async def open_mount(shared: MemoryEngine, nursery: trio.Nursery
                      ) -> tuple[FileSystem, Counting]:
     """A mount of ``shared``, wired as kvfs.fuse.mount wires one."""
     counting = Counting(shared)
-    own: set[int] = set()
-    vol = await open_volume("mem://", kv=RecordingEngine(counting, own.add))
+    vol = await open_volume("mem://", kv=counting)
     vol.meta.trash_days = vol.fmt.trash_days
     await vol.meta.ensure_trash()
     session = await Session.register(vol.kv, "/rt", 60.0, held=vol.meta.held)
@@ -91,8 +90,7 @@ async def open_mount(shared: MemoryEngine, nursery: trio.Nursery
     fs = FileSystem(vol.meta, vol.slices)
     fs.keep_history(Recorder(vol.meta, vol.fmt.history_settings, "rt-host"))
     assert fs.history is not None and fs.history.enabled
-    coherence = Coherence(vol.own, NoKernel(), known_inodes={ROOT_INO: 1},
-                          on_orphaned=fs.note_orphaned)
+    coherence = Coherence(NoKernel(), known_inodes={ROOT_INO: 1}, on_orphaned=fs.note_orphaned)
     vol.cache.listen(coherence.apply)
     await nursery.start(session.keepalive)
     await nursery.start(vol.cache.run)

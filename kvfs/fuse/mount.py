@@ -248,7 +248,7 @@ async def serve(volume: Volume, mountpoint: str, source: str, opts: MountOptions
             await nursery.start(session.keepalive)
             if volume.kv.shared:
                 # The record cache runs the watch and hands each batch on, once applied.
-                coherence = Coherence(volume.own, ops, known_inodes=ops.lookups,
+                coherence = Coherence(ops, known_inodes=ops.lookups,
                                       on_orphaned=fs.note_orphaned)
                 volume.cache.listen(coherence.apply)
             await fs.run_background(nursery)

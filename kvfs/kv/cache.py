@@ -16,9 +16,13 @@ to an older state:
     mount always reads its own writes;
   * the watch, which delivers every change to the range -- other mounts' and our own --
     and which is applied before listeners (the kernel invalidator) hear of it, so a
-    kernel that drops a name and asks again finds the new state here.  A change that
-    matches one of this mount's commits still in flight (same key, same value) reaches
-    listeners only once that commit has answered, and not at all if it was the commit's.
+    kernel that drops a name and asks again finds the new state here.
+
+Listeners hear only other mounts' changes: this mount's own were told to the kernel in
+its replies.  A change at the revision of one of this mount's answered commits is not
+handed on; one that matches a commit still in flight (same key, same value) -- etcd's
+watch often delivers a change before the commit's own answer -- is held back until that
+commit answers, then handed on unless the commit's revision shows it was the commit's.
 
 When the cache may answer (:meth:`CachedEngine.answering`): while the watch is running
 and has delivered every change this mount committed more than ``max_lag`` seconds ago --
@@ -352,6 +356,27 @@ class Absent:
     groups: Sequence[bytes] = ()
 
 
+class _OwnRevisions:
+    """The revisions of this mount's recent successful commits (bounded: the oldest are
+    forgotten first, long after the watch has delivered them)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._order: deque[int] = deque()
+        self._set: set[int] = set()
+        self._limit = limit
+
+    def add(self, revision: int) -> None:
+        if revision in self._set:
+            return
+        self._order.append(revision)
+        self._set.add(revision)
+        if len(self._order) > self._limit:
+            self._set.discard(self._order.popleft())
+
+    def __contains__(self, revision: object) -> bool:
+        return revision in self._set
+
+
 @dataclass(slots=True)
 class _Flight:
     """One of this mount's commits in flight: what it writes, and the watch's events that
@@ -371,8 +396,9 @@ class CachedEngine(DelegatingEngine):
     """An engine whose reads of one key range are cached (see module docstring).
 
     :meth:`run` is the mount's one watch of the range; :meth:`listen` registers a
-    listener that hears every batch after the cache applied it, and ``None`` when the
-    watch could not resume (compacted past) and everything was forgotten.
+    listener that hears other mounts' changes of every batch after the cache applied it,
+    and ``None`` when the watch could not resume (compacted past) and everything was
+    forgotten.
     """
 
     def __init__(self, inner: KVEngine, *, prefix: bytes, group_of: GroupOf,
@@ -401,12 +427,13 @@ class CachedEngine(DelegatingEngine):
         # This mount's commits to the range not yet delivered by the watch: (revision,
         # when committed).  The oldest one's age is the watch's lag.
         self._undelivered: deque[tuple[int, float]] = deque()
-        # This mount's commits in flight.  etcd's watch often delivers a commit's change
-        # before the commit's own answer; listeners must not take it for another mount's
-        # (coherence would drop the kernel's entry for it).  A watch event that matches a
-        # commit in flight -- same key, same value -- is held back from listeners until
-        # that commit answers, then handed on unless it was the commit's own.  Nothing
-        # else waits: other mounts' changes reach listeners at once.
+        # Listeners must not take this mount's own changes for another mount's (coherence
+        # would drop the kernel's entry for them).  Those the watch delivers after their
+        # commit answered are known by revision; those it delivers before -- etcd's watch
+        # often does -- match a commit in flight (same key, same value) and are held back
+        # from listeners until that commit answers, then handed on unless they were the
+        # commit's own.  Nothing else waits: other mounts' changes reach listeners at once.
+        self._own = _OwnRevisions()
         self._flights: dict[int, _Flight] = {}
         self._flight_seq = 0
         self._late_send, self._late_recv = trio.open_memory_channel[WatchBatch](math.inf)
@@ -487,7 +514,7 @@ class CachedEngine(DelegatingEngine):
                 self.watching = True
                 async for batch in self.inner.watch(self.start, self.end, self.revision + 1):
                     self._apply(batch)
-                    batch = self._withhold_own(batch)
+                    batch = self._others(batch)
                     for listener in self._listeners:
                         await listener(batch)
             except Compacted:
@@ -506,11 +533,13 @@ class CachedEngine(DelegatingEngine):
             finally:
                 self.watching = False
 
-    def _withhold_own(self, batch: WatchBatch) -> WatchBatch:
-        if not self._flights:
-            return batch
+    def _others(self, batch: WatchBatch) -> WatchBatch:
+        """``batch`` without this mount's own changes, and with those that may be a commit
+        in flight's held back by that flight."""
         passed: list[WatchEvent] = []
         for ev in batch.events:
+            if ev.mod_revision in self._own:
+                continue
             for flight in self._flights.values():
                 if flight.wrote(ev):
                     flight.withheld.append(ev)
@@ -673,15 +702,17 @@ class CachedEngine(DelegatingEngine):
                 {p.key: p.value for p in puts}
                 | {d.key: None for d in deletes if d.range_end is None},
                 [(d.key, d.range_end) for d in deletes if d.range_end is not None], [])
-        own = 0
         try:
             res = await self._commit(compares, puts, deletes, absent)
-            own = res.revision if res.succeeded else 0
+            if res.succeeded and flight is not None:
+                self._own.add(res.revision)
             return res
         finally:
             if flight is not None:
                 del self._flights[seq]
-                late = [ev for ev in flight.withheld if ev.mod_revision != own]
+                # What was not this commit's may be another's still in flight, which holds
+                # it in turn; the rest is another mount's.
+                late = self._others(WatchBatch(0, flight.withheld)).events
                 if late:
                     self._late_send.send_nowait(WatchBatch(late[-1].mod_revision, late))
 

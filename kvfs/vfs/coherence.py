@@ -2,11 +2,12 @@
 
 Every mount of a shared engine watches its inode keyspace once: the record cache
 (:class:`~kvfs.kv.cache.CachedEngine`) runs the watch, applies each batch of changes to
-itself, and then hands the batch to :class:`Coherence`, which tells the kernel to drop
-what it cached: an attribute or chunk change invalidates the inode (attributes and page
-cache), a directory-entry change invalidates that name.  Changes this mount committed
-itself are skipped -- the kernel already saw them in our replies.  Because the record
-cache is updated first, a kernel that drops a name and asks again gets the new answer.
+itself, and then hands other mounts' changes in it to :class:`Coherence`, which tells the
+kernel to drop what it cached: an attribute or chunk change invalidates the inode
+(attributes and page cache), a directory-entry change invalidates that name.  Changes
+this mount committed itself never get here (the record cache keeps them back) -- the
+kernel already saw them in our replies.  Because the record cache is updated first, a
+kernel that drops a name and asks again gets the new answer.
 
 When the watch could not resume (its revision was compacted away) the record cache
 forgot everything and every inode the kernel may hold is invalidated.  Freshness
@@ -17,7 +18,6 @@ watch's state.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -36,36 +36,15 @@ class Invalidator(Protocol):
         kernel is reached in one hand-off rather than one per change."""
 
 
-class OwnRevisions:
-    """The revisions of this mount's recent commits (bounded; oldest forgotten first)."""
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self._order: deque[int] = deque()
-        self._set: set[int] = set()
-        self._limit = limit
-
-    def add(self, revision: int) -> None:
-        if revision in self._set:
-            return
-        self._order.append(revision)
-        self._set.add(revision)
-        if len(self._order) > self._limit:
-            self._set.discard(self._order.popleft())
-
-    def __contains__(self, revision: object) -> bool:
-        return revision in self._set
-
-
 class Coherence:
     """Hands other mounts' changes to the kernel (see module docstring).  Register
     :meth:`apply` with :meth:`CachedEngine.listen <kvfs.kv.cache.CachedEngine.listen>`."""
 
-    def __init__(self, own: OwnRevisions, invalidator: Invalidator,
+    def __init__(self, invalidator: Invalidator,
                  known_inodes: Iterable[int] | None = None,
                  on_orphaned: Callable[[int], Awaitable[None]] | None = None) -> None:
         # Called for every inode another mount left without links (it may be open here).
         self.on_orphaned = on_orphaned
-        self.own = own
         self.invalidator = invalidator
         self.known_inodes = known_inodes
 
@@ -77,8 +56,6 @@ class Coherence:
         inodes: set[int] = set()
         entries: set[tuple[int, bytes]] = set()
         for ev in batch.events:
-            if ev.mod_revision in self.own:
-                continue
             try:
                 ino, kind, rest = keys.parse_inode_key(ev.key)
             except ValueError:
