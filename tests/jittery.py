@@ -19,7 +19,7 @@ from kvfs.kv.api import (
     RangeResult,
     WatchBatch,
 )
-from kvfs.kv.recording import DelegatingEngine
+from kvfs.kv.delegating import DelegatingEngine
 
 CALL_TURNS = (0, 0, 1, 2, 5)
 

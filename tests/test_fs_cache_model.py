@@ -83,8 +83,8 @@ from kvfs.kv.api import (
     Put,
     prefix_end,
 )
+from kvfs.kv.delegating import DelegatingEngine
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import DelegatingEngine, RecordingEngine
 from kvfs.meta import keys, trash
 from kvfs.meta.fsck import check
 from kvfs.meta.metadata import SetAttr
@@ -193,6 +193,22 @@ class Recorded(DelegatingEngine):
         """The test closes the engine itself, after every mount."""
 
 
+class OwnCommits(DelegatingEngine):
+    """One mount's view of the shared engine: adds the revision of each of its successful
+    commits to ``own``."""
+
+    def __init__(self, inner: KVEngine, own: set[int]) -> None:
+        super().__init__(inner)
+        self.own = own
+
+    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
+                     deletes: Sequence[Delete] = ()) -> CommitResult:
+        res = await self.inner.commit(compares, puts, deletes)
+        if res.succeeded:
+            self.own.add(res.revision)
+        return res
+
+
 class NullInvalidator:
     """The kernel's side of coherence: this test has no kernel, only counts."""
 
@@ -239,7 +255,7 @@ async def open_mount(name: str, shared: KVEngine, hist: History, rng: random.Ran
     own: set[int] = set()
     # Now and then the watch lags well behind the commits (a busy stream).
     view = Jittery(shared, rng, watch_turns=(0, 0, 1, 2, 5, 50))
-    vol = await open_volume("mem://", kv=RecordingEngine(view, own.add))
+    vol = await open_volume("mem://", kv=OwnCommits(view, own))
     vol.meta.trash_days = vol.fmt.trash_days
     await vol.meta.ensure_trash()
     session = await Session.register(vol.kv, f"/model/{name}", 60.0, held=vol.meta.held)

@@ -38,8 +38,8 @@ from kvfs.kv.api import (
     Put,
     prefix_end,
 )
+from kvfs.kv.delegating import DelegatingEngine
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import RecordingEngine
 from kvfs.meta import keys
 from kvfs.meta.compactor import COMPACTOR, Compactor
 from kvfs.meta.metadata import Ctx
@@ -149,11 +149,11 @@ async def test_compactor_claim_follows_the_sessions_current_lease(
 # -- the session ------------------------------------------------------------------------------
 
 
-class FlakyCommits(RecordingEngine):
+class FlakyCommits(DelegatingEngine):
     """Fails the next ``fail`` commits as if the engine were unreachable."""
 
     def __init__(self, inner: KVEngine) -> None:
-        super().__init__(inner, lambda rev: None)
+        super().__init__(inner)
         self.fail = 0
 
     async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],

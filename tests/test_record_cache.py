@@ -32,8 +32,8 @@ from kvfs.kv.api import (
     prefix_end,
 )
 from kvfs.kv.cache import Absent, CachedEngine, RecordCache, fresh_reads
+from kvfs.kv.delegating import DelegatingEngine
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import DelegatingEngine
 
 
 def slash_group(key: bytes) -> bytes | None:
@@ -160,6 +160,36 @@ def test_range_delete() -> None:
     assert c.lookup(b"d/a") == (True, None)
     assert c.listing(b"d/", b"d/", prefix_end(b"d/"), 0, False) == ([], False)
     assert c.lookup(b"e")[0]
+
+
+def test_own_range_delete_is_not_undone_by_older_changes_the_watch_brings() -> None:
+    """This mount deleted a range at 13 that held a key the cache knew only as absent (a
+    complete group); another mount's older put of that key, still on its way from the
+    watch, must not bring it back -- until the watch has passed the delete."""
+    c = RecordCache(1 << 20, slash_group)
+    c.fill_group(b"e/", [], c.begin_read())
+    c.end_read()
+    c.apply_range_delete(b"e/", b"e0", 13, until_watched=True)
+    c.apply(b"e/0", b"158", 11)  # the watch, late: another mount's put before the delete
+    assert c.lookup(b"e/0") == (True, None)
+    assert c.listing(b"e/", b"e/", b"e0", 0, False) == ([], False)
+    c.apply(b"e/0", None, 13)
+    c.watched(13)
+    c.apply(b"e/1", b"7", 14)
+    assert c.lookup(b"e/1") == (True, kv(b"e/1", b"7", 14))
+
+
+def test_read_overtaken_by_a_range_delete_is_not_kept() -> None:
+    """A read in flight while this mount's range delete answered may have found a key of
+    the range the cache held nothing about: neither that key nor a listing is kept."""
+    c = RecordCache(1 << 20, slash_group)
+    started = c.begin_read()
+    c.apply_range_delete(b"e/", b"e0", 13)
+    c.fill(b"e/0", kv(b"e/0", b"158", 11), started)
+    c.fill_group(b"e/", [kv(b"e/0", b"158", 11)], started)
+    c.end_read()
+    assert c.lookup(b"e/0") == (False, None)
+    assert not c.complete(b"e/")
 
 
 # -- the KV contract on a cached engine ----------------------------------------------------

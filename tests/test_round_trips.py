@@ -23,8 +23,8 @@ import trio.testing
 from kvfs.errors import FSError
 from kvfs.history.recorder import Recorder
 from kvfs.kv.api import CommitResult, Compare, Delete, KeyValue, Put, RangeResult
+from kvfs.kv.delegating import DelegatingEngine
 from kvfs.kv.local import MemoryEngine
-from kvfs.kv.recording import DelegatingEngine
 from kvfs.meta.keys import ROOT_INO
 from kvfs.meta.metadata import Ctx, SetAttr
 from kvfs.meta.session import Session

@@ -62,7 +62,7 @@ from kvfs.kv.api import (
     RangeResult,
     WatchBatch,
 )
-from kvfs.kv.recording import DelegatingEngine
+from kvfs.kv.delegating import DelegatingEngine
 from kvfs.objstore.diskcache import CachedStore
 from kvfs.raftkv.httpserver import parse_address, serve_http
 from kvfs.vfs.fs import NOMINAL_CAPACITY

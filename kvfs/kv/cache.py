@@ -72,7 +72,7 @@ from kvfs.kv.api import (
     WatchEvent,
     prefix_end,
 )
-from kvfs.kv.recording import DelegatingEngine
+from kvfs.kv.delegating import DelegatingEngine
 
 log = logging.getLogger("kvfs.cache")
 
@@ -133,6 +133,14 @@ class RecordCache:
         # revision r is overtaken only by a change newer than r (the watch often delivers
         # the commit's own change before the commit's answer).
         self._changed_rev: dict[bytes, int] = {}
+        # Range deletes while reads were in flight, as (start, end, epoch): they delete
+        # keys the cache may hold nothing about, which a read in flight may have found.
+        self._changed_ranges: list[tuple[bytes, bytes, int]] = []
+        # This mount's range deletes the watch has yet to pass, as (start, end, revision):
+        # a key in the range the cache held nothing about (absent from a complete group,
+        # say) may still have older changes on their way from the watch, and those must
+        # not bring it back.
+        self._range_deletes: list[tuple[bytes, bytes, int]] = []
         self._floor = 0  # reads started before this epoch fill nothing
         self.hits = 0
         self.misses = 0
@@ -205,10 +213,17 @@ class RecordCache:
         if self._inflight == 0:
             self._changed.clear()
             self._changed_rev.clear()
+            self._changed_ranges.clear()
             self._floor = self._epoch
 
-    def _stale(self, key: bytes, started: int) -> bool:
-        return started < self._floor or self._changed.get(key, -1) > started
+    def _stale(self, key: bytes, started: int, end: bytes | None = None) -> bool:
+        """Whether ``key`` (or, with ``end``, any key in ``[key, end)``) changed after
+        epoch ``started``."""
+        if started < self._floor or self._changed.get(key, -1) > started:
+            return True
+        end = end or key + b"\x00"
+        return any(epoch > started and s < end and (key < e or e == b"\x00")
+                   for s, e, epoch in self._changed_ranges)
 
     def fill(self, key: bytes, kv: KeyValue | None, started: int) -> None:
         """Keep what a read started at epoch ``started`` found for ``key``.
@@ -233,7 +248,8 @@ class RecordCache:
 
     def fill_group(self, group: bytes, kvs: Sequence[KeyValue], started: int) -> None:
         """Keep a complete read of every key under ``group``."""
-        if self._stale(group, started) or any(self._stale(kv.key, started) for kv in kvs):
+        if self._stale(group, started, prefix_end(group)) or any(
+                self._stale(kv.key, started) for kv in kvs):
             return
         size = sum(len(kv.key) + len(kv.value) + ENTRY_OVERHEAD for kv in kvs)
         if size > self.limit_bytes // 4:
@@ -277,6 +293,9 @@ class RecordCache:
         e: _Entry | None = self._entries.get(key)
         if e is not None and e.revision > revision:
             return  # older than what is known
+        if any(r > revision and start <= key and (key < end or end == b"\x00")
+               for start, end, r in self._range_deletes):
+            return  # older than one of this mount's range deletes
         if lease:
             if e is not None:
                 self._remove(key)
@@ -294,8 +313,21 @@ class RecordCache:
             self._set(key, KeyValue(key, value, revision, created), revision)
         self._evict()
 
-    def apply_range_delete(self, start: bytes, end: bytes, revision: int) -> None:
-        """Every key in ``[start, end)`` deleted at ``revision``."""
+    def apply_range_delete(self, start: bytes, end: bytes, revision: int, *,
+                           until_watched: bool = False) -> None:
+        """Every key in ``[start, end)`` deleted at ``revision``.  ``until_watched``: this
+        mount's own delete, which older changes the watch has yet to deliver must not
+        undo; it is remembered until :meth:`watched` passes ``revision``."""
+        if until_watched:
+            self._range_deletes.append((start, end, revision))
+            if len(self._range_deletes) > 10_000:  # bound it: forget everything instead
+                self.clear()
+        if self._inflight:
+            self._epoch += 1
+            self._changed_ranges.append((start, end, self._epoch))
+            if len(self._changed_ranges) > 10_000:  # bound it: fail every read in flight
+                self._changed_ranges.clear()
+                self._floor = self._epoch + 1
         for k in list(self._entries.irange(start, end, inclusive=(True, False))):
             self.apply(k, None, revision)
 
@@ -311,7 +343,13 @@ class RecordCache:
         for k in list(self._entries.irange(start, end, inclusive=(True, False))):
             self.drop(k)
 
+    def watched(self, revision: int) -> None:
+        """The watch has delivered every change up to ``revision``."""
+        if self._range_deletes:
+            self._range_deletes = [d for d in self._range_deletes if d[2] > revision]
+
     def clear(self) -> None:
+        self._range_deletes.clear()
         self._entries.clear()
         self._lru.clear()
         self._complete.clear()
@@ -563,6 +601,7 @@ class CachedEngine(DelegatingEngine):
         for ev in batch.events:
             self.cache.apply(ev.key, ev.value, ev.mod_revision)
         self.revision = max(self.revision, batch.revision)
+        self.cache.watched(self.revision)
         while self._undelivered and self._undelivered[0][0] <= self.revision:
             self._undelivered.popleft()
 
@@ -759,7 +798,8 @@ class CachedEngine(DelegatingEngine):
                                      store_since=started)
                     touched = True
             elif self._cached(d.key) or self._cached(d.range_end):
-                self.cache.apply_range_delete(d.key, d.range_end, res.revision)
+                self.cache.apply_range_delete(d.key, d.range_end, res.revision,
+                                              until_watched=not self.authoritative)
                 touched = True
         for p in puts:
             if self._cached(p.key):

@@ -1,12 +1,11 @@
-"""An engine wrapper that remembers the revisions of its own successful commits.
+"""The base of engine wrappers: delegates every call to an inner engine.
 
-A mount's coherence watcher uses it to tell its own changes (already reflected in the
-kernel's caches) from other mounts' changes (which must be invalidated).
+A wrapper (the record cache, the request counters) overrides only what it changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from kvfs.kv.api import (
     CommitResult,
@@ -68,18 +67,3 @@ class DelegatingEngine(KVEngine):
 
     def base(self) -> KVEngine:
         return self.inner.base()
-
-
-class RecordingEngine(DelegatingEngine):
-    """Delegates everything to ``inner``; reports each committed revision to ``record``."""
-
-    def __init__(self, inner: KVEngine, record: Callable[[int], None]) -> None:
-        super().__init__(inner)
-        self.record = record
-
-    async def commit(self, compares: Sequence[Compare], puts: Sequence[Put],
-                     deletes: Sequence[Delete] = ()) -> CommitResult:
-        res = await self.inner.commit(compares, puts, deletes)
-        if res.succeeded:
-            self.record(res.revision)
-        return res
