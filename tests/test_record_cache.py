@@ -80,41 +80,6 @@ def test_read_overtaken_by_a_change_is_not_kept() -> None:
     assert c.lookup(b"n") == (True, kv(b"n", b"new", 9))
 
 
-def test_read_of_an_unknown_key_is_kept_unless_a_newer_change_came_meanwhile() -> None:
-    """The watch passed a change of a key the cache held nothing about while a read of it
-    was out: the read's value is kept if it is that change or newer (an open's read of a
-    file's attributes and first chunk list keeps both, not one), and not if older."""
-    c = RecordCache(1 << 20, slash_group)
-    started = c.begin_read()
-    c.apply(b"a", b"1", 12)  # not kept: the cache holds nothing about "a"
-    c.fill(b"a", kv(b"a", b"1", 12), started)
-    c.end_read()
-    assert c.lookup(b"a") == (True, kv(b"a", b"1", 12))
-    started = c.begin_read()
-    c.apply(b"b", b"2", 13)
-    c.fill(b"b", kv(b"b", b"1", 12), started)
-    c.end_read()
-    assert c.lookup(b"b") == (False, None)
-
-
-def test_a_read_absence_is_newer_than_the_entry_it_replaces() -> None:
-    """The engine says a key the cache held at revision 12 is gone: it was deleted since
-    12, so the watch's older changes (11, still on their way) cannot bring it back, while
-    the delete itself (13) applies; its group's listing is not complete any more."""
-    c = RecordCache(1 << 20, slash_group)
-    c.fill_group(b"d/", [kv(b"d/a", b"1", 11)], c.begin_read())
-    c.end_read()
-    c.apply(b"d/a", b"2", 12, store=True)  # this mount's own commit
-    c.fill(b"d/a", None, c.begin_read())
-    c.end_read()
-    assert c.lookup(b"d/a") == (True, None)
-    assert not c.complete(b"d/")
-    c.apply(b"d/a", b"1", 11)
-    assert c.lookup(b"d/a") == (True, None)
-    c.apply(b"d/a", b"3", 14)
-    assert c.lookup(b"d/a") == (True, kv(b"d/a", b"3", 14))
-
-
 def test_own_commit_overtaken_by_an_unkept_change_is_not_kept() -> None:
     c = RecordCache(1 << 20, slash_group)
     sent = c.begin_read()

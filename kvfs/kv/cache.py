@@ -216,15 +216,10 @@ class RecordCache:
             self._changed_ranges.clear()
             self._floor = self._epoch
 
-    def _stale(self, key: bytes, started: int, end: bytes | None = None, *,
-               seen: int | None = None) -> bool:
+    def _stale(self, key: bytes, started: int, end: bytes | None = None) -> bool:
         """Whether ``key`` (or, with ``end``, any key in ``[key, end)``) changed after
-        epoch ``started``.  ``seen``: the revision of the state the read found, which
-        only a newer change makes stale."""
-        if started < self._floor:
-            return True
-        if self._changed.get(key, -1) > started and (
-                seen is None or self._changed_rev.get(key, 0) > seen):
+        epoch ``started``."""
+        if started < self._floor or self._changed.get(key, -1) > started:
             return True
         end = end or key + b"\x00"
         return any(epoch > started and s < end and (key < e or e == b"\x00")
@@ -235,26 +230,16 @@ class RecordCache:
 
         A present value carries its revision, so against a kept entry the newer one wins;
         but a key the cache held nothing about may have had a change the cache did not
-        keep while the read was out: its value is kept only if no such change was newer.
-        Absence carries no revision at all: it is kept only if nothing about the key
-        arrived meanwhile.  (A read of several keys at once -- an open's attributes and
-        first chunk list -- must not lose one key's answer to a change no newer than it,
-        or that key is read again later, newer than the others it is used with.)"""
+        keep while the read was out, and absence carries no revision at all: those are
+        kept only if nothing about the key arrived meanwhile."""
         e: _Entry | None = self._entries.get(key)
-        if (kv is None or e is None) and self._stale(
-                key, started, seen=None if kv is None else kv.mod_revision):
+        if (kv is None or e is None) and self._stale(key, started):
             return
         g = self.group_of(key)
         if kv is None:
             if e is not None and e.kv is not None:
-                # The entry was known before the read began (one learned from a change
-                # meanwhile made the read stale), so the key was deleted since e.revision:
-                # absent from then on, and changes older than that -- the watch may still
-                # bring some -- cannot bring the entry back.  Its listing, though, is
-                # one revision no longer: this absence may be newer than the rest.
-                self._set(key, None, e.revision)
-                if g is not None:
-                    self._complete.discard(g)
+                # Absence carries no revision, so it may be older than the entry: forget.
+                self._remove(key)
             elif e is None and (g is None or g not in self._complete):
                 self._set(key, None, 0)
         elif e is None or kv.mod_revision >= e.revision:
