@@ -28,12 +28,14 @@ from kvfs.kv.api import (
     KeyValue,
     KVEngine,
     Put,
+    TxnTooLarge,
     WatchBatch,
     prefix_end,
 )
 from kvfs.kv.cache import Absent, CachedEngine, RecordCache, fresh_reads
 from kvfs.kv.delegating import DelegatingEngine
 from kvfs.kv.local import MemoryEngine
+from kvfs.kv.txn import Txn, run_txn
 
 
 def slash_group(key: bytes) -> bytes | None:
@@ -329,6 +331,31 @@ async def test_failed_compare_forgets_compared_keys(nursery: trio.Nursery) -> No
     res = await a.commit([Compare(b"k", old.mod_revision)], [Put(b"k", b"3")])
     if not res.succeeded:
         assert a.cache.lookup(b"k") == (False, None)
+
+
+async def test_a_transaction_refused_after_cached_reads_runs_again_from_the_engine() -> None:
+    """Stale cached reads can build a transaction the engine refuses outright, before its
+    compares (here: a put inside a range it deletes).  run_txn runs it again with every
+    read from the engine; a transaction refused after fresh reads is refused for good."""
+    shared = SharedMemoryEngine()
+    a = CachedEngine(shared, prefix=b"", group_of=slash_group)
+    a.watching = a.learning = True  # a watch that has delivered nothing, and never will
+    await a.commit([], [Put(b"mode", b"wipe")])
+    await shared.commit([], [Put(b"mode", b"keep")])  # another mount's: never delivered
+
+    async def fn(t: Txn) -> bytes | None:
+        mode = await t.get(b"mode")
+        if mode == b"wipe":
+            t.delete_prefix(b"p/")
+        t.put(b"p/x", mode or b"")
+        return mode
+
+    assert await run_txn(a, fn) == b"keep"
+    got = await shared.get(b"p/x")
+    assert got is not None and got.value == b"keep"
+    await shared.commit([], [Put(b"mode", b"wipe")])
+    with pytest.raises(TxnTooLarge):
+        await run_txn(shared, fn)
 
 
 class LateAnswers(DelegatingEngine):

@@ -15,7 +15,11 @@ error as final (a lookup's ENOENT is as fresh as the watch, like the kernel's ow
 
 Unlike JuiceFS, a transaction that grows past the engine's limits is refused
 (:class:`~kvfs.kv.api.TxnTooLarge`) -- it is never committed in parts.  Bulk work is split by
-the caller into idempotent steps, each its own transaction.
+the caller into idempotent steps, each its own transaction.  Stale cached reads can also
+build a transaction the engine refuses before checking its compares (a rename over a
+directory the cache still shows empty deletes that directory's keys and puts its
+attributes), so a refused attempt that may have read from the cache runs again with every
+read from the engine, like an attempt that raised.
 
 Reads inside a transaction see the transaction's own buffered writes.
 """
@@ -29,7 +33,16 @@ from typing import Any, TypeVar
 
 import trio
 
-from kvfs.kv.api import Compare, Conflict, Delete, KeyValue, KVEngine, Put, prefix_end
+from kvfs.kv.api import (
+    Compare,
+    Conflict,
+    Delete,
+    KeyValue,
+    KVEngine,
+    Put,
+    TxnTooLarge,
+    prefix_end,
+)
 from kvfs.kv.cache import Absent, CachedEngine, fresh_reads, reading_fresh
 
 T = TypeVar("T")
@@ -181,7 +194,15 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
             _retried(fn, "cache")
             fresh = True  # the failure may come from a stale record: check it for real
             continue
-        if await txn.commit():
+        try:
+            committed = await txn.commit()
+        except TxnTooLarge:
+            if not cached:
+                raise
+            _retried(fn, "cache")
+            fresh = True
+            continue
+        if committed:
             for hook in txn._on_commit:
                 hook()
             return result
