@@ -48,6 +48,15 @@ def kv(key: bytes, value: bytes, rev: int) -> KeyValue:
     return KeyValue(key, value, rev, rev)
 
 
+def own_commit(c: RecordCache, key: bytes, value: bytes | None, rev: int,
+               lease: int = 0) -> None:
+    """This mount's own commit of ``key`` at ``rev``, sent and answered with no read out,
+    as :class:`CachedEngine` tells the cache about it."""
+    started = c.begin_read()
+    c.apply(key, value, rev, store=True, store_since=started, lease=lease)
+    c.end_read()
+
+
 # -- RecordCache, pure --------------------------------------------------------------------
 
 
@@ -80,6 +89,56 @@ def test_read_overtaken_by_a_change_is_not_kept() -> None:
     assert c.lookup(b"n") == (True, kv(b"n", b"new", 9))
 
 
+def test_read_of_an_unknown_key_is_kept_unless_a_newer_change_came_meanwhile() -> None:
+    """The watch passed a change of a key the cache held nothing about while a read of it
+    was out: the read's value is kept if it is that change or newer (an open's read of a
+    file's attributes and first chunk list keeps both, not one), and not if older."""
+    c = RecordCache(1 << 20, slash_group)
+    started = c.begin_read()
+    c.apply(b"a", b"1", 12)  # not kept: the cache holds nothing about "a"
+    c.fill(b"a", kv(b"a", b"1", 12), started)
+    c.end_read()
+    assert c.lookup(b"a") == (True, kv(b"a", b"1", 12))
+    started = c.begin_read()
+    c.apply(b"b", b"2", 13)
+    c.fill(b"b", kv(b"b", b"1", 12), started)
+    c.end_read()
+    assert c.lookup(b"b") == (False, None)
+
+
+def test_a_read_absence_is_newer_than_the_entry_it_replaces() -> None:
+    """The engine says a key the cache held at revision 12 is gone: it was deleted since
+    12, so the watch's older changes (11, still on their way) cannot bring it back, while
+    the delete itself (13) applies; its group's listing is not complete any more."""
+    c = RecordCache(1 << 20, slash_group)
+    c.fill_group(b"d/", [kv(b"d/a", b"1", 11)], c.begin_read())
+    c.end_read()
+    own_commit(c, b"d/a", b"2", 12)  # this mount's own commit
+    c.fill(b"d/a", None, c.begin_read())
+    c.end_read()
+    assert c.lookup(b"d/a") == (True, None)
+    assert not c.complete(b"d/")
+    c.apply(b"d/a", b"1", 11)
+    assert c.lookup(b"d/a") == (True, None)
+    c.apply(b"d/a", b"3", 14)
+    assert c.lookup(b"d/a") == (True, kv(b"d/a", b"3", 14))
+
+
+def test_a_read_absence_does_not_replace_an_entry_another_read_learned_meanwhile() -> None:
+    """Two reads of one key are out at once; the later one finds it created at 25 and
+    answers first, then the earlier one's absence (from before 25) arrives: either could
+    be the newer, so the key is forgotten, not shown absent (the create's change, when
+    the watch brings it, would restore it only then)."""
+    c = RecordCache(1 << 20, slash_group)
+    earlier = c.begin_read()
+    later = c.begin_read()
+    c.fill(b"k", kv(b"k", b"v", 25), later)
+    c.end_read()
+    c.fill(b"k", None, earlier)
+    c.end_read()
+    assert c.lookup(b"k") == (False, None)
+
+
 def test_own_commit_overtaken_by_an_unkept_change_is_not_kept() -> None:
     c = RecordCache(1 << 20, slash_group)
     sent = c.begin_read()
@@ -91,7 +150,7 @@ def test_own_commit_overtaken_by_an_unkept_change_is_not_kept() -> None:
 
 def test_older_change_never_replaces_newer() -> None:
     c = RecordCache(1 << 20, slash_group)
-    c.apply(b"a", b"2", 8, store=True)
+    own_commit(c, b"a", b"2", 8)
     c.apply(b"a", b"1", 6)
     assert c.lookup(b"a")[1] == kv(b"a", b"2", 8)
     c.apply(b"a", None, 9)
@@ -148,8 +207,8 @@ def test_bounded_and_eviction_breaks_completeness() -> None:
 
 def test_lease_writes_are_forgotten() -> None:
     c = RecordCache(1 << 20, slash_group)
-    c.apply(b"s", b"1", 3, store=True)
-    c.apply(b"s", b"2", 4, store=True, lease=7)
+    own_commit(c, b"s", b"1", 3)
+    own_commit(c, b"s", b"2", 4, lease=7)
     assert c.lookup(b"s") == (False, None)
 
 
@@ -157,7 +216,7 @@ def test_range_delete() -> None:
     c = RecordCache(1 << 20, slash_group)
     c.fill_group(b"d/", [kv(b"d/a", b"1", 3)], c.begin_read())
     c.end_read()
-    c.apply(b"e", b"1", 4, store=True)
+    own_commit(c, b"e", b"1", 4)
     c.apply_range_delete(b"d", b"e", 9)
     assert c.lookup(b"d/a") == (True, None)
     assert c.listing(b"d/", b"d/", prefix_end(b"d/"), 0, False) == ([], False)

@@ -73,6 +73,7 @@ from kvfs.kv.api import (
     prefix_end,
 )
 from kvfs.kv.delegating import DelegatingEngine
+from kvfs.kv.state import in_range
 
 log = logging.getLogger("kvfs.cache")
 
@@ -106,6 +107,7 @@ class _Entry:
     kv: KeyValue | None  # None: the key is absent
     revision: int  # the revision this state was seen at (0: absent, age unknown)
     size: int
+    learned: int  # the cache's epoch when this state was learned
 
 
 class RecordCache:
@@ -216,10 +218,15 @@ class RecordCache:
             self._changed_ranges.clear()
             self._floor = self._epoch
 
-    def _stale(self, key: bytes, started: int, end: bytes | None = None) -> bool:
+    def _stale(self, key: bytes, started: int, end: bytes | None = None, *,
+               seen: int | None = None) -> bool:
         """Whether ``key`` (or, with ``end``, any key in ``[key, end)``) changed after
-        epoch ``started``."""
-        if started < self._floor or self._changed.get(key, -1) > started:
+        epoch ``started``.  ``seen``: the revision of the state the read found, which
+        only a newer change makes stale."""
+        if started < self._floor:
+            return True
+        if self._changed.get(key, -1) > started and (
+                seen is None or self._changed_rev.get(key, 0) > seen):
             return True
         end = end or key + b"\x00"
         return any(epoch > started and s < end and (key < e or e == b"\x00")
@@ -230,16 +237,31 @@ class RecordCache:
 
         A present value carries its revision, so against a kept entry the newer one wins;
         but a key the cache held nothing about may have had a change the cache did not
-        keep while the read was out, and absence carries no revision at all: those are
-        kept only if nothing about the key arrived meanwhile."""
+        keep while the read was out: its value is kept only if no such change was newer.
+        Absence carries no revision at all: it is kept only if nothing about the key
+        arrived meanwhile.  (A read of several keys at once -- an open's attributes and
+        first chunk list -- must not lose one key's answer to a change no newer than it,
+        or that key is read again later, newer than the others it is used with.)"""
         e: _Entry | None = self._entries.get(key)
-        if (kv is None or e is None) and self._stale(key, started):
+        if (kv is None or e is None) and self._stale(
+                key, started, seen=None if kv is None else kv.mod_revision):
             return
         g = self.group_of(key)
         if kv is None:
             if e is not None and e.kv is not None:
-                # Absence carries no revision, so it may be older than the entry: forget.
-                self._remove(key)
+                if e.learned > started:
+                    # Learned from another read while this one was out (a change would
+                    # have made this one stale): either answer may be the newer.
+                    self._remove(key)
+                else:
+                    # Known before the read began, so the key was deleted since
+                    # e.revision: absent from then on, and changes older than that -- the
+                    # watch may still bring some -- cannot bring the entry back.  Its
+                    # listing, though, is one revision no longer: this absence may be
+                    # newer than the rest.
+                    self._set(key, None, e.revision)
+                    if g is not None:
+                        self._complete.discard(g)
             elif e is None and (g is None or g not in self._complete):
                 self._set(key, None, 0)
         elif e is None or kv.mod_revision >= e.revision:
@@ -293,7 +315,7 @@ class RecordCache:
         e: _Entry | None = self._entries.get(key)
         if e is not None and e.revision > revision:
             return  # older than what is known
-        if any(r > revision and start <= key and (key < end or end == b"\x00")
+        if any(r > revision and in_range(key, start, end)
                for start, end, r in self._range_deletes):
             return  # older than one of this mount's range deletes
         if lease:
@@ -363,7 +385,10 @@ class RecordCache:
         if old is not None:
             self._bytes -= old.size
         size = len(key) + (len(kv.value) if kv is not None else 0) + ENTRY_OVERHEAD
-        self._entries[key] = _Entry(kv, revision, size)
+        # A new epoch, so that a read in flight can tell this state from one known before
+        # it began (see fill).
+        self._epoch += 1
+        self._entries[key] = _Entry(kv, revision, size, self._epoch)
         self._lru[key] = None
         self._lru.move_to_end(key)
         self._bytes += size

@@ -66,7 +66,9 @@ class ApplyResult:
     dropped: list[Any] = field(default_factory=list)
 
 
-def _in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
+def in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
+    """Whether ``key`` is in ``[start, end)``: ``end`` None is ``start`` alone, and
+    ``b"\\x00"`` every key from ``start`` on (etcd's conventions)."""
     if end is None:
         return key == start
     if end == b"\x00":
@@ -110,7 +112,7 @@ class KVState:
         out = []
         # history is ordered; skip quickly from the left when possible.
         for ev in self.history:
-            if ev.mod_revision >= revision and _in_range(ev.key, start, end):
+            if ev.mod_revision >= revision and in_range(ev.key, start, end):
                 out.append(ev)
         return out
 

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from kvfs.kv.api import WatchBatch, WatchEvent
-from kvfs.kv.state import Event, _in_range
+from kvfs.kv.state import Event, in_range
 
 
 class _Watcher:
@@ -46,7 +46,7 @@ class WatchHub:
         if not events:
             return
         for w in self._watchers:
-            matched = [e for e in events if _in_range(e.key, w.start, w.end)]
+            matched = [e for e in events if in_range(e.key, w.start, w.end)]
             if matched:
                 w.pending.extend(matched)
                 w.wakeup.set()
