@@ -301,7 +301,8 @@ def test_faults(scenario: str, etcd_procs: EtcdProcesses, tmp_path: Path) -> Non
           f"{acked} log records acknowledged, {entries} entries in the tree; EIO in outage "
           f"windows: {verdict.excused}; EIO in flight across a daemon stall: "
           f"{len(verdict.stalled)}; ESTALE (the kernel's, see tests/workloads.py): "
-          f"{len(verdict.kernel_stale)}; unexpected: {len(verdict.unexpected)}")
+          f"{len(verdict.kernel_stale)} in {verdict.stale_episodes} episodes; "
+          f"unexpected: {len(verdict.unexpected)}")
     print(f"[{scenario}] failed operations: {dict(sorted(verdict.failed_ops.items()))}")
     for p in verdict.stalled[:5]:
         print(f"[{scenario}] stalled: {p}")
