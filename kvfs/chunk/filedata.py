@@ -272,7 +272,8 @@ class FileData:
         chunk was rewritten (its old slices then await the cleaner).
 
         ``size`` (the length when compaction was asked for) is not trusted for clipping;
-        see below.
+        see below.  A swap whose outcome is unknown raises and leaves the new slice's
+        blocks in place: it may have landed (unreferenced, gc removes them).
         """
         wanted, self.compact_wanted = self.compact_wanted, set()
         rewrote = False

@@ -37,7 +37,7 @@ from kvfs.chunk.layout import (
     needs_compaction,
 )
 from kvfs.errors import FSError
-from kvfs.kv.api import KeyValue, KVEngine, Put, prefix_end
+from kvfs.kv.api import Conflict, KeyValue, KVEngine, NoSpace, Put, TxnTooLarge, prefix_end
 from kvfs.kv.cache import CachedEngine, fresh_reads
 from kvfs.kv.txn import Retry, Txn, run_txn
 from kvfs.meta import keys, trash
@@ -960,7 +960,10 @@ class Metadata:
 
     async def replace_chunk(self, ino: int, index: int, expect: bytes, new: list[Slice]) -> bool:
         """Compaction: swap chunk ``index``'s slices for ``new`` if they are still ``expect``;
-        the old slices go to the GC queue.  False if the chunk changed meanwhile."""
+        the old slices go to the GC queue.  False if the chunk changed meanwhile or the
+        swap was refused: then ``new`` is certainly not referenced.  Any other failure
+        raises, since the swap may have landed (an engine that stopped answering can still
+        apply it), and ``new``'s blocks must then stay; unreferenced, gc removes them."""
         gc_id = await self.gc_ids.next()
         key = keys.chunk(ino, index)
         cur = await self.kv.get(key)
@@ -976,7 +979,7 @@ class Metadata:
 
         try:
             await run_txn(self.kv, fn, attempts=1)
-        except Exception:  # noqa: BLE001 - a conflict just means "try again later"
+        except (Conflict, TxnTooLarge, NoSpace):  # not committed: try again later
             return False
         return True
 

@@ -588,6 +588,7 @@ class FileSystem:
                         self.cleaner.poke()
                 except Exception:  # noqa: BLE001 - compaction is an optimisation; retry later
                     log_failure(log, "compaction of inode %d failed", ino)
+                    self.cleaner.poke()  # the swap may have landed, freeing old slices
 
     async def run_background(self, nursery: trio.Nursery) -> None:
         """Start the record cache's watch, the cleaner and the compactor as children of
