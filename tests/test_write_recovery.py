@@ -92,13 +92,16 @@ async def test_a_write_that_fails_on_a_full_buffer_buffers_nothing(
     assert await read_all(fs, ino) == b"a" * 60 + b"b" * 60
 
 
+@pytest.mark.parametrize("lost", ["raised", "resent"])
 async def test_a_compaction_whose_answer_is_lost_keeps_its_blocks(
-        data_fs: FileSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+        data_fs: FileSystem, monkeypatch: pytest.MonkeyPatch, lost: str) -> None:
     """The commit that swaps a chunk's slices for the compacted one lands, but its answer
-    is lost (an etcd paused past the URL's timeout applies it when it runs again).  Its
-    outcome is unknown to the mount, so the new slice's blocks must stay: deleting them
-    left a chunk record naming blocks that were gone (EIO reading the file, and the old
-    slices freed too), as the fault suite's etcd-pause scenario once met on its logs."""
+    is lost: ``raised``, an etcd paused past the URL's timeout applies it when it runs
+    again; ``resent``, the etcd engine sent it again after its connection broke, and the
+    resend's compares failed with the chunk rewritten since by the next append (a
+    cluster losing a member).  Its outcome is unknown to the mount, so the new slice's
+    blocks must stay: deleting them left a chunk record naming blocks that were gone (EIO
+    reading the file, and the old slices freed too), as the fault suite met on its logs."""
     fs = data_fs
     fh, ino, _ = await fs.create(USER, ROOT, b"log", 0o644, os.O_WRONLY | os.O_CREAT)
     expect = b""
@@ -110,20 +113,22 @@ async def test_a_compaction_whose_answer_is_lost_keeps_its_blocks(
     data, size = fs._compact_pending.pop(ino)
     real = fs.meta.kv.commit
     chunk_key = keys.chunk(ino, 0)
-    lost: list[int] = []
+    answers: list[int] = []
 
     async def commit(compares: Sequence[Compare], puts: Sequence[Put],
                      deletes: Sequence[Delete] = (), **options: Any) -> CommitResult:
         res = await real(compares, puts, deletes, **options)
-        if not lost and any(p.key == chunk_key for p in puts):
-            lost.append(res.revision)
-            raise EngineUnavailable("etcd at 127.0.0.1:1: unreachable for 3 s")
+        if not answers and any(p.key == chunk_key for p in puts):
+            answers.append(res.revision)
+            if lost == "raised":
+                raise EngineUnavailable("etcd at 127.0.0.1:1: unreachable for 3 s")
+            return CommitResult(False, res.revision + 1, maybe_applied=True)
         return res
 
     monkeypatch.setattr(fs.meta.kv, "commit", commit)
     with pytest.raises(EngineUnavailable):
         await data.compact(size)
-    assert lost
+    assert answers
     assert len(await fs.meta.read_chunk(ino, 0)) == 1  # it did land
     await fs.release(fh)
     await fs.cleaner.run_once()  # frees the old slices, which nothing refers to now

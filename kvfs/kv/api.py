@@ -100,6 +100,9 @@ class Delete:
 class CommitResult:
     succeeded: bool
     revision: int  # the new revision on success, the current one on a failed compare
+    # A failed compare that may be the commit's own doing: it was sent again after a
+    # connection broke, and the first send may have been applied.  Its outcome is unknown.
+    maybe_applied: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -375,7 +375,8 @@ class EtcdEngine(KVEngine):
         """A commit was resent after its connection broke, and the resend's compares
         failed: either another writer got in between, or the first send was applied.
         Its writes tell which -- every put value in place (and every deleted key gone)
-        means it was applied; anything else is an ordinary conflict to retry."""
+        means it was applied; anything else may be a conflict or the first send overwritten
+        since, so the result says the outcome is unknown (``maybe_applied``)."""
         single = [d.key for d in deletes if d.range_end is None]
         if not puts and not single:
             raise EngineUnavailable(f"{self._where()}: connection lost during a commit and "
@@ -388,7 +389,7 @@ class EtcdEngine(KVEngine):
         if applied:
             revs = [g.mod_revision for g in put_state if g is not None]
             return CommitResult(True, max(revs) if revs else revision)
-        return CommitResult(False, revision)
+        return CommitResult(False, revision, maybe_applied=True)
 
     async def watch(self, start: bytes, end: bytes,
                     start_revision: int) -> AsyncIterator[WatchBatch]:

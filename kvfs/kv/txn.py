@@ -37,6 +37,7 @@ from kvfs.kv.api import (
     Compare,
     Conflict,
     Delete,
+    EngineUnavailable,
     KeyValue,
     KVEngine,
     Put,
@@ -78,6 +79,7 @@ class Txn:
         self._absent_keys: list[bytes] = []
         self._absent_groups: list[bytes] = []
         self.revision = 0  # set after a successful commit
+        self.maybe_applied = False  # the failed commit's outcome is unknown (CommitResult)
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` as this transaction sees it, recording a guard on it."""
@@ -156,6 +158,7 @@ class Txn:
         else:
             res = await self.kv.commit(compares, puts, deletes)  # type: ignore[arg-type]
         self.revision = res.revision
+        self.maybe_applied = res.maybe_applied
         return res.succeeded
 
     @property
@@ -169,9 +172,12 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
     ``fn`` must be safe to repeat: it may run several times, and only its last run's
     writes take effect.  Exceptions from ``fn`` abort without writing anything -- after
     one more run with every read from the engine if this one may have read from a record
-    cache, unless ``confirm_errors`` is False (see module docstring).
+    cache, unless ``confirm_errors`` is False (see module docstring).  Conflict means
+    the last attempt was not applied; if it may have been (``CommitResult.maybe_applied``),
+    :class:`EngineUnavailable` says its outcome is unknown.
     """
     delay = 0.0005
+    maybe_applied = False
     fresh = reading_fresh()
     for _ in range(attempts):
         txn = Txn(kv)
@@ -207,8 +213,13 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
                 hook()
             return result
         _retried(fn, "conflict")
+        maybe_applied = txn.maybe_applied
         await trio.sleep(random.uniform(0, delay))
         delay = min(delay * 2, 0.05)
+    if maybe_applied:
+        # The last attempt may have landed: a caller that undoes work on Conflict must not.
+        raise EngineUnavailable("the engine's connection broke during a commit that was "
+                                "sent again; its outcome is unknown")
     raise Conflict(f"transaction still conflicting after {attempts} attempts")
 
 
