@@ -180,6 +180,7 @@ async def run_txn(kv: KVEngine, fn: Callable[[Txn], Awaitable[T]], *,
     maybe_applied = False
     fresh = reading_fresh()
     for _ in range(attempts):
+        maybe_applied = False  # of this attempt, so what the loop leaves is the last one's
         txn = Txn(kv)
         cached = not fresh and isinstance(kv, CachedEngine) and kv.answering()
         try:
